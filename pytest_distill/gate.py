@@ -1,0 +1,332 @@
+"""The deploy gate: a readable expression over role results, and the statistics behind it.
+
+``finetuned >= 0.95 * teacher and finetuned >= student + 0.10`` is parsed with ``ast`` and
+checked against a small grammar (never ``eval``): role names (a bare role means its mean
+``score``), ``role.attribute``, numbers, ``+ - * /``, unary ``-``, comparisons (chained too),
+``and``, ``or``, ``not`` and parentheses. Each operand of a top-level ``and`` is a clause,
+evaluated and explained on its own; the gate passes when every clause does.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
+
+GATE_FAILED_EXIT_CODE: Final = 6  # pytest's own exit codes are 0-5
+RoleName = Literal["teacher", "student", "finetuned", "judge"]
+Attribute = Literal[
+    "score",
+    "pass_rate",
+    "n",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_p50",
+    "latency_p95",
+    "cost",
+]
+ROLES: Final[tuple[str, ...]] = get_args(RoleName)
+ATTRIBUTES: Final[tuple[str, ...]] = get_args(Attribute)
+_ALLOWED = (
+    f"role names ({', '.join(ROLES)}), role.attribute ({', '.join(ATTRIBUTES)}), numbers, "
+    "+ - * /, comparisons, and/or/not, parentheses"
+)
+_ARITHMETIC: Final[dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any], int]]] = {
+    ast.Add: ("+", operator.add, 1),
+    ast.Sub: ("-", operator.sub, 1),
+    ast.Mult: ("*", operator.mul, 2),
+    ast.Div: ("/", operator.truediv, 2),
+}
+_COMPARISONS: Final[dict[type[ast.cmpop], tuple[str, Callable[[Any, Any], bool]]]] = {
+    ast.Lt: ("<", operator.lt),
+    ast.LtE: ("<=", operator.le),
+    ast.Gt: (">", operator.gt),
+    ast.GtE: (">=", operator.ge),
+    ast.Eq: ("==", operator.eq),
+    ast.NotEq: ("!=", operator.ne),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RoleStats:
+    n: int  # cases with results
+    score: float  # mean score
+    pass_rate: float
+    prompt_tokens: float  # mean per call
+    completion_tokens: float  # mean per call
+    latency_p50: float  # seconds
+    latency_p95: float  # seconds
+    cost: float | None = None  # None: no price known for the model
+
+
+class GateSyntaxError(ValueError):
+    """A gate expression outside the grammar: names the expression, the column and the token."""
+
+    def __init__(self, expression: str, column: int, token: str, problem: str, fix: str) -> None:
+        self.expression, self.column, self.token = expression, column, token
+        super().__init__(
+            f"gate {expression!r}: {problem} at column {column} ({token!r}); allowed: "
+            f"{_ALLOWED}; {fix}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseResult:
+    text: str
+    passed: bool
+    explanation: str  # "finetuned >= 0.95 * teacher: 0.620 >= 0.95 * 0.800 = 0.760 -> False"
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    expression: str
+    passed: bool | None  # None: not evaluated (see missing_roles and reason)
+    clauses: tuple[ClauseResult, ...]
+    missing_roles: tuple[str, ...]
+    reason: str  # one line
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    expression: str
+    roles: frozenset[str]
+    _clauses: tuple[ast.expr, ...]
+
+    @classmethod
+    def parse(cls, expression: str) -> Gate:
+        expression = expression.strip()  # ast columns then match what the messages show
+        tree = _parse(expression)
+        _check_condition(tree, expression)
+        nodes = (
+            tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
+        )
+        roles = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        return cls(expression, frozenset(roles), tuple(nodes))
+
+    def evaluate(self, stats: Mapping[str, RoleStats]) -> GateResult:
+        missing = tuple(sorted(r for r in self.roles if r not in stats or stats[r].n == 0))
+        if missing:
+            reason = f"gate not evaluated: no results for {', '.join(missing)}"
+            return GateResult(self.expression, None, (), missing, reason)
+        unpriced = sorted(r for r in self._uses("cost") if stats[r].cost is None)
+        if unpriced:
+            reason = f"gate not evaluated: no cost known for {', '.join(unpriced)} (no price set)"
+            return GateResult(self.expression, None, (), (), reason)
+        clauses = tuple(_clause(node, self.expression, stats) for node in self._clauses)
+        failed = next((clause for clause in clauses if not clause.passed), None)
+        reason = (
+            f"gate failed: {failed.explanation}" if failed else f"gate passed: {self.expression}"
+        )
+        return GateResult(self.expression, failed is None, clauses, (), reason)
+
+    def _uses(self, attribute: str) -> set[str]:
+        return {
+            node.value.id
+            for clause in self._clauses
+            for node in ast.walk(clause)
+            if isinstance(node, ast.Attribute)
+            and node.attr == attribute
+            and isinstance(node.value, ast.Name)
+        }
+
+
+def _parse(expression: str) -> ast.expr:
+    if not expression:
+        raise GateSyntaxError(expression, 1, "", "the expression is empty", "write a condition")
+    try:
+        return ast.parse(expression, mode="eval").body
+    except SyntaxError as error:
+        column = error.offset or 1
+        token = expression[column - 1 : column + 1] or "end of expression"
+        fix = "write it like 'finetuned >= 0.95 * teacher and student >= 0.5'"
+        raise GateSyntaxError(expression, column, token, "invalid syntax", fix) from None
+
+
+def _fail(node: ast.AST, expression: str, problem: str, fix: str) -> GateSyntaxError:
+    token = ast.get_source_segment(expression, node) or type(node).__name__
+    return GateSyntaxError(expression, getattr(node, "col_offset", 0) + 1, token, problem, fix)
+
+
+def _check_condition(node: ast.expr, expression: str) -> None:
+    if isinstance(node, ast.BoolOp):
+        for value in node.values:
+            _check_condition(value, expression)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        _check_condition(node.operand, expression)
+    elif isinstance(node, ast.Compare):
+        for op in node.ops:
+            if type(op) not in _COMPARISONS:
+                raise _fail(
+                    node,
+                    expression,
+                    f"comparison {type(op).__name__} is not allowed",
+                    "use < <= > >= == !=",
+                )
+        for operand in (node.left, *node.comparators):
+            _check_number(operand, expression)
+    else:
+        _check_number(node, expression)
+        raise _fail(
+            node, expression, "a number is not a condition", "compare it, e.g. 'finetuned >= 0.9'"
+        )
+
+
+def _check_number(node: ast.expr, expression: str) -> None:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return
+    if isinstance(node, ast.Name | ast.Attribute):
+        _check_role(node, expression)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        _check_number(node.left, expression)
+        _check_number(node.right, expression)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        _check_number(node.operand, expression)
+    elif isinstance(node, ast.Compare | ast.BoolOp) or _is_not(node):
+        raise _fail(node, expression, "a condition is used as a number", "compare numbers only")
+    else:
+        raise _fail(node, expression, f"{_describe(node)} is not allowed", "rewrite that part")
+
+
+def _is_not(node: ast.expr) -> bool:
+    return isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
+
+
+def _describe(node: ast.expr) -> str:
+    if isinstance(node, ast.UnaryOp):
+        return f"operator {type(node.op).__name__}"
+    if isinstance(node, ast.BinOp):
+        return f"operator {type(node.op).__name__}"
+    if isinstance(node, ast.Constant):
+        return f"the constant {node.value!r}"
+    return {ast.Call: "a function call", ast.Subscript: "indexing"}.get(type(node), "this")
+
+
+def _check_role(node: ast.Name | ast.Attribute, expression: str) -> None:
+    name = node if isinstance(node, ast.Name) else node.value
+    if not isinstance(name, ast.Name) or name.id not in ROLES:
+        text = ast.get_source_segment(expression, name) or "?"
+        close = difflib.get_close_matches(text, ROLES, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(ROLES)}"
+        raise _fail(name, expression, f"unknown role {text!r}", fix)
+    if isinstance(node, ast.Attribute) and node.attr not in ATTRIBUTES:
+        close = difflib.get_close_matches(node.attr, ATTRIBUTES, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(ATTRIBUTES)}"
+        raise _fail(node, expression, f"unknown attribute {node.attr!r}", fix)
+
+
+def _clause(node: ast.expr, expression: str, stats: Mapping[str, RoleStats]) -> ClauseResult:
+    text = ast.get_source_segment(expression, node) or ast.unparse(node)
+    try:
+        passed = bool(_value(node, stats))
+    except ZeroDivisionError:
+        return ClauseResult(text, False, f"{text}: divides by zero -> False")
+    return ClauseResult(text, passed, f"{text}: {_render(node, stats)} -> {passed}")
+
+
+def _value(node: ast.expr, stats: Mapping[str, RoleStats]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return stats[node.id].score
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return getattr(stats[node.value.id], node.attr)
+    if isinstance(node, ast.BinOp):
+        return _ARITHMETIC[type(node.op)][1](_value(node.left, stats), _value(node.right, stats))
+    if isinstance(node, ast.UnaryOp):
+        operand = _value(node.operand, stats)
+        return (
+            not operand
+            if isinstance(node.op, ast.Not)
+            else (-operand if isinstance(node.op, ast.USub) else operand)
+        )
+    if isinstance(node, ast.BoolOp):
+        results = [bool(_value(value, stats)) for value in node.values]
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    assert isinstance(node, ast.Compare)  # the grammar check admits nothing else
+    values = [_value(operand, stats) for operand in (node.left, *node.comparators)]
+    ops = [_COMPARISONS[type(op)][1] for op in node.ops]
+    return all(op(a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
+
+
+def _render(node: ast.expr, stats: Mapping[str, RoleStats], parent: int = 0) -> str:
+    """The expression with each role replaced by its number, e.g. ``0.620 >= 0.95 * 0.800``."""
+    if isinstance(node, ast.Constant):
+        return repr(node.value)
+    if isinstance(node, ast.Name | ast.Attribute):
+        return _fmt(_value(node, stats))
+    if isinstance(node, ast.BinOp):
+        symbol, _, precedence = _ARITHMETIC[type(node.op)]
+        left = _render(node.left, stats, precedence)
+        text = f"{left} {symbol} {_render(node.right, stats, precedence + 1)}"
+        return f"({text})" if precedence < parent else text
+    if isinstance(node, ast.UnaryOp):
+        symbol = (
+            "not "
+            if isinstance(node.op, ast.Not)
+            else "-"
+            if isinstance(node.op, ast.USub)
+            else "+"
+        )
+        return f"{symbol}{_render(node.operand, stats, 3)}"
+    if isinstance(node, ast.BoolOp):
+        joiner = " and " if isinstance(node.op, ast.And) else " or "
+        return "(" + joiner.join(_render(value, stats) for value in node.values) + ")"
+    assert isinstance(node, ast.Compare)
+    parts = [_side(node.left, stats)]
+    for op, operand in zip(node.ops, node.comparators, strict=True):
+        parts += [_COMPARISONS[type(op)][0], _side(operand, stats)]
+    return " ".join(parts)
+
+
+def _side(node: ast.expr, stats: Mapping[str, RoleStats]) -> str:
+    text = _render(node, stats)
+    if isinstance(node, ast.BinOp | ast.UnaryOp):
+        text += f" = {_fmt(_value(node, stats))}"
+    return text
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), interpolating linearly between ranks as numpy does."""
+    if not values:
+        raise ValueError("percentile() of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def wilson_interval(passes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a pass rate; (0, 1) when there are no cases."""
+    if n == 0:
+        return 0.0, 1.0
+    rate = passes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    margin = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - margin), min(1.0, centre + margin)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    n: int
+    mean: float
+    p50: float
+    p95: float
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Count, mean, p50 and p95 of some values; all zero when there are none."""
+    if not values:
+        return Summary(0, 0.0, 0.0, 0.0)
+    mean = math.fsum(values) / len(values)
+    return Summary(len(values), mean, percentile(values, 50), percentile(values, 95))
