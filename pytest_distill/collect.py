@@ -1,0 +1,198 @@
+"""Eval files -> pytest items, following pytest's "non-Python tests" pattern.
+
+Each case becomes one item per selected role (``file::case-id[role]``). The ``finetuned``
+role runs on the holdout split only: its training data came from the train split.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_distill.cases import CaseFileError, EvalCase, Suite, load_file, split_of
+from pytest_distill.graders import Grade, Grader, GraderConfigError, Sample, combine, make_grader
+from pytest_distill.results import GradeRecord, ItemResult
+from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
+from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
+
+
+def is_eval_file(path: Path, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(path.name, p) for p in patterns)
+
+
+class DistillCaseFailure(Exception):
+    """An eval item whose grades did not pass."""
+
+    def __init__(self, grades: tuple[Grade, ...], reply: str) -> None:
+        super().__init__(grades)
+        self.grades, self.reply = grades, reply
+
+
+class DistillFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        runtime = self.config.stash[RUNTIME_KEY]
+        suite = load_file(self.path)
+        roles = runtime.settings.roles
+        if not roles:
+            raise CaseFileError(
+                self.path,
+                1,
+                "no role has a model; set ini distill_teacher_model and "
+                "distill_student_model (or --distill-model teacher=MODEL)",
+            )
+        graders = build_graders(self.config, runtime, suite)
+        for case in suite.cases:
+            split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
+            for role in roles:
+                if role == "finetuned" and split != "holdout" and runtime.settings.holdout > 0:
+                    continue
+                yield DistillItem.from_parent(
+                    self,
+                    name=f"{case.id}[{role}]",
+                    suite=suite,
+                    case=case,
+                    role=role,
+                    split=split,
+                    graders=graders[case.id],
+                )
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        error = excinfo.value
+        if isinstance(error, CaseFileError):
+            where = os.path.relpath(error.path, self.config.invocation_params.dir)
+            return f"{where}:{error.line}: {error.message}"
+        return super().repr_failure(excinfo)
+
+
+def build_graders(
+    config: pytest.Config, runtime: Runtime, suite: Suite
+) -> dict[str, tuple[Grader, ...]]:
+    """Graders per case, built at collection so a bad spec is a collection error."""
+    judge = _judge(runtime) if runtime.role("judge").model else None
+    cache: dict[str, Grader] = {}
+    built: dict[str, tuple[Grader, ...]] = {}
+    for case in suite.cases:
+        graders = []
+        for spec in case.graders:
+            key = repr(sorted(spec.items(), key=str))
+            if key not in cache:
+                cache[key] = _make(config, spec, judge, suite.path, case)
+            graders.append(cache[key])
+        built[case.id] = tuple(graders)
+    return built
+
+
+def _make(
+    config: pytest.Config, spec: Mapping[str, Any], judge: Any, path: Path, case: EvalCase
+) -> Grader:
+    def extra(s: Mapping[str, Any]) -> Grader | None:
+        return config.hook.pytest_distill_make_grader(spec=s, config=config)  # type: ignore[no-any-return]
+
+    try:
+        return make_grader(spec, judge=judge, extra=extra)
+    except GraderConfigError as exc:
+        line = getattr(spec, "line", case.line)
+        raise CaseFileError(path, line, str(exc)) from None
+
+
+def _judge(runtime: Runtime) -> Any:
+    def judge(messages: list[dict[str, str]]) -> str:
+        return call_chat(runtime.client("judge"), runtime.role("judge"), messages).reply
+
+    return judge
+
+
+class DistillItem(pytest.Item):
+    def __init__(
+        self,
+        *,
+        suite: Suite,
+        case: EvalCase,
+        role: str,
+        split: str,
+        graders: tuple[Grader, ...],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.suite, self.case, self.role, self.split = suite, case, role, split
+        self.graders = graders
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.config.stash[RUNTIME_KEY]
+
+    def model_call(self) -> CallRecord:
+        runtime = self.runtime
+        return call_chat(
+            runtime.client(self.role),
+            runtime.role(self.role),
+            self.suite.messages_for(self.case, self.role),
+            params=self.suite.params_for(self.role),
+        )
+
+    def prefetch(self) -> None:
+        self.runtime.prefetch(self.nodeid, self.model_call)
+
+    def runtest(self) -> None:
+        warning = self.runtime.retirement_warning(self.role)
+        if warning:
+            self.warn(DistillWarning(warning))
+        call = self.runtime.call(self.nodeid, self.model_call)
+        grades = tuple(
+            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
+        )
+        score, passed = combine(grades)
+        result = ItemResult(
+            nodeid=self.nodeid,
+            suite=self.suite.name,
+            case_id=self.case.id,
+            role=self.role,
+            split=self.split,
+            passed=passed,
+            score=score,
+            call=call,
+            grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
+        )
+        self.user_properties.extend(result.properties())
+        if not passed:
+            raise DistillCaseFailure(grades, call.reply)
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        error = excinfo.value
+        if isinstance(error, DistillCaseFailure):
+            return format_failure(error.grades, error.reply)
+        if isinstance(error, MissingApiKey):
+            return str(error)
+        if type(error).__module__.startswith("openai"):
+            return f"{self.role} model call failed: {describe_error(error)}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.case.line - 1, f"{self.suite.name}::{self.name}"
+
+
+def format_failure(grades: tuple[Grade, ...], reply: str) -> str:
+    lines = []
+    for grade in grades:
+        mark = "ok  " if grade.passed else "FAIL"
+        lines.append(
+            f"{mark} {grade.name}: score {grade.score:.2f}"
+            + (f" - {grade.reason}" if grade.reason else "")
+        )
+        if not grade.passed:
+            lines += [f"       {d}" for d in grade.detail]
+    shown = reply if len(reply) <= 300 else reply[:300] + "..."
+    lines.append(f"reply: {shown!r}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""pytest hook implementations; each one delegates to the module that owns the concern."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from pytest_distill import options, pyevals, report
+from pytest_distill.collect import DistillFile, DistillItem, is_eval_file
+from pytest_distill.results import take_from
+from pytest_distill.runtime import RUNTIME_KEY, Runtime
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_distill import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.addoption(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", pyevals.MARKER_HELP)
+    config.stash[RUNTIME_KEY] = Runtime(options.resolve(config))
+    from pytest_distill import fixtures
+
+    config.pluginmanager.register(fixtures, "distill-fixtures")
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Controller(config), "distill-controller")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    runtime = config.stash.get(RUNTIME_KEY, None)
+    if runtime is not None:
+        runtime.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return report.header(config.stash[RUNTIME_KEY].settings)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> DistillFile | None:
+    if is_eval_file(file_path, parent.config.stash[RUNTIME_KEY].settings.patterns):
+        return DistillFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "distill_role" in metafunc.fixturenames:
+        roles = metafunc.config.stash[RUNTIME_KEY].settings.roles
+        metafunc.parametrize("distill_role", roles, ids=list(roles))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[RUNTIME_KEY].order = {i.nodeid: n for n, i in enumerate(session.items)}
+
+
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Start the model calls of the items ahead while this one runs."""
+    runtime = item.config.stash[RUNTIME_KEY]
+    if hasattr(item.config, "workerinput"):
+        # Under xdist only the next item is known to be ours; the workers add the concurrency.
+        ahead = [item, nextitem]
+    else:
+        start = runtime.order.get(item.nodeid, 0)
+        ahead = list(item.session.items[start : start + 2 * runtime.settings.concurrency])
+    for other in ahead:
+        if isinstance(other, DistillItem):
+            other.prefetch()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    if not isinstance(item, DistillItem):
+        pyevals.grade_with_marker(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    rep = yield
+    if call.when == "call" and not isinstance(item, DistillItem):
+        if call.excinfo is not None and isinstance(call.excinfo.value, pyevals.DistillGradeError):
+            rep.longrepr = str(call.excinfo.value)
+        pyevals.record(item, rep)
+    return rep
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    from pytest_distill.compare import JsonMatch, assertrepr
+
+    if isinstance(left, JsonMatch) or isinstance(right, JsonMatch):
+        return assertrepr(op, left, right)
+    return None
+
+
+class Controller:
+    """Hooks of the process that sees every report: the only one under xdist, or the main one."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.runtime = config.stash[RUNTIME_KEY]
+        self.other_failures = 0
+        self.outcome: report.Outcome | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # tryfirst: junitxml's hook comes after, and sees only the scalar properties.
+        result = take_from(report.user_properties)
+        if report.when == "call" and result is not None:
+            self.runtime.results.add(result)
+        if report.failed and not (result is not None and result.graded_failure):
+            self.other_failures += 1
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.other_failures += 1
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.outcome = outcome = report.finish(self.runtime)
+        session.exitstatus = report.exit_status(
+            outcome, session.exitstatus, other_failures=self.other_failures
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.outcome is not None:
+            report.summary(terminalreporter, self.runtime, self.outcome)

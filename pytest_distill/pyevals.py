@@ -1,0 +1,116 @@
+"""Python tests as evals: the ``distill`` marker's graders and the record of each test's calls.
+
+A test that uses a role fixture is an eval item: its calls are reported with it, its score is
+the mean of the marker's grades (or 1/0 from its own asserts), and a passing teacher test's
+calls are training candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from pytest_distill.cases import split_of
+from pytest_distill.collect import format_failure
+from pytest_distill.fixtures import CLIENTS_KEY
+from pytest_distill.graders import Grade, GraderConfigError, Sample, combine, make_grader
+from pytest_distill.results import GradeRecord, ItemResult
+from pytest_distill.roles import CallRecord
+from pytest_distill.runtime import RUNTIME_KEY
+
+GRADES_KEY = pytest.StashKey[tuple[Grade, ...]]()
+MARKER_HELP = (
+    "distill(graders=[...], reference=None, case_id=None, suite=None): grade the last reply "
+    "of a Python eval with pytest-distill graders against the reference"
+)
+
+
+class DistillGradeError(AssertionError):
+    def __init__(self, grades: tuple[Grade, ...], reply: str) -> None:
+        super().__init__(format_failure(grades, reply))
+        self.grades, self.reply = grades, reply
+
+
+def marker_options(item: pytest.Item) -> Mapping[str, Any]:
+    marker = item.get_closest_marker("distill")
+    return marker.kwargs if marker else {}
+
+
+def calls_of(item: pytest.Item) -> list[CallRecord]:
+    return [call for client in item.stash.get(CLIENTS_KEY, []) for call in client.calls]
+
+
+def grade_with_marker(item: pytest.Item) -> None:
+    """After the test body: apply the marker's graders to the test's last reply."""
+    options = marker_options(item)
+    specs = options.get("graders")
+    if not specs:
+        return
+    calls = calls_of(item)
+    if not calls:
+        raise pytest.UsageError(
+            f"{item.nodeid}: the distill marker has graders but the test made no call "
+            "through a role fixture (teacher, student, finetuned, distill_client)"
+        )
+    case = {"reference": options.get("reference"), "id": _case_id(item), **options.get("vars", {})}
+    grades = tuple(_grader(item, s).grade(Sample(output_text=calls[-1].reply), case) for s in specs)
+    item.stash[GRADES_KEY] = grades
+    if not combine(grades)[1]:
+        raise DistillGradeError(grades, calls[-1].reply)
+
+
+def _grader(item: pytest.Item, spec: Mapping[str, Any]) -> Any:
+    config = item.config
+
+    def extra(s: Mapping[str, Any]) -> Any:
+        return config.hook.pytest_distill_make_grader(spec=s, config=config)
+
+    try:
+        return make_grader(spec, extra=extra)
+    except GraderConfigError as exc:
+        raise pytest.UsageError(f"{item.nodeid}: distill marker grader: {exc}") from None
+
+
+def record(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Attach the eval record of a Python test to its call-phase report."""
+    calls = calls_of(item)
+    if not calls and item.get_closest_marker("distill") is None:
+        return
+    role = _role(item, calls)
+    if role is None:
+        return
+    grades = item.stash.get(GRADES_KEY, ())
+    graded, graded_pass = combine(grades) if grades else (float(report.passed), report.passed)
+    # A test that fails its own asserts scores 0, whatever the graders said.
+    score = graded if report.passed or not graded_pass else 0.0
+    suite = str(marker_options(item).get("suite") or item.path.stem)
+    case_id = _case_id(item)
+    holdout = item.config.stash[RUNTIME_KEY].settings.holdout
+    own = [c for c in calls if c.role == role]
+    result = ItemResult(
+        nodeid=item.nodeid,
+        suite=suite,
+        case_id=case_id,
+        role=role,
+        split=split_of(f"{suite}::{case_id}", holdout),
+        passed=report.passed,
+        score=score,
+        grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
+        call=own[-1] if own else None,
+        calls=len(own),
+    )
+    report.user_properties.extend(result.properties())
+
+
+def _role(item: pytest.Item, calls: list[CallRecord]) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "distill_role" in callspec.params:
+        return str(callspec.params["distill_role"])
+    roles = {c.role for c in calls}
+    return roles.pop() if len(roles) == 1 else None
+
+
+def _case_id(item: pytest.Item) -> str:
+    return str(marker_options(item).get("case_id") or item.name)

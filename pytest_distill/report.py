@@ -1,0 +1,266 @@
+"""The terminal summary, the JSON report and the gate verdict at the end of a session.
+
+The JSON report's schema is ``pytest-distill/report/1``, documented in ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_distill import __version__
+from pytest_distill.gate import GATE_FAILED_EXIT_CODE, Gate, GateResult, RoleStats, percentile
+from pytest_distill.options import Settings
+from pytest_distill.results import Aggregate, ItemResult, aggregate, group_by_suite
+from pytest_distill.runtime import Runtime
+
+SCHEMA = "pytest-distill/report/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    gate: GateResult | None
+    gate_split: str
+    report_path: Path | None
+
+
+def header(settings: Settings) -> str | None:
+    configured = [
+        f"{name}={cfg.model}@{cfg.endpoint}"
+        for name, cfg in settings.role_configs.items()
+        if cfg.model
+    ]
+    if not configured:
+        return None
+    return f"distill: {', '.join(configured)}; holdout {settings.holdout:g}"
+
+
+def gate_split(runtime: Runtime) -> str:
+    return "holdout" if runtime.results.has_holdout() else "all"
+
+
+def role_stats(runtime: Runtime, split: str) -> dict[str, RoleStats]:
+    results = runtime.results
+    stats = {}
+    for role in results.roles():
+        agg = aggregate(
+            results.select(role=role, split=None if split == "all" else split),
+            runtime.settings.prices,
+        )
+        if agg.n:
+            stats[role] = _stats(agg)
+    return stats
+
+
+def _stats(agg: Aggregate) -> RoleStats:
+    calls = max(agg.calls, 1)
+    return RoleStats(
+        n=agg.n,
+        score=agg.score,
+        pass_rate=agg.pass_rate,
+        prompt_tokens=agg.prompt_tokens / calls,
+        completion_tokens=agg.completion_tokens / calls,
+        latency_p50=percentile(agg.latencies, 50) if agg.latencies else 0.0,
+        latency_p95=percentile(agg.latencies, 95) if agg.latencies else 0.0,
+        cost=agg.cost,
+    )
+
+
+def finish(runtime: Runtime) -> Outcome:
+    settings = runtime.settings
+    split = gate_split(runtime)
+    result = (
+        Gate.parse(settings.gate).evaluate(role_stats(runtime, split)) if settings.gate else None
+    )
+    outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
+    if settings.report_path is not None:
+        write_json(settings.report_path, to_json(runtime, outcome))
+    return outcome
+
+
+def exit_status(outcome: Outcome, status: int, *, other_failures: int) -> int:
+    """With an evaluated gate, the gate decides: cases that grade below passing are
+    measurements, not failures. Errors and failing ordinary tests still fail the session."""
+    gate = outcome.gate
+    if gate is None or gate.passed is None:
+        return status
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return status
+    if status == pytest.ExitCode.TESTS_FAILED and other_failures:
+        return status
+    return GATE_FAILED_EXIT_CODE if not gate.passed else int(pytest.ExitCode.OK)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write to a temporary file beside the target, then rename: never a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(runtime: Runtime, outcome: Outcome) -> dict[str, Any]:
+    results, prices = runtime.results, runtime.settings.prices
+    return {
+        "schema": SCHEMA,
+        "pytest_distill": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "roles": {
+            name: {"model": cfg.model, "endpoint": str(cfg.endpoint)}
+            for name, cfg in runtime.settings.role_configs.items()
+            if cfg.model
+        },
+        "holdout": runtime.settings.holdout,
+        "gate": _gate_json(outcome),
+        "scores": {
+            role: {
+                split: _agg_json(aggregate(results.select(role=role, split=sel), prices))
+                for split, sel in (("all", None), ("train", "train"), ("holdout", "holdout"))
+            }
+            for role in results.roles()
+        },
+        "suites": {
+            suite: {
+                role: _agg_json(aggregate([r for r in items if r.role == role], prices))
+                for role in sorted({r.role for r in items})
+            }
+            for suite, items in group_by_suite(results.items).items()
+        },
+        "items": [_item_json(r) for r in results.items],
+    }
+
+
+def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
+    gate = outcome.gate
+    if gate is None:
+        return None
+    return {
+        "expression": gate.expression,
+        "passed": gate.passed,
+        "split": outcome.gate_split,
+        "reason": gate.reason,
+        "missing_roles": list(gate.missing_roles),
+        "clauses": [
+            {"text": c.text, "passed": c.passed, "explanation": c.explanation} for c in gate.clauses
+        ],
+    }
+
+
+def _agg_json(agg: Aggregate) -> dict[str, Any]:
+    return {
+        "cases": agg.n,
+        "passed": agg.passed,
+        "pass_rate": round(agg.pass_rate, 6),
+        "mean_score": round(agg.score, 6),
+        "prompt_tokens": agg.prompt_tokens,
+        "completion_tokens": agg.completion_tokens,
+        "latency_p50_s": round(percentile(agg.latencies, 50), 4) if agg.latencies else None,
+        "latency_p95_s": round(percentile(agg.latencies, 95), 4) if agg.latencies else None,
+        "cost_usd": agg.cost,
+    }
+
+
+def _item_json(result: ItemResult) -> dict[str, Any]:
+    call = result.call
+    return {
+        "nodeid": result.nodeid,
+        "suite": result.suite,
+        "case_id": result.case_id,
+        "role": result.role,
+        "split": result.split,
+        "passed": result.passed,
+        "score": round(result.score, 6),
+        "grades": [
+            {"name": g.name, "score": round(g.score, 6), "passed": g.passed, "reason": g.reason}
+            for g in result.grades
+        ],
+        "model": call.model if call else None,
+        "completion_id": call.completion_id if call else None,
+        "reply": call.reply if call else None,
+        "prompt_tokens": call.prompt_tokens if call else 0,
+        "completion_tokens": call.completion_tokens if call else 0,
+        "latency_s": round(call.latency_s, 4) if call else None,
+    }
+
+
+# --- terminal ----------------------------------------------------------------------------------
+
+_COLUMNS = ("", "cases", "pass", "score", "prompt tok", "compl tok", "p50 ms", "p95 ms", "cost")
+
+
+def summary(tr: pytest.TerminalReporter, runtime: Runtime, outcome: Outcome) -> None:
+    results, prices = runtime.results, runtime.settings.prices
+    if not results.items:
+        return
+    tr.write_sep("=", "distill summary")
+    rows = [_row(role, aggregate(results.select(role=role), prices)) for role in results.roles()]
+    _table(tr, "all cases, by role", rows)
+    if results.has_holdout():
+        rows = [
+            _row(role, aggregate(results.select(role=role, split="holdout"), prices))
+            for role in results.roles()
+        ]
+        _table(tr, "holdout (the gate's cases)", rows)
+    by_suite = group_by_suite(results.items)
+    if len(by_suite) > 1:
+        rows = [
+            _row(f"{suite} {role}", aggregate([r for r in items if r.role == role], prices))
+            for suite, items in by_suite.items()
+            for role in results.roles()
+            if any(r.role == role for r in items)
+        ]
+        _table(tr, "by suite", rows)
+    _gate_lines(tr, outcome)
+
+
+def _row(label: str, agg: Aggregate) -> tuple[str, ...]:
+    lat = agg.latencies
+    return (
+        label,
+        str(agg.n),
+        f"{agg.pass_rate:.1%}",
+        f"{agg.score:.3f}",
+        f"{agg.prompt_tokens:,}",
+        f"{agg.completion_tokens:,}",
+        f"{percentile(lat, 50) * 1000:.0f}" if lat else "-",
+        f"{percentile(lat, 95) * 1000:.0f}" if lat else "-",
+        f"${agg.cost:.4f}" if agg.cost is not None else "-",
+    )
+
+
+def _table(tr: pytest.TerminalReporter, title: str, rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in (_COLUMNS, *rows)) for i in range(len(_COLUMNS))]
+    tr.write_line(f"{title}:")
+    for row in (_COLUMNS, *rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        tr.write_line("  " + "  ".join(cells))
+
+
+def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome) -> None:
+    gate = outcome.gate
+    if gate is None:
+        return
+    for clause in gate.clauses:
+        tr.write_line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
+    if gate.passed is None:
+        tr.write_line(f"gate not evaluated: {gate.reason}", yellow=True)
+    elif gate.passed:
+        tr.write_line(f"gate passed on {outcome.gate_split} cases: {gate.expression}", green=True)
+    else:
+        tr.write_line(f"{gate.reason} (exit code {GATE_FAILED_EXIT_CODE})", red=True, bold=True)

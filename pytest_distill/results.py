@@ -1,0 +1,162 @@
+"""Per-item outcomes, carried on test reports so that aggregation is the same under xdist.
+
+Each eval item appends its :class:`ItemResult` as JSON to ``user_properties``; the
+controller (the only process under xdist that sees every report) reads it back in
+``pytest_runtest_logreport``. Scores, role and split stay as JUnit properties; the bulky
+record (messages and reply) is taken off the report once read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pytest_distill.roles import CallRecord
+
+RECORD_PROPERTY = "distill_record"
+
+
+@dataclass(frozen=True, slots=True)
+class GradeRecord:
+    name: str
+    score: float
+    passed: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    nodeid: str
+    suite: str
+    case_id: str
+    role: str
+    split: str
+    passed: bool
+    score: float
+    grades: tuple[GradeRecord, ...] = ()
+    call: CallRecord | None = None
+    calls: int = 1
+    error: str | None = None
+
+    @property
+    def graded_failure(self) -> bool:
+        """Failed because a grader scored it below passing: a measurement, not a bug."""
+        return not self.passed and any(not g.passed for g in self.grades)
+
+    def properties(self) -> list[tuple[str, object]]:
+        """What goes on the report: JUnit-friendly scalars, then the whole record."""
+        return [
+            ("distill_role", self.role),
+            ("distill_split", self.split),
+            ("distill_score", f"{self.score:.4f}"),
+            ("distill_passed", "true" if self.passed else "false"),
+            (RECORD_PROPERTY, json.dumps(self.to_json(), ensure_ascii=False)),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["call"] = self.call.to_json() if self.call else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ItemResult:
+        call = CallRecord.from_json(data["call"]) if data.get("call") else None
+        grades = tuple(GradeRecord(**g) for g in data.get("grades", ()))
+        return cls(**{**data, "call": call, "grades": grades})
+
+
+def take_from(user_properties: list[tuple[str, object]]) -> ItemResult | None:
+    """Read this item's record off a report's properties, removing the bulky JSON.
+
+    Every phase's report carries the item's properties (junitxml writes them from the
+    teardown report), so each phase's copy is removed; only the call phase's is returned.
+    """
+    found = [v for n, v in user_properties if n == RECORD_PROPERTY]
+    user_properties[:] = [(n, v) for n, v in user_properties if n != RECORD_PROPERTY]
+    return ItemResult.from_json(json.loads(str(found[-1]))) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """Figures for one group of results (a role, or a role within a suite)."""
+
+    n: int
+    passed: int
+    score: float
+    prompt_tokens: int
+    completion_tokens: int
+    calls: int
+    latencies: tuple[float, ...]
+    cost: float | None
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.n if self.n else 0.0
+
+
+@dataclass
+class Results:
+    """Everything the controller saw, in report order."""
+
+    items: list[ItemResult] = field(default_factory=list)
+
+    def add(self, result: ItemResult) -> None:
+        self.items.append(result)
+
+    def roles(self) -> list[str]:
+        order = ("teacher", "student", "finetuned", "judge")
+        seen = {r.role for r in self.items}
+        return [r for r in order if r in seen] + sorted(seen - set(order))
+
+    def select(
+        self, *, role: str | None = None, split: str | None = None, suite: str | None = None
+    ) -> list[ItemResult]:
+        return [
+            r
+            for r in self.items
+            if (role is None or r.role == role)
+            and (split is None or r.split == split)
+            and (suite is None or r.suite == suite)
+        ]
+
+    def has_holdout(self) -> bool:
+        return any(r.split == "holdout" for r in self.items)
+
+
+def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggregate:
+    calls = [r.call for r in results if r.call is not None]
+    return Aggregate(
+        n=len(results),
+        passed=sum(r.passed for r in results),
+        score=sum(r.score for r in results) / len(results) if results else 0.0,
+        prompt_tokens=sum(c.prompt_tokens for c in calls),
+        completion_tokens=sum(c.completion_tokens for c in calls),
+        calls=len(calls),
+        latencies=tuple(sorted(c.latency_s for c in calls)),
+        cost=_cost(calls, prices),
+    )
+
+
+def _cost(calls: Iterable[CallRecord], prices: Mapping[str, Any]) -> float | None:
+    total = 0.0
+    for call in calls:
+        price = prices.get(call.model) or prices.get(_base_model(call.model))
+        if price is None:
+            return None
+        total += call.prompt_tokens * price.prompt + call.completion_tokens * price.completion
+    return total / 1e6
+
+
+def _base_model(model: str) -> str:
+    """``ft:gpt-4.1-mini:org::id`` is priced as its base model unless listed itself."""
+    return model.split(":")[1] if model.startswith("ft:") and ":" in model[3:] else model
+
+
+def group_by_suite(results: Sequence[ItemResult]) -> dict[str, list[ItemResult]]:
+    groups: dict[str, list[ItemResult]] = defaultdict(list)
+    for result in results:
+        groups[result.suite].append(result)
+    return dict(groups)

@@ -1,0 +1,265 @@
+"""Roles (teacher, student, finetuned, judge) and the clients that talk to their endpoints.
+
+A role is an endpoint, a model id and sampling parameters. Every chat call made through a
+role goes through :func:`call_chat`, which returns a :class:`CallRecord`: the messages, the
+reply, usage and latency that the report, the gate and the training set are built from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import openai
+
+ROLES = ("teacher", "student", "finetuned", "judge")
+Role = Literal["teacher", "student", "finetuned", "judge"]
+Message = dict[str, Any]
+
+# Parameters a role may set; the SDK rejects anything else in a confusing way, so we check early.
+SAMPLING_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "seed",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "response_format",
+        "reasoning_effort",
+        "logit_bias",
+        "n",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    kind: Literal["openai", "local", "url"]
+    base_url: str | None = None
+
+    def __str__(self) -> str:
+        return self.base_url if self.kind == "url" and self.base_url else self.kind
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    text = text.strip()
+    if text in ("openai", "local"):
+        return Endpoint(text)  # type: ignore[arg-type]
+    if text.startswith(("http://", "https://")):
+        return Endpoint("url", text.rstrip("/"))
+    raise ValueError(
+        f"endpoint {text!r} is not valid; use 'openai', 'local' or a base URL such as "
+        "http://127.0.0.1:8000/v1"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoleConfig:
+    name: str
+    model: str | None
+    endpoint: Endpoint = Endpoint("openai")
+    params: Mapping[str, Any] = field(default_factory=dict)
+    api_key_env: str | None = None
+
+    def api_key(self) -> str | None:
+        """The key from the environment only: never from a file, never logged."""
+        names = [self.api_key_env] if self.api_key_env else []
+        names += [f"DISTILL_{self.name.upper()}_API_KEY", "OPENAI_API_KEY"]
+        return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+class MissingApiKey(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One chat completion made for a role."""
+
+    role: str
+    model: str
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+    reply: str
+    completion_id: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    stored: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["messages"] = list(self.messages)
+        data["params"] = dict(self.params)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CallRecord:
+        return cls(**{**data, "messages": tuple(data["messages"])})
+
+
+def make_openai(
+    role: RoleConfig, *, local_url: Callable[[], str] | None, timeout: float, max_retries: int
+) -> openai.OpenAI:
+    """The SDK client for a role's endpoint. ``local_url`` starts the embedded server on demand."""
+    import openai
+
+    base_url: str | None
+    if role.endpoint.kind == "local":
+        if local_url is None:
+            raise RuntimeError("the embedded server is not available in this session")
+        base_url, key = local_url(), "local"
+    elif role.endpoint.kind == "url":
+        base_url, key = role.endpoint.base_url, role.api_key() or "unused"
+    else:
+        base_url, key = os.environ.get("OPENAI_BASE_URL") or None, role.api_key() or ""
+        if not key:
+            raise MissingApiKey(
+                f"no API key for role {role.name!r} on the OpenAI endpoint; set OPENAI_API_KEY "
+                f"or DISTILL_{role.name.upper()}_API_KEY (or ini distill_{role.name}_api_key_env)"
+            )
+    http_client = openai.DefaultHttpx2Client(
+        timeout=timeout, event_hooks={"response": [_no_retry_when_out_of_quota]}
+    )
+    return openai.OpenAI(
+        api_key=key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        http_client=http_client,
+    )
+
+
+def _no_retry_when_out_of_quota(response: Any) -> None:
+    """A 429 with code ``insufficient_quota`` is a billing problem, not a rate limit.
+
+    The SDK retries every 429; its ``x-should-retry`` header is the public way to stop it, so
+    we set that header on such a response before the SDK sees it.
+    """
+    if response.status_code == 429:
+        response.read()
+        if b"insufficient_quota" in response.content:
+            response.headers["x-should-retry"] = "false"
+
+
+def call_chat(
+    client: openai.OpenAI,
+    role: RoleConfig,
+    messages: Sequence[Message],
+    *,
+    params: Mapping[str, Any] | None = None,
+    store: Mapping[str, str] | None = None,
+) -> CallRecord:
+    """Send one chat completion for ``role``; ``store`` is the metadata of a stored completion."""
+    return send_chat(client, role, messages, params=params, store=store)[1]
+
+
+def send_chat(
+    client: openai.OpenAI,
+    role: RoleConfig,
+    messages: Sequence[Message],
+    *,
+    params: Mapping[str, Any] | None = None,
+    store: Mapping[str, str] | None = None,
+) -> tuple[Any, CallRecord]:
+    """Like :func:`call_chat`, also returning the SDK's ``ChatCompletion``."""
+    model = (params or {}).get("model") or role.model
+    if not model:
+        raise RuntimeError(
+            f"role {role.name!r} has no model; set ini distill_{role.name}_model, "
+            f"DISTILL_{role.name.upper()}_MODEL or --distill-model {role.name}=MODEL"
+        )
+    merged = {k: v for k, v in {**role.params, **(params or {})}.items() if k != "model"}
+    extra: dict[str, Any] = {"store": True, "metadata": dict(store)} if store else {}
+    started = time.perf_counter()
+    response = client.chat.completions.create(
+        model=model,
+        messages=list(messages),  # type: ignore[arg-type]  # plain dicts, checked at load
+        **merged,
+        **extra,
+    )
+    latency = time.perf_counter() - started
+    usage = response.usage
+    choice = response.choices[0].message.content if response.choices else None
+    return response, CallRecord(
+        role=role.name,
+        model=response.model or model,
+        messages=tuple(dict(m) for m in messages),
+        params=merged,
+        reply=choice or "",
+        completion_id=response.id,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        latency_s=latency,
+        stored=bool(store),
+    )
+
+
+class _Completions:
+    def __init__(self, owner: RoleClient) -> None:
+        self._owner = owner
+
+    def create(self, *, messages: Sequence[Message], **params: Any) -> Any:
+        """``client.chat.completions.create`` with the role's model and parameters filled in."""
+        response, record = send_chat(
+            self._owner.openai, self._owner.config, messages, params=params
+        )
+        self._owner.calls.append(record)
+        return response
+
+
+class _Chat:
+    def __init__(self, owner: RoleClient) -> None:
+        self.completions = _Completions(owner)
+
+
+class RoleClient:
+    """What the ``teacher``/``student``/``finetuned`` fixtures return.
+
+    ``client.chat.completions.create(messages=[...])`` is the SDK call with the role's model and
+    sampling parameters filled in; ``client.complete("text")`` returns just the reply text.
+    ``client.openai`` is the plain SDK client. Calls made through ``chat`` and ``complete`` are
+    kept in ``calls`` and reported with the test.
+    """
+
+    def __init__(self, config: RoleConfig, client: openai.OpenAI) -> None:
+        self.config = config
+        self.role = config.name
+        self.model = config.model
+        self.openai = client
+        self.calls: list[CallRecord] = []
+        self.chat = _Chat(self)
+
+    def complete(self, prompt: str | Sequence[Message], **params: Any) -> str:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        self.chat.completions.create(messages=messages, **params)
+        return self.calls[-1].reply
+
+    def __repr__(self) -> str:
+        return f"<RoleClient {self.role} model={self.model!r} endpoint={self.config.endpoint}>"
+
+
+def check_params(params: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(params) - SAMPLING_PARAMS)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown sampling parameter {unknown[0]!r}; allowed: "
+            f"{', '.join(sorted(SAMPLING_PARAMS))}"
+        )
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a failed SDK call: the error type, HTTP status and code, the message."""
+    status = getattr(error, "status_code", None)
+    body = getattr(error, "body", None)
+    code = getattr(error, "code", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    where = f" (HTTP {status}{', code ' + str(code) if code else ''})" if status else ""
+    return f"{type(error).__name__}{where}: {message or error}"

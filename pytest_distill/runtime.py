@@ -1,0 +1,132 @@
+"""What one pytest process holds for the session: role clients, the embedded server, the
+concurrent prefetch of model calls, and the results seen so far. Kept in ``config.stash``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_distill.options import Settings
+from pytest_distill.results import Results
+from pytest_distill.roles import CallRecord, RoleConfig, make_openai
+
+if TYPE_CHECKING:
+    import openai
+
+RUNTIME_KEY = pytest.StashKey["Runtime"]()
+RETIREMENT_WINDOW_DAYS = 60
+
+
+class DistillWarning(pytest.PytestWarning):
+    """A warning from pytest-distill (for example: a role's model retires soon)."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    results: Results = field(default_factory=Results)
+    order: dict[str, int] = field(default_factory=dict)
+    _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
+    _local: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor | None = None
+    _futures: dict[str, Future[CallRecord]] = field(default_factory=dict)
+    _retirement_checked: set[str] = field(default_factory=set)
+
+    def role(self, name: str) -> RoleConfig:
+        return self.settings.role_configs[name]
+
+    def client(self, role: str) -> openai.OpenAI:
+        """The SDK client of a role, made once per endpoint and shared between threads."""
+        with self._lock:
+            if role not in self._clients:
+                self._clients[role] = make_openai(
+                    self.role(role),
+                    local_url=self._local_url,
+                    timeout=self.settings.timeout,
+                    max_retries=self.settings.max_retries,
+                )
+            return self._clients[role]
+
+    def _local_url(self) -> str:
+        # Called with self._lock held, from client().
+        if self._local is None:
+            from pytest_distill.local import LocalServer
+
+            server = LocalServer(
+                data_dir=self.settings.rootpath / ".distill" / "server",
+                models=dict(self.settings.local_models) or None,
+            )
+            server.start()
+            self._local = server
+        return str(self._local.base_url)
+
+    # --- concurrent prefetch of data-file calls ---------------------------------------------
+
+    def prefetch(self, key: str, call: Callable[[], CallRecord]) -> None:
+        with self._lock:
+            if key in self._futures:
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.settings.concurrency, thread_name_prefix="distill-call"
+                )
+            self._futures[key] = self._pool.submit(call)
+
+    def call(self, key: str, call: Callable[[], CallRecord]) -> CallRecord:
+        self.prefetch(key, call)
+        return self._futures.pop(key).result()
+
+    # --- model retirement ---------------------------------------------------------------------
+
+    def retirement_warning(self, role: str) -> str | None:
+        """Once per role: a message if its model has a ``shutdown_date`` within 60 days."""
+        config = self.role(role)
+        if role in self._retirement_checked or not config.model:
+            return None
+        self._retirement_checked.add(role)
+        try:
+            model = self.client(role).models.retrieve(config.model)
+        except Exception:  # the endpoint may not offer it; this check must never fail a test
+            return None
+        # Not every SDK release declares the field; an endpoint may still send it.
+        raw = getattr(model, "shutdown_date", None) or (model.model_extra or {}).get(
+            "shutdown_date"
+        )
+        shutdown = _as_date(raw)
+        if shutdown is None:
+            return None
+        days = (shutdown - dt.datetime.now(dt.UTC).date()).days
+        if days > RETIREMENT_WINDOW_DAYS:
+            return None
+        return (
+            f"model {config.model!r} of role {role!r} shuts down on {shutdown.isoformat()} "
+            f"({days} days from today); move the role to another model "
+            f"(ini distill_{role}_model)"
+        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+        if self._local is not None:
+            self._local.stop()
+
+
+def _as_date(value: Any) -> dt.date | None:
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value, dt.UTC).date()
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from scripted_server import ScriptedServer
+
+CAPITALS = {
+    "Capital of France?": "Paris",
+    "Capital of Italy?": "Rome",
+    "Capital of Spain?": "Madrid",
+    "Capital of Japan?": "Tokyo",
+    "Capital of Peru?": "Lima",
+}
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    """A scripted OpenAI-compatible server: ``big`` knows every capital, ``small`` two."""
+    with ScriptedServer() as srv:
+        srv.script("big", CAPITALS)
+        srv.script("small", {"Capital of France?": "Paris", "Capital of Italy?": "Milan"})
+        yield srv
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, server: ScriptedServer) -> pytest.Pytester:
+    """A pytester project whose teacher is ``big`` and student ``small`` on the server."""
+    pytester.makeini(
+        f"""
+        [pytest]
+        distill_teacher_model = big
+        distill_teacher_endpoint = {server.base_url}
+        distill_student_model = small
+        distill_student_endpoint = {server.base_url}
+        """
+    )
+    return pytester
+
+
+SUITE = """\
+name: capitals
+prompt:
+  system: Answer with the capital only.
+  user: "Capital of {{ country }}?"
+graders:
+  - type: string_check
+    operation: eq
+cases:
+  - id: fr
+    vars: {country: France}
+    reference: Paris
+  - id: it
+    vars: {country: Italy}
+    reference: Rome
+  - id: es
+    vars: {country: Spain}
+    reference: Madrid
+  - id: jp
+    vars: {country: Japan}
+    reference: Tokyo
+  - id: pe
+    vars: {country: Peru}
+    reference: Lima
+"""

@@ -1,0 +1,180 @@
+"""A small OpenAI-compatible HTTP server on loopback whose replies a test scripts.
+
+It is a real server (``http.server`` on 127.0.0.1, HTTP/1.1 keep-alive) so the plugin's SDK
+traffic really crosses a socket: no patched client. Replies come from a table keyed by model
+and the last user message; ``delay`` makes each reply slow, ``fail`` queues error responses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = Callable[[str, list[dict[str, Any]]], str]
+
+
+@dataclass
+class Failure:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ScriptedServer:
+    def __init__(self, answer: Answer | None = None, *, delay: float = 0.0) -> None:
+        self.table: dict[tuple[str, str], str] = {}
+        self.answer = answer
+        self.delay = delay
+        self.model_info: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        self.failures: list[Failure] = []
+        self._lock = threading.Lock()
+        self._count = 0
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, model: str, replies: dict[str, str]) -> None:
+        """``model`` answers the user message ``key`` with ``replies[key]``."""
+        self.table.update({(model, k): v for k, v in replies.items()})
+
+    def fail(self, status: int, code: str = "rate_limit_exceeded", **headers: str) -> None:
+        body = {"error": {"message": f"scripted {status}", "type": code, "code": code}}
+        self.failures.append(
+            Failure(status, body, {k.replace("_", "-"): v for k, v in headers.items()})
+        )
+
+    def chat_requests(self) -> list[Any]:
+        return [b for m, p, b in self.requests if p.endswith("/chat/completions")]
+
+    # --- behaviour ----------------------------------------------------------------------------
+
+    def reply_for(self, model: str, messages: list[dict[str, Any]]) -> str:
+        if self.answer is not None:
+            return self.answer(model, messages)
+        last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return self.table.get((model, last), "I do not know.")
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        reply = self.reply_for(body["model"], body["messages"])
+        with self._lock:
+            self._count += 1
+            number = self._count
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        return {
+            "id": f"chatcmpl-{number:06d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply, "refusal": None},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(reply.split()),
+                "total_tokens": prompt_tokens + len(reply.split()),
+            },
+        }
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "scripted",
+            **self.model_info.get(model_id, {}),
+        }
+
+
+def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in two writes; without this, Nagle + delayed ACK add
+            # ~40 ms to every keep-alive response.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+            pass
+
+        def do_GET(self) -> None:
+            server.requests.append(("GET", self.path, None))
+            if self.path.startswith("/v1/models/"):
+                self._send(200, server.model(self.path.rsplit("/", 1)[1]))
+            else:
+                self._send(
+                    404,
+                    {
+                        "error": {
+                            "message": f"no route {self.path}",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            server.requests.append(("POST", self.path, body))
+            with server._lock:
+                failure = server.failures.pop(0) if server.failures else None
+            if failure is not None:
+                self._send(failure.status, failure.body, failure.headers)
+                return
+            if self.path != "/v1/chat/completions":
+                self._send(
+                    404,
+                    {
+                        "error": {
+                            "message": f"no route {self.path}",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+                return
+            if server.delay:
+                time.sleep(server.delay)
+            self._send(200, server.completion(body))
+
+        def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
