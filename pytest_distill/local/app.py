@@ -46,7 +46,7 @@ class App:
         chat, files, jobs, models = self.chat, self.files, self.jobs, self.registry
         job = "/fine_tuning/jobs/{job_id}"
         return [
-            route("POST", "/chat/completions", lambda r: chat.create(r.json())),
+            route("POST", "/chat/completions", self._create_completion),
             route("GET", "/chat/completions", self._list_completions),
             route("GET", "/chat/completions/{cid}", lambda r: chat.retrieve(r.params["cid"])),
             route(
@@ -69,6 +69,11 @@ class App:
             route("GET", "/models/{model}", lambda r: models.retrieve(r.params["model"])),
             route("DELETE", "/models/{model}", lambda r: models.delete(r.params["model"])),
         ]
+
+    def _create_completion(self, r: Request) -> Response:
+        body, batch_size = self.chat.create(r.json())
+        # Lets clients and tests see that concurrent requests were decoded together.
+        return Response(body, headers={"x-distill-batch-size": str(batch_size)})
 
     def _list_completions(self, r: Request) -> object:
         limit, order = r.int_query("limit", 20), _order(r, "asc")

@@ -53,7 +53,8 @@ class Chat:
         self._registry = registry
         self._serving = serving
 
-    def create(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def create(self, request: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        """The completion body, and the size of the batch it was decoded in."""
         model = request.get("model")
         if not isinstance(model, str):
             raise bad_request("`model` is required.", "model", "missing_required")
@@ -87,7 +88,7 @@ class Chat:
         }
         if request.get("store"):
             self._store.put(Record("completion", body["id"], body, {"messages": messages}))
-        return body
+        return body, result.batch_size
 
     def list(
         self,
@@ -123,7 +124,13 @@ class Chat:
     ) -> dict[str, Any]:
         stored = self._record(completion_id).extra["messages"]
         bodies = [
-            {"id": f"{completion_id}-{i}", **m, "name": None, "content_parts": None}
+            {
+                "id": f"{completion_id}-{i}",
+                **m,
+                "refusal": None,
+                "name": None,
+                "content_parts": None,
+            }
             for i, m in enumerate(stored)
         ]
         return paginate(bodies, after=after, limit=limit, newest_first=order == "desc").body()

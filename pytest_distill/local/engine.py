@@ -43,6 +43,8 @@ class GenResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    batch_size: int
+    """How many requests were decoded together with this one (itself included)."""
 
 
 @dataclass(slots=True)
@@ -125,7 +127,8 @@ class Engine:
         if rows:
             with self._model(adapter) as model, torch.inference_mode():
                 self._decode(model, rows)
-        return [row if isinstance(row, ApiError) else self._result(row) for row in prepared]
+        size = len(rows)
+        return [row if isinstance(row, ApiError) else self._result(row, size) for row in prepared]
 
     def _prepare(self, request: GenRequest) -> _Row | ApiError:
         try:
@@ -223,12 +226,12 @@ class Engine:
         if len(row.tokens) >= row.limit:
             row.finish = "length"
 
-    def _result(self, row: _Row) -> GenResult:
+    def _result(self, row: _Row, batch_size: int) -> GenResult:
         text = row.text
         if not (row.request.stop and row.finish == "stop" and row.tokens[-1] not in self._eos):
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         finish = row.finish or "length"
-        return GenResult(text, len(row.prompt), len(row.tokens), finish)
+        return GenResult(text, len(row.prompt), len(row.tokens), finish, batch_size)
 
 
 def _sample(logits: torch.Tensor, row: _Row) -> int:

@@ -41,7 +41,8 @@ def create_tiny_model(
         initializer_range=0.2,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        # No pad_token_id: the embedding would zero that row, and SmolLM2 pads with its
+        # end-of-turn token, whose logit must stay learnable through the tied head.
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
     )
     torch.manual_seed(seed)
