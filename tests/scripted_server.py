@@ -34,6 +34,7 @@ class ScriptedServer:
         self.model_info: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
+        self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
         self._lock = threading.Lock()
         self._count = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -163,9 +164,11 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                     },
                 )
                 return
+            arrived = time.perf_counter()
             if server.delay:
                 time.sleep(server.delay)
             self._send(200, server.completion(body))
+            server.chat_spans.append((arrived, time.perf_counter()))
 
         def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(body).encode()
