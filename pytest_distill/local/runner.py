@@ -93,6 +93,7 @@ class Runner:
         if outcome.adapter is None:
             if self._stopping.is_set():
                 self._fail(job_id, "server_interrupted", _INTERRUPTED)
+            self._jobs.event(job_id, f"Training stopped after step {outcome.steps}")
             return
         self._jobs.registry.register(model_id, job["model"], outcome.adapter)
         results = files.add("step_metrics.csv", "fine-tune-results", _csv(metrics))

@@ -60,6 +60,7 @@ class Outcome:
     adapter: Path | None
     """The final adapter directory; None when training stopped early."""
     trained_tokens: int
+    steps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +120,12 @@ def train_lora(
     loop = _Loop(model, optimizer, pad, hp, callbacks, math.ceil(len(train) / hp.batch_size))
     for epoch in range(hp.n_epochs):
         if not loop.epoch(train, epoch):
-            return Outcome(None, loop.tokens)
+            return Outcome(None, loop.tokens, loop.step)
         metrics = {"step": float(loop.step), **loop.last}
         if valid:
             metrics["valid_loss"] = _mean_loss(model, valid, pad, hp.batch_size)
         callbacks.on_checkpoint(Checkpoint(loop.step, _save(model, out_dir, loop.step), metrics))
-    return Outcome(_save(model, out_dir, None), loop.tokens)
+    return Outcome(_save(model, out_dir, None), loop.tokens, loop.step)
 
 
 class _Loop:
