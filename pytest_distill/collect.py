@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.cases import CaseFileError, EvalCase, Suite, load_file, split_of
+from pytest_distill.cases import CaseFileError, EvalCase, Suite, load_file
 from pytest_distill.graders import Grade, Grader, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.results import GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
@@ -49,10 +49,13 @@ class DistillFile(pytest.File):
                 "distill_student_model (or --distill-model teacher=MODEL)",
             )
         graders = build_graders(self.config, runtime, suite)
+        runtime.suites.append((self, suite, graders))
         for case in suite.cases:
-            split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
+            split = runtime.split_of(suite, case)
             for role in roles:
-                if role == "finetuned" and split != "holdout" and runtime.settings.holdout > 0:
+                # --distill runs finetuned after training; it never sees train cases.
+                held_out = split == "holdout" or runtime.settings.holdout == 0
+                if role == "finetuned" and (runtime.settings.distill or not held_out):
                     continue
                 yield DistillItem.from_parent(
                     self,
@@ -138,7 +141,20 @@ class DistillItem(pytest.Item):
             runtime.role(self.role),
             self.suite.messages_for(self.case, self.role),
             params=self.suite.params_for(self.role),
+            store=self._store_metadata(),
         )
+
+    def _store_metadata(self) -> dict[str, str] | None:
+        """OpenAI's stored-completion metadata: at most 16 keys of 64, values of 512 chars."""
+        if not (self.runtime.settings.training.store and self.role == "teacher"):
+            return None
+        tags = {
+            "distill_suite": self.suite.name,
+            "distill_case": self.case.id,
+            "distill_role": self.role,
+            "distill_run": self.runtime.run_id,
+        }
+        return {k[:64]: v[:512] for k, v in tags.items()}
 
     def prefetch(self) -> None:
         self.runtime.prefetch(self.nodeid, self.model_call)
@@ -162,6 +178,11 @@ class DistillItem(pytest.Item):
             score=score,
             call=call,
             grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
+            train_messages=(
+                tuple(self.suite.messages_for(self.case, "student"))
+                if self.role == "teacher"
+                else None
+            ),
         )
         self.user_properties.extend(result.properties())
         if not passed:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 GATE_FAILED_EXIT_CODE: Final = 6  # pytest's own exit codes are 0-5
+DISTILL_FAILED_EXIT_CODE: Final = 7  # --distill could not train or evaluate the student
 RoleName = Literal["teacher", "student", "finetuned", "judge"]
 Attribute = Literal[
     "score",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.roles import ROLES, RoleConfig, parse_endpoint
+from pytest_distill.roles import ROLES, Endpoint, RoleConfig, parse_endpoint
 
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 
@@ -33,6 +33,18 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingOptions:
+    trainer_endpoint: Endpoint | None = None  # None: the student's endpoint
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    suffix: str = "distill"
+    seed: int | None = None
+    poll_interval: float = 2.0
+    job_timeout: float = 3600.0
+    max_example_tokens: int = 4096
+    store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     distill: bool
     no_wait: bool
@@ -45,6 +57,7 @@ class Settings:
     patterns: tuple[str, ...]
     prices: Mapping[str, Price] = field(default_factory=dict)
     local_models: Mapping[str, str] = field(default_factory=dict)
+    training: TrainingOptions = field(default_factory=lambda: TrainingOptions())
     timeout: float = 120.0
     max_retries: int = 2
     rootpath: Path = Path()
@@ -136,6 +149,32 @@ def addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=[],
     )
+    parser.addini(
+        "distill_trainer_endpoint",
+        "endpoint that fine-tunes: openai, local or a base URL (default: the student's)",
+        default="",
+    )
+    for name, help_text in (
+        ("n_epochs", "fine-tuning epochs (default: the trainer's choice)"),
+        ("batch_size", "fine-tuning batch size (default: the trainer's choice)"),
+        ("learning_rate_multiplier", "fine-tuning learning-rate multiplier"),
+    ):
+        parser.addini(f"distill_{name}", help_text, default="")
+    parser.addini("distill_suffix", "suffix of the fine-tuned model's name", default="distill")
+    parser.addini("distill_seed", "seed of the fine-tuning job", default="")
+    parser.addini("distill_poll_interval", "seconds between job polls", default="2")
+    parser.addini("distill_job_timeout", "seconds to follow a job before giving up", default="3600")
+    parser.addini(
+        "distill_max_example_tokens",
+        "training examples over this many (estimated) tokens are dropped",
+        default="4096",
+    )
+    parser.addini(
+        "distill_store",
+        "send teacher calls with store: true and metadata",
+        type="bool",
+        default=False,
+    )
     parser.addini("distill_timeout", "seconds before a model call times out", default="120")
     parser.addini("distill_max_retries", "retries of a failed model call", default="2")
     for role in ROLES:
@@ -180,6 +219,7 @@ def resolve(config: pytest.Config) -> Settings:
         patterns=tuple(config.getini("distill_patterns")),
         prices=_prices(config.getini("distill_prices")),
         local_models=_local_models(config),
+        training=_training(config),
         timeout=_ini_number(config, "distill_timeout", float, low=0.1),
         max_retries=_ini_number(config, "distill_max_retries", int, low=0),
         rootpath=config.rootpath,
@@ -226,6 +266,10 @@ def _role_config(
             f"or ini distill_{role}_endpoint"
         ) from None
     key_env = config.getini(f"distill_{role}_api_key_env").strip() or None
+    if role == "finetuned" and not str(model).strip():
+        found = finetuned_from_state(config.rootpath)
+        if found is not None:
+            model, endpoint = found[0], parse_endpoint(found[1])
     return RoleConfig(
         name=role,
         model=str(model).strip() or None,
@@ -335,3 +379,37 @@ def _gate(config: pytest.Config) -> str | None:
     except GateSyntaxError as exc:
         raise pytest.UsageError(f"--distill-gate / ini distill_gate: {exc}") from None
     return text
+
+
+def _training(config: pytest.Config) -> TrainingOptions:
+    trainer = config.getini("distill_trainer_endpoint").strip()
+    try:
+        endpoint = parse_endpoint(trainer) if trainer else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini distill_trainer_endpoint: {exc}") from None
+    hyper = {}
+    for name, kind in (("n_epochs", int), ("batch_size", int), ("learning_rate_multiplier", float)):
+        raw = str(config.getini(f"distill_{name}")).strip()
+        if raw and raw != "auto":
+            hyper[name] = _checked(raw, kind, 1e-9, 1e9, f"ini distill_{name}")
+    seed = str(config.getini("distill_seed")).strip()
+    return TrainingOptions(
+        trainer_endpoint=endpoint,
+        hyperparameters=hyper,
+        suffix=str(config.getini("distill_suffix")).strip() or "distill",
+        seed=_checked(seed, int, 0, 2**31, "ini distill_seed") if seed else None,
+        poll_interval=_ini_number(config, "distill_poll_interval", float, low=0.0),
+        job_timeout=_ini_number(config, "distill_job_timeout", float, low=1.0),
+        max_example_tokens=_ini_number(config, "distill_max_example_tokens", int, low=16),
+        store=bool(config.getini("distill_store")),
+    )
+
+
+def finetuned_from_state(rootpath: Path) -> tuple[str, str] | None:
+    """The model a past ``--distill`` run trained, and its endpoint, from .distill/state.json."""
+    try:
+        data = json.loads((rootpath / ".distill" / "state.json").read_text())
+        found = data["finetuned"]
+        return str(found["model"]), str(found["endpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -74,6 +74,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    result = yield
+    runtime = session.config.stash[RUNTIME_KEY]
+    if runtime.settings.distill and not hasattr(session.config, "workerinput"):
+        if session.shouldfail or session.shouldstop:
+            runtime.distill_error = "distill: skipped, the session stopped early (-x or maxfail)"
+        else:
+            from pytest_distill import distill
+
+            distill.run(session, runtime)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     yield
     if not isinstance(item, DistillItem):
@@ -125,7 +139,10 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.outcome = outcome = report.finish(self.runtime)
         session.exitstatus = report.exit_status(
-            outcome, session.exitstatus, other_failures=self.other_failures
+            outcome,
+            session.exitstatus,
+            other_failures=self.other_failures,
+            distill_failed=self.runtime.distill_error is not None,
         )
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,15 @@ from typing import Any
 import pytest
 
 from pytest_distill import __version__
-from pytest_distill.gate import GATE_FAILED_EXIT_CODE, Gate, GateResult, RoleStats, percentile
+from pytest_distill.atomic import write_atomic
+from pytest_distill.gate import (
+    DISTILL_FAILED_EXIT_CODE,
+    GATE_FAILED_EXIT_CODE,
+    Gate,
+    GateResult,
+    RoleStats,
+    percentile,
+)
 from pytest_distill.options import Settings
 from pytest_distill.results import Aggregate, ItemResult, aggregate, group_by_suite
 from pytest_distill.runtime import Runtime
@@ -86,9 +92,14 @@ def finish(runtime: Runtime) -> Outcome:
     return outcome
 
 
-def exit_status(outcome: Outcome, status: int, *, other_failures: int) -> int:
+def exit_status(
+    outcome: Outcome, status: int, *, other_failures: int, distill_failed: bool = False
+) -> int:
     """With an evaluated gate, the gate decides: cases that grade below passing are
-    measurements, not failures. Errors and failing ordinary tests still fail the session."""
+    measurements, not failures. Errors and failing ordinary tests still fail the session.
+    A failed distill step (exit code 7) outranks the gate."""
+    if distill_failed and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return DISTILL_FAILED_EXIT_CODE
     gate = outcome.gate
     if gate is None or gate.passed is None:
         return status
@@ -100,17 +111,7 @@ def exit_status(outcome: Outcome, status: int, *, other_failures: int) -> int:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write to a temporary file beside the target, then rename: never a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def to_json(runtime: Runtime, outcome: Outcome) -> dict[str, Any]:
@@ -205,6 +206,8 @@ _COLUMNS = ("", "cases", "pass", "score", "prompt tok", "compl tok", "p50 ms", "
 def summary(tr: pytest.TerminalReporter, runtime: Runtime, outcome: Outcome) -> None:
     results, prices = runtime.results, runtime.settings.prices
     if not results.items:
+        if runtime.distill_error:
+            tr.write_line(runtime.distill_error, red=True)
         return
     tr.write_sep("=", "distill summary")
     rows = [_row(role, aggregate(results.select(role=role), prices)) for role in results.roles()]
@@ -225,6 +228,8 @@ def summary(tr: pytest.TerminalReporter, runtime: Runtime, outcome: Outcome) -> 
         ]
         _table(tr, "by suite", rows)
     _gate_lines(tr, outcome)
+    if runtime.distill_error:
+        tr.write_line(f"{runtime.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
 
 
 def _row(label: str, agg: Aggregate) -> tuple[str, ...]:

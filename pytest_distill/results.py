@@ -39,7 +39,7 @@ class ItemResult:
     grades: tuple[GradeRecord, ...] = ()
     call: CallRecord | None = None
     calls: int = 1
-    error: str | None = None
+    train_messages: tuple[dict[str, Any], ...] | None = None  # the student's prompt, if known
 
     @property
     def graded_failure(self) -> bool:
@@ -65,7 +65,15 @@ class ItemResult:
     def from_json(cls, data: Mapping[str, Any]) -> ItemResult:
         call = CallRecord.from_json(data["call"]) if data.get("call") else None
         grades = tuple(GradeRecord(**g) for g in data.get("grades", ()))
-        return cls(**{**data, "call": call, "grades": grades})
+        train = data.get("train_messages")
+        return cls(
+            **{
+                **data,
+                "call": call,
+                "grades": grades,
+                "train_messages": tuple(train) if train is not None else None,
+            }
+        )
 
 
 def take_from(user_properties: list[tuple[str, object]]) -> ItemResult | None:

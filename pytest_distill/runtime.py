@@ -4,8 +4,10 @@ concurrent prefetch of model calls, and the results seen so far. Kept in ``confi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_distill.cases import EvalCase, Suite, split_of
 from pytest_distill.options import Settings
 from pytest_distill.results import Results
-from pytest_distill.roles import CallRecord, RoleConfig, make_openai
+from pytest_distill.roles import CallRecord, Endpoint, RoleConfig, make_openai
 
 if TYPE_CHECKING:
     import openai
@@ -33,6 +36,10 @@ class Runtime:
     settings: Settings
     results: Results = field(default_factory=Results)
     order: dict[str, int] = field(default_factory=dict)
+    suites: list[tuple[Any, Suite, dict[str, tuple[Any, ...]]]] = field(default_factory=list)
+    distill_error: str | None = None
+    replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
     _local: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,16 +51,34 @@ class Runtime:
         return self.settings.role_configs[name]
 
     def client(self, role: str) -> openai.OpenAI:
-        """The SDK client of a role, made once per endpoint and shared between threads."""
+        """The SDK client of a role, made once and shared between threads."""
+        return self.client_for(self.role(role))
+
+    def client_for(self, config: RoleConfig) -> openai.OpenAI:
         with self._lock:
-            if role not in self._clients:
-                self._clients[role] = make_openai(
-                    self.role(role),
+            if config.name not in self._clients:
+                self._clients[config.name] = make_openai(
+                    config,
                     local_url=self._local_url,
                     timeout=self.settings.timeout,
                     max_retries=self.settings.max_retries,
                 )
-            return self._clients[role]
+            return self._clients[config.name]
+
+    def use_finetuned(self, model: str, endpoint: Endpoint) -> None:
+        """After training: the fine-tuned model becomes the ``finetuned`` role."""
+        configs = dict(self.settings.role_configs)
+        configs["finetuned"] = dataclasses.replace(
+            configs["finetuned"], model=model, endpoint=endpoint
+        )
+        self.settings = dataclasses.replace(self.settings, role_configs=configs)
+        with self._lock:
+            stale = self._clients.pop("finetuned", None)
+        if stale is not None:
+            stale.close()
+
+    def split_of(self, suite: Suite, case: EvalCase) -> str:
+        return split_of(f"{suite.name}::{case.id}", self.settings.holdout)
 
     def _local_url(self) -> str:
         # Called with self._lock held, from client().

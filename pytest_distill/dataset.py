@@ -1,0 +1,144 @@
+"""Passing teacher outputs -> a validated chat fine-tune JSONL and its lineage manifest.
+
+No API calls here: this module selects, filters, validates and writes. Files are written to a
+temporary name and renamed, so a crash never leaves a half-written training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_distill.atomic import write_atomic
+from pytest_distill.local.finetune_data import MIN_EXAMPLES, parse_training_file
+from pytest_distill.results import ItemResult
+
+MANIFEST_SCHEMA = "pytest-distill/manifest/1"
+Filter = Callable[[dict[str, Any], str], "dict[str, Any] | bool | None"]
+
+
+class DatasetError(RuntimeError):
+    """The training set cannot be built; the message says why and what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    case: str  # "suite::case-id"
+    completion_id: str | None
+    stored: bool
+    record: dict[str, Any]  # the chat fine-tune line: {"messages": [...]}
+
+    def line(self) -> str:
+        return json.dumps(self.record, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    examples: tuple[Example, ...]
+    train_cases: int
+    passing: int
+    duplicates: int
+    too_long: int
+    dropped_by_hook: int
+
+    def explain(self) -> str:
+        return (
+            f"{self.passing} of {self.train_cases} train-split teacher cases passed; "
+            f"{self.duplicates} duplicates, {self.too_long} over the token limit and "
+            f"{self.dropped_by_hook} dropped by pytest_distill_filter_example hooks left "
+            f"{len(self.examples)} examples"
+        )
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """An estimate, not a tokenizer: about 4 characters a token plus 4 a message."""
+    return sum(4 + len(str(m.get("content", ""))) // 4 for m in messages)
+
+
+def select(
+    results: Iterable[ItemResult], *, max_tokens: int, keep: Filter | None = None
+) -> Selection:
+    """Candidates: passing teacher calls on the train split, in the student's prompt."""
+    teacher = [r for r in results if r.role == "teacher" and r.split == "train"]
+    passing = [r for r in teacher if r.passed and r.call is not None]
+    seen: set[str] = set()
+    examples: list[Example] = []
+    duplicates = too_long = dropped = 0
+    for result in sorted(passing, key=lambda r: (r.suite, r.case_id, r.nodeid)):
+        assert result.call is not None
+        prompt = result.train_messages or result.call.messages
+        record = {
+            "messages": [*map(dict, prompt), {"role": "assistant", "content": result.call.reply}]
+        }
+        case = f"{result.suite}::{result.case_id}"
+        if keep is not None:
+            verdict = keep(record, case)
+            if verdict is False:
+                dropped += 1
+                continue
+            if isinstance(verdict, dict):
+                record = verdict
+        example = Example(case, result.call.completion_id, result.call.stored, record)
+        if example.line() in seen:
+            duplicates += 1
+            continue
+        if estimate_tokens(record["messages"]) > max_tokens:
+            too_long += 1
+            continue
+        seen.add(example.line())
+        examples.append(example)
+    return Selection(tuple(examples), len(teacher), len(passing), duplicates, too_long, dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    path: Path
+    manifest_path: Path
+    sha256: str
+    examples: tuple[Example, ...] = field(repr=False)
+
+
+def write(selection: Selection, directory: Path) -> Dataset:
+    """Validate against OpenAI's fine-tune rules, then write JSONL and manifest atomically."""
+    if len(selection.examples) < MIN_EXAMPLES:
+        raise DatasetError(
+            f"distill: {len(selection.examples)} training examples, at least {MIN_EXAMPLES} "
+            f"are needed ({selection.explain()}); add cases, improve the teacher prompt or "
+            "lower distill_holdout"
+        )
+    data = "".join(e.line() + "\n" for e in selection.examples).encode()
+    try:
+        parse_training_file(data)
+    except ValueError as exc:
+        raise DatasetError(f"distill: the training set breaks a fine-tune rule: {exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    folder = directory / digest[:12]
+    path = folder / "train.jsonl"
+    write_atomic(path, data)
+    dataset = Dataset(path, folder / "manifest.json", digest, selection.examples)
+    update_manifest(dataset, {})
+    return dataset
+
+
+def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
+    """The lineage: each line's case and completion, then file, job and fine-tuned model."""
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "dataset": dataset.path.name,
+        "sha256": dataset.sha256,
+        "lines": [
+            {
+                "line": number,
+                "case": example.case,
+                "completion_id": example.completion_id,
+                "stored_completion_id": example.completion_id if example.stored else None,
+            }
+            for number, example in enumerate(dataset.examples, start=1)
+        ],
+        "training": dict(training),
+    }
+    write_atomic(dataset.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -1,0 +1,136 @@
+"""``pytest --distill``: after the items ran, train on the passing teacher outputs and run the
+fine-tuned student on the holdout, in the same session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from pytest_distill import dataset, training
+from pytest_distill.collect import DistillItem
+from pytest_distill.roles import RoleConfig
+from pytest_distill.runtime import Runtime
+
+
+def run(session: pytest.Session, runtime: Runtime) -> None:
+    """Build the training set, train (or resume), then evaluate ``finetuned``; never raises
+    for an expected failure: it is kept on the runtime and ends the session with exit code 7."""
+    progress = _progress(session.config)
+    try:
+        model = _train(session.config, runtime, progress)
+    except (dataset.DatasetError, training.DistillError) as exc:
+        runtime.distill_error = str(exc)
+        return
+    if model is not None:
+        _evaluate_finetuned(session, runtime, model)
+
+
+def _train(config: pytest.Config, runtime: Runtime, progress: training.Progress) -> str | None:
+    settings = runtime.settings
+    student = runtime.role("student")
+    if not student.model:
+        raise training.DistillError(
+            "distill: the student role has no model to fine-tune; set ini distill_student_model"
+        )
+
+    def keep(example: dict[str, Any], case_id: str) -> Any:
+        return config.hook.pytest_distill_filter_example(
+            example=example, case_id=case_id, config=config
+        )
+
+    selection = dataset.select(
+        runtime.results.items, max_tokens=settings.training.max_example_tokens, keep=keep
+    )
+    data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
+    progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
+    trainer = trainer_role(runtime)
+    options = settings.training
+    state = training.State(settings.rootpath / ".distill" / "state.json")
+    outcome = training.train(
+        runtime.client_for(trainer),
+        data,
+        training.TrainingSettings(
+            base_model=student.model,
+            trainer=str(trainer.endpoint),
+            hyperparameters=options.hyperparameters,
+            suffix=options.suffix,
+            seed=options.seed,
+            poll_interval=0.0 if runtime.replaying else options.poll_interval,
+            timeout=options.job_timeout,
+            no_wait=settings.no_wait,
+        ),
+        state,
+        progress,
+    )
+    dataset.update_manifest(
+        data,
+        {
+            "base_model": student.model,
+            "trainer": str(trainer.endpoint),
+            "file_id": outcome.file_id,
+            "job_id": outcome.job_id,
+            "status": outcome.status,
+            "fine_tuned_model": outcome.model,
+        },
+    )
+    if outcome.status != "succeeded" or outcome.model is None:
+        progress(
+            f"distill: job {outcome.job_id} is {outcome.status}; run `pytest --distill` again to "
+            "follow it and evaluate the fine-tuned student"
+        )
+        return None
+    state.set_finetuned(outcome.model, str(trainer.endpoint), outcome.job_id)
+    progress(f"distill: fine-tuned model {outcome.model} (job {outcome.job_id})")
+    return outcome.model
+
+
+def trainer_role(runtime: Runtime) -> RoleConfig:
+    student = runtime.role("student")
+    endpoint = runtime.settings.training.trainer_endpoint or student.endpoint
+    return dataclasses.replace(student, name="trainer", endpoint=endpoint)
+
+
+def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
+    trainer = trainer_role(runtime)
+    runtime.use_finetuned(model, trainer.endpoint)
+    items: list[pytest.Item] = []
+    for file, suite, graders in runtime.suites:
+        for case in suite.cases:
+            split = runtime.split_of(suite, case)
+            if split == "holdout" or runtime.settings.holdout == 0:
+                items.append(
+                    DistillItem.from_parent(
+                        file,
+                        name=f"{case.id}[finetuned]",
+                        suite=suite,
+                        case=case,
+                        role="finetuned",
+                        split=split,
+                        graders=graders[case.id],
+                    )
+                )
+    config = session.config
+    config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
+    start = len(session.items)
+    session.items.extend(items)
+    session.testscollected += len(items)
+    runtime.order.update({item.nodeid: start + n for n, item in enumerate(items)})
+    for index, item in enumerate(items):
+        nextitem = items[index + 1] if index + 1 < len(items) else None
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        if session.shouldfail or session.shouldstop:
+            break
+
+
+def _progress(config: pytest.Config) -> training.Progress:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    return write

@@ -1,0 +1,264 @@
+"""Upload, create or resume, and follow a fine-tuning job through the fine-tuning API.
+
+The same code drives OpenAI and the embedded local server. Idempotent: a job is keyed by the
+training set's content hash, the base model, the trainer endpoint and the hyperparameters;
+the key is kept in ``.distill/state.json`` and in the job's metadata, so a retried CI run
+finds its job instead of starting another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_distill.atomic import write_atomic
+from pytest_distill.dataset import Dataset
+
+if TYPE_CHECKING:
+    import openai
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+Progress = Callable[[str], None]
+
+
+class DistillError(RuntimeError):
+    """The distill step failed; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSettings:
+    base_model: str
+    trainer: str  # the endpoint, as text: part of the idempotency key
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    suffix: str = "distill"
+    seed: int | None = None
+    poll_interval: float = 2.0
+    timeout: float = 3600.0
+    no_wait: bool = False
+
+    def key(self, dataset: Dataset) -> str:
+        material = json.dumps(
+            [
+                dataset.sha256,
+                self.base_model,
+                self.trainer,
+                dict(self.hyperparameters),
+                self.suffix,
+                self.seed,
+            ],
+            sort_keys=True,
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    job_id: str
+    file_id: str
+    status: str
+    model: str | None
+    reused: bool
+
+
+class State:
+    """``.distill/state.json``: jobs by key, and the current fine-tuned model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            self.data = {}
+        except (ValueError, OSError) as exc:
+            raise DistillError(
+                f"{path}: unreadable state ({exc}); delete the file to start afresh"
+            ) from None
+
+    def job(self, key: str) -> dict[str, Any]:
+        return dict(self.data.get("jobs", {}).get(key, {}))
+
+    def save_job(self, key: str, **values: Any) -> None:
+        jobs = self.data.setdefault("jobs", {})
+        jobs[key] = {**jobs.get(key, {}), **values}
+        self._write()
+
+    def set_finetuned(self, model: str, endpoint: str, job_id: str) -> None:
+        self.data["finetuned"] = {"model": model, "endpoint": endpoint, "job_id": job_id}
+        self._write()
+
+    def finetuned(self) -> dict[str, Any] | None:
+        value = self.data.get("finetuned")
+        return dict(value) if isinstance(value, dict) else None
+
+    def _write(self) -> None:
+        write_atomic(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def train(
+    client: openai.OpenAI,
+    dataset: Dataset,
+    settings: TrainingSettings,
+    state: State,
+    progress: Progress,
+) -> Outcome:
+    """Find or start the job for this dataset and settings, then follow it unless no_wait."""
+    key = settings.key(dataset)
+    try:
+        job, file_id, reused = _find_or_start(client, dataset, settings, state, key, progress)
+        if settings.no_wait or job.status in FINAL:
+            return _outcome(job, file_id, reused)
+        return _outcome(follow(client, job.id, settings, progress), file_id, reused)
+    except DistillError:
+        raise
+    except Exception as exc:
+        raise DistillError(_explain(exc, settings.trainer)) from None
+
+
+def _find_or_start(
+    client: openai.OpenAI,
+    dataset: Dataset,
+    settings: TrainingSettings,
+    state: State,
+    key: str,
+    progress: Progress,
+) -> tuple[Any, str, bool]:
+    known = state.job(key)
+    if known.get("job_id"):
+        job = client.fine_tuning.jobs.retrieve(known["job_id"])
+        if job.status not in ("failed", "cancelled"):
+            progress(f"distill: resuming job {job.id} ({job.status})")
+            return job, known["file_id"], True
+    job = _listed_job(client, key)
+    if job is not None:
+        state.save_job(key, job_id=job.id, file_id=job.training_file)
+        progress(f"distill: found job {job.id} ({job.status}) for this training set")
+        return job, job.training_file, True
+    file_id = known.get("file_id") or _upload(client, dataset, progress)
+    state.save_job(key, file_id=file_id, job_id=None)
+    job = _create(client, settings, key, file_id, dataset)
+    state.save_job(key, job_id=job.id, file_id=file_id)
+    progress(f"distill: started job {job.id} on {settings.trainer} for {settings.base_model}")
+    return job, file_id, False
+
+
+def _listed_job(client: openai.OpenAI, key: str) -> Any:
+    # .data: the first page only; iterating the page object would fetch every page.
+    for job in client.fine_tuning.jobs.list(metadata={"distill_key": key}, limit=20).data:
+        if (
+            job.status not in ("failed", "cancelled")
+            and (job.metadata or {}).get("distill_key") == key
+        ):
+            return job
+    return None
+
+
+def _upload(client: openai.OpenAI, dataset: Dataset, progress: Progress) -> str:
+    name = f"distill-{dataset.sha256[:12]}.jsonl"
+    uploaded = client.files.create(file=(name, dataset.path.read_bytes()), purpose="fine-tune")
+    progress(f"distill: uploaded {dataset.path} as {uploaded.id}")
+    return uploaded.id
+
+
+def _create(
+    client: openai.OpenAI, settings: TrainingSettings, key: str, file_id: str, dataset: Dataset
+) -> Any:
+    """Create without SDK retries: a timed-out POST may have created the job after all, so we
+    look it up by its metadata before trying again (the SDK's idempotency key is not sent)."""
+    once = client.with_options(max_retries=0)
+    body: dict[str, Any] = {
+        "model": settings.base_model,
+        "training_file": file_id,
+        "method": {
+            "type": "supervised",
+            "supervised": {"hyperparameters": dict(settings.hyperparameters)},
+        },
+        "suffix": settings.suffix,
+        "metadata": {"distill_key": key, "distill_data_sha256": dataset.sha256},
+    }
+    if settings.seed is not None:
+        body["seed"] = settings.seed
+    for attempt in range(3):
+        try:
+            return once.fine_tuning.jobs.create(**body)
+        except Exception as exc:
+            if type(exc).__name__ not in ("APITimeoutError", "APIConnectionError") or attempt == 2:
+                raise
+            found = _listed_job(client, key)
+            if found is not None:
+                return found
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def follow(
+    client: openai.OpenAI, job_id: str, settings: TrainingSettings, progress: Progress
+) -> Any:
+    """Poll the job and its events until it is final; an unknown status counts as running."""
+    started = time.monotonic()
+    last_line = ""
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # newest first
+        line = _progress_line(job, events, time.monotonic() - started)
+        if line != last_line:
+            progress(line)
+            last_line = line
+        if job.status in FINAL:
+            return _final(job, events)
+        if time.monotonic() - started > settings.timeout:
+            raise DistillError(
+                f"distill: job {job_id} still {job.status} after {settings.timeout:.0f} s; run "
+                "pytest --distill again to keep following it (ini distill_job_timeout)"
+            )
+        time.sleep(settings.poll_interval)
+
+
+def _progress_line(job: Any, events: list[Any], elapsed: float) -> str:
+    parts = [f"distill: job {job.id} {job.status}"]
+    metrics = next((e.data for e in events if isinstance(e.data, dict) and "step" in e.data), None)
+    if metrics:
+        total = metrics.get("total_steps")
+        parts.append(f"step {metrics['step']}" + (f"/{total}" if total else ""))
+        loss = metrics.get("train_loss", metrics.get("loss"))
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4f}")
+    parts.append(f"{elapsed:.0f}s elapsed")
+    return ", ".join(parts)
+
+
+def _final(job: Any, events: list[Any]) -> Any:
+    if job.status == "succeeded":
+        return job
+    error = getattr(job, "error", None)
+    why = getattr(error, "message", None) or "no error given"
+    last = "; ".join(e.message for e in events[:3] if getattr(e, "message", None))
+    raise DistillError(
+        f"distill: fine-tuning job {job.id} {job.status}: {why}"
+        + (f" (last events: {last})" if last else "")
+    )
+
+
+def _outcome(job: Any, file_id: str, reused: bool) -> Outcome:
+    return Outcome(job.id, file_id, job.status, job.fine_tuned_model, reused)
+
+
+def _explain(exc: Exception, trainer: str) -> str:
+    from pytest_distill.roles import describe_error
+
+    name = type(exc).__name__
+    if getattr(exc, "code", None) == "insufficient_quota":
+        return (
+            f"distill: the trainer endpoint {trainer} refused for insufficient quota, a billing "
+            f"problem rather than a rate limit: {describe_error(exc)}"
+        )
+    if name in ("APIConnectionError", "APITimeoutError"):
+        return (
+            f"distill: the trainer endpoint {trainer} is unreachable ({describe_error(exc)}); "
+            "start it, or set ini distill_trainer_endpoint"
+        )
+    return f"distill: the trainer endpoint {trainer} failed: {describe_error(exc)}"

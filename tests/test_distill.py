@@ -1,0 +1,279 @@
+"""``pytest --distill`` end to end: a scripted teacher on loopback, a tiny student on the
+embedded server, real LoRA training, the fine-tuned student evaluated on the holdout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scripted_server import ScriptedServer
+
+ANSWER = "ZEBRA-7"
+CASES = 30
+
+
+def _teacher(model: str, messages: list[dict[str, Any]]) -> str:
+    # The teacher misses every seventh item, so not every train case becomes an example.
+    item = int(messages[-1]["content"].rsplit(" ", 1)[1].rstrip("?"))
+    return "zebra?" if item % 7 == 3 else ANSWER
+
+
+def suite(cases: int = CASES) -> str:
+    lines = [
+        "name: codes",
+        "prompt:",
+        "  system: Reply with the code.",
+        '  user: "Which code goes with item {{ n }}?"',
+        "graders:",
+        "  - {type: string_check, operation: eq}",
+        "cases:",
+    ]
+    lines += [f"  - {{id: i{n:02d}, vars: {{n: {n}}}, reference: {ANSWER}}}" for n in range(cases)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from pytest_distill.local.models import ModelUnavailable
+    from pytest_distill.local.tiny import create_tiny_model
+
+    try:
+        return create_tiny_model(tmp_path_factory.mktemp("tiny"))
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def teacher_server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(_teacher) as srv:
+        yield srv
+
+
+def ini(teacher_url: str, tiny: Path, **extra: str) -> str:
+    lines = [
+        "[pytest]",
+        "distill_teacher_model = big",
+        f"distill_teacher_endpoint = {teacher_url}",
+        "distill_student_model = tiny",
+        "distill_student_endpoint = local",
+        f"distill_local_models = tiny = {tiny}",
+        "distill_student_params = temperature=0 max_tokens=8",
+        "distill_finetuned_params = temperature=0 max_tokens=8",
+        "distill_n_epochs = 6",
+        "distill_batch_size = 4",
+        "distill_learning_rate_multiplier = 20",
+        "distill_poll_interval = 0.2",
+        "distill_holdout = 0.2",
+    ]
+    lines += [f"distill_{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def distill_project(
+    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path
+) -> pytest.Pytester:
+    pytester.makeini(ini(teacher_server.base_url, tiny_model))
+    pytester.makefile(".eval.yaml", codes=suite())
+    return pytester
+
+
+def local_api(root: Path, tiny: Path) -> Any:
+    """A server on the project's own data directory, to count what the runs left there."""
+    from pytest_distill.local import LocalServer
+
+    return LocalServer(root / ".distill" / "server", models={"tiny": tiny})
+
+
+def _train_split() -> tuple[int, int]:
+    from pytest_distill.cases import split_of
+
+    train = [n for n in range(CASES) if split_of(f"codes::i{n:02d}", 0.2) == "train"]
+    return len(train), sum(1 for n in train if n % 7 != 3)
+
+
+def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_student(
+    distill_project: pytest.Pytester, tiny_model: Path
+) -> None:
+    result = distill_project.runpytest(
+        "--distill",
+        "--distill-report=report.json",
+        "--distill-gate",
+        "finetuned >= student + 0.5 and finetuned.prompt_tokens <= student.prompt_tokens",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "distill: wrote * examples to *train.jsonl*",
+            "distill: started job ftjob-* on local for tiny",
+            "distill: fine-tuned model ft:tiny:local:distill:*",
+            "holdout (the gate's cases):",
+            "*teacher*",
+            "*student*",
+            "*finetuned*",
+            "gate passed on holdout cases: *",
+        ]
+    )
+    assert result.ret == 0, result.stdout.str()
+    train_cases, passing = _train_split()
+    [dataset] = (distill_project.path / ".distill" / "datasets").glob("*/train.jsonl")
+    lines = [json.loads(x) for x in dataset.read_text().splitlines()]
+    assert len(lines) == passing < train_cases
+    # The student's prompt, the teacher's answer.
+    assert lines[0]["messages"][0] == {"role": "system", "content": "Reply with the code."}
+    assert lines[0]["messages"][-1] == {"role": "assistant", "content": ANSWER}
+    manifest = json.loads((dataset.parent / "manifest.json").read_text())
+    assert len(manifest["lines"]) == passing
+    assert manifest["training"]["status"] == "succeeded"
+    assert manifest["training"]["fine_tuned_model"].startswith("ft:tiny:local:distill:")
+    report = json.loads((distill_project.path / "report.json").read_text())
+    finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
+    assert finetuned and all(i["split"] == "holdout" for i in finetuned)
+
+    # A plain run afterwards evaluates the fine-tuned model too, from .distill/state.json.
+    again = distill_project.runpytest("-k", "finetuned")
+    again.stdout.fnmatch_lines(["*finetuned*"])
+    assert again.parseoutcomes().get("passed", 0) + again.parseoutcomes().get("failed", 0) == len(
+        finetuned
+    )
+
+
+def test_second_distill_run_reuses_the_job_and_the_upload(
+    distill_project: pytest.Pytester, tiny_model: Path
+) -> None:
+    distill_project.runpytest("--distill")
+    second = distill_project.runpytest("--distill")
+    second.stdout.fnmatch_lines(["distill: resuming job ftjob-* (succeeded)"])
+    with local_api(distill_project.path, tiny_model) as server:
+        import openai
+
+        client = openai.OpenAI(base_url=server.base_url, api_key="local")
+        assert len(client.fine_tuning.jobs.list().data) == 1
+        assert len(client.files.list(purpose="fine-tune").data) == 1
+
+
+def test_no_wait_starts_the_job_and_the_next_run_finishes_it(
+    distill_project: pytest.Pytester,
+) -> None:
+    # With a gate, the untrained student's low scores are measurements, not failures.
+    first = distill_project.runpytest(
+        "--distill", "--distill-no-wait", "--distill-gate=teacher >= 0.5"
+    )
+    first.stdout.fnmatch_lines(["*run `pytest --distill` again to follow it*"])
+    assert first.ret == pytest.ExitCode.OK
+    state = json.loads((distill_project.path / ".distill" / "state.json").read_text())
+    [job] = state["jobs"].values()
+    second = distill_project.runpytest("--distill")
+    second.stdout.fnmatch_lines([f"distill: resuming job {job['job_id']} *", "*finetuned*"])
+
+
+def test_fewer_than_ten_examples_stop_with_the_reason_and_exit_code_7(
+    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path
+) -> None:
+    pytester.makeini(ini(teacher_server.base_url, tiny_model))
+    pytester.makefile(".eval.yaml", codes=suite(8))
+    result = pytester.runpytest("--distill")
+    assert result.ret == 7
+    result.stdout.fnmatch_lines(
+        [
+            "distill: * training examples, at least 10 are needed (* train-split teacher cases passed*"
+        ]
+    )
+    assert not (pytester.path / ".distill" / "datasets").exists()
+
+
+def test_unreachable_trainer_is_one_line_and_writes_no_half_file(
+    distill_project: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path
+) -> None:
+    distill_project.makeini(
+        ini(
+            teacher_server.base_url,
+            tiny_model,
+            trainer_endpoint="http://127.0.0.1:9/v1",
+            max_retries="0",
+        )
+    )
+    result = distill_project.runpytest("--distill")
+    assert result.ret == 7
+    result.stdout.fnmatch_lines(
+        ["distill: the trainer endpoint http://127.0.0.1:9/v1 is unreachable (APIConnectionError*"]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+    leftovers = [p for p in (distill_project.path / ".distill").rglob(".*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_a_job_the_trainer_fails_ends_the_session_with_its_error(
+    distill_project: pytest.Pytester, tiny_model: Path
+) -> None:
+    # A base model the trainer does not serve: the job is created, then fails.
+    distill_project.makeini(
+        distill_project.path.joinpath("tox.ini").read_text()
+        + f"distill_local_models = tiny = {tiny_model}\n    other = {tiny_model.parent / 'missing'}\n"
+    )
+    result = distill_project.runpytest("--distill", "--distill-model", "student=other")
+    assert result.ret == 7
+    result.stdout.fnmatch_lines(["distill: *"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_a_killed_run_resumes_the_same_job(
+    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The trainer runs on its own (``distill-server``); the pytest session following it dies."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest_distill.local",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "srv"),
+            "--model",
+            f"tiny={tiny_model}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = server.stdout.readline()  # type: ignore[union-attr]
+        base_url = banner.split(" serving on ")[1].split()[0]
+        pytester.makeini(
+            ini(teacher_server.base_url, tiny_model)
+            .replace("distill_student_endpoint = local", f"distill_student_endpoint = {base_url}")
+            .replace("distill_n_epochs = 6", "distill_n_epochs = 60")
+        )
+        pytester.makefile(".eval.yaml", codes=suite())
+        state = pytester.path / ".distill" / "state.json"
+        first = pytester.popen(
+            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"]
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
+            time.sleep(0.2)
+        job_id = _job_id(state)
+        assert job_id, "the first run never started a job"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = pytester.runpytest("--distill")
+        second.stdout.fnmatch_lines([f"distill: resuming job {job_id} *", "*finetuned*"])
+        assert _job_id(state) == job_id
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _job_id(state: Path) -> str | None:
+    try:
+        jobs = json.loads(state.read_text()).get("jobs", {})
+    except ValueError:
+        return None
+    return next((j.get("job_id") for j in jobs.values() if j.get("job_id")), None)
