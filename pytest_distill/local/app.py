@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pytest_distill.local.chat import Chat, Serving
@@ -29,6 +29,8 @@ class App:
 
     @classmethod
     def open(cls, data_dir: Path, bases: dict[str, ModelSource]) -> App:
+        cache = data_dir / "converted"
+        bases = {name: replace(source, cache=cache) for name, source in bases.items()}
         store = Store(data_dir / "state.sqlite3")
         registry = Registry(store, bases)
         files = Files(store, data_dir / "files")

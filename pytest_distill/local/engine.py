@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -59,20 +61,59 @@ class _Row:
 
 
 def load_pretrained(source: ModelSource) -> tuple[Any, Any]:
-    """Tokenizer and fp32 causal LM for ``source``, from local files only."""
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    # Loading from GGUF is not thread-safe in transformers' converter; serialise loads.
+    """Tokenizer and fp32 causal LM for ``source``, from local files only.
+
+    A GGUF model is converted once and kept under ``source.cache``: dequantizing SmolLM2's GGUF
+    takes ~25 s on two cores, loading the converted copy well under one.
+    """
+    # Serialised: transformers' GGUF converter is not thread-safe, and the serving and
+    # training threads may both load the same base at once.
     with _LOAD_LOCK:
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source.directory, dtype=torch.float32, **kwargs
-        )
+        converted = _converted_dir(source)
+        if converted is not None and not (converted / "config.json").is_file():
+            _save_converted(*_load(source.directory, source.gguf_file), converted)
+        if converted is not None:
+            # Loaded back from the converted copy even the first time, so that the model
+            # names a directory with a config.json (peft looks there when saving adapters).
+            tokenizer, model = _load(converted, None)
+        else:
+            tokenizer, model = _load(source.directory, source.gguf_file)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.eval()
+
+
+def _load(directory: Path, gguf_file: str | None) -> tuple[Any, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    return tokenizer, model
+
+
+def _converted_dir(source: ModelSource) -> Path | None:
+    if source.cache is None or source.gguf_file is None:
+        return None
+    stat = source.path.stat()
+    key = f"{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return source.cache / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
+    # The weights are dequantized fp32 by now; the stale GGUF quantization settings would
+    # send the next load back through the GGUF quantizer.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        os.replace(partial, target)
+    except OSError:  # another process converted it first; theirs is as good
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -197,8 +238,16 @@ class Engine:
             chosen = self._choose(out.logits[:, -1, :].float(), rows)
             for row, token in zip(rows, chosen, strict=True):
                 self._append(row, token)
-            if all(row.finish for row in rows):
+            keep = [k for k, row in enumerate(rows) if not row.finish]
+            if not keep:
                 return
+            if len(keep) < len(rows):
+                # Finished rows leave the batch (and the KV cache): decoding them on until the
+                # longest answer ends would waste most of a batch with uneven lengths.
+                index = torch.tensor(keep)
+                past.batch_select_indices(index)
+                rows, chosen = [rows[k] for k in keep], [chosen[k] for k in keep]
+                mask, positions = mask[index], positions[index]
             ids = torch.tensor(chosen).unsqueeze(1)
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
             positions = positions[:, -1:] + 1

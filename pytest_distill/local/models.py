@@ -27,6 +27,8 @@ class ModelSource:
 
     id: str
     path: Path
+    cache: Path | None = None
+    """Where a GGUF model may keep its converted copy (loading GGUF dequantizes every time)."""
 
     @property
     def gguf_file(self) -> str | None:

@@ -120,6 +120,8 @@ class Runner:
             "total_steps": m.total_steps,
             "train_loss": m.train_loss,
             "train_mean_token_accuracy": m.train_mean_token_accuracy,
+            "trained_tokens": m.trained_tokens,
+            "step_seconds": m.step_seconds,
         }
         message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
         self._jobs.event(job_id, message, data=data)

@@ -26,3 +26,5 @@ def test_default_model_answers_a_simple_question(tmp_path: Path) -> None:
         )
     assert "Paris" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.prompt_tokens > 10
+    # The dequantized model was kept, so the next start skips the slow GGUF conversion.
+    assert list((tmp_path / "converted").glob("*/model.safetensors"))
