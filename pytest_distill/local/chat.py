@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from pytest_distill.local.batcher import Batcher
-from pytest_distill.local.errors import bad_request, not_found
+from pytest_distill.local.errors import ApiError, bad_request, not_found
 from pytest_distill.local.files import new_id
 from pytest_distill.local.finetune_data import ROLES
 from pytest_distill.local.jobs import check_metadata, matches
@@ -62,7 +63,10 @@ class Chat:
         messages = _messages(request.get("messages"))
         generation = _generation(request, messages)
         future = self._serving.batcher(resolved.base).submit(resolved.adapter, generation)
-        result = future.result()
+        try:
+            result = future.result()
+        except CancelledError:  # a BaseException: the server is stopping under this request
+            raise ApiError(503, "The server is shutting down.", type="server_error") from None
         usage = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,

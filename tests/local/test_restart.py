@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -92,3 +96,33 @@ def test_queued_job_runs_after_a_restart(
     with LocalServer(tmp_path, models=models) as second, _client(second) as client:
         assert _wait_final(client, running.id).status == "failed"
         assert _wait_final(client, queued.id).status == "succeeded"
+
+
+def test_job_of_a_killed_server_is_failed_not_left_running(
+    tmp_path: Path, tiny_model: Path, make_training_file: Any
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "pytest_distill.local", "--port", "0"]
+    command += ["--data-dir", str(tmp_path), "--model", f"tiny={tiny_model}"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().split("serving on ")[1].split()[0]
+        with openai.OpenAI(base_url=base_url, api_key="local", max_retries=0) as client:
+            file = client.files.create(file=("t.jsonl", make_training_file()), purpose="fine-tune")
+            job = _train(client, file.id, 50)
+            _wait_for_step(client, job.id)
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    with LocalServer(tmp_path, models={"tiny": tiny_model}) as srv, _client(srv) as client:
+        after = client.fine_tuning.jobs.retrieve(job.id)
+        assert after.status == "failed" and after.error
+        assert after.error.code == "server_interrupted"
+        assert after.finished_at is not None
