@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from pytest_distill.local.engine import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.finetune_data import Example
+from pytest_distill.local.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
 
 BASE_LEARNING_RATE = 5e-4
