@@ -38,10 +38,15 @@ class Jobs:
         """Create a job and validate its files at once: it is queued or failed on return."""
         job = self._new_job(request)
         self.event(job["id"], f"Validating training file: {job['training_file']}")
+        param = "training_file"
         try:
-            n_examples = self._validate(job)
+            n_examples = len(parse_training_file(self.files.content(job[param])))
+            if job["validation_file"]:
+                param = "validation_file"
+                parse_training_file(self.files.content(job[param]))
         except InvalidTrainingFile as exc:
-            error = {"code": "invalid_training_file", "message": str(exc), "param": "training_file"}
+            message = str(exc).replace("training file", param.replace("_", " "), 1)
+            error = {"code": f"invalid_{param}", "message": message, "param": param}
             return self.finish(job["id"], "failed", {"error": error}, level="error")
         resolved = _resolve_auto(job["hyperparameters"], n_examples)
         job = self.update(job["id"], "queued", hyperparameters=resolved, method=_method(resolved))
@@ -173,12 +178,6 @@ class Jobs:
             message = f"File {file_id!r} has purpose {purpose!r}; upload it with 'fine-tune'."
             raise bad_request(message, param, "invalid_file_purpose")
         return file_id
-
-    def _validate(self, job: Mapping[str, Any]) -> int:
-        n_examples = len(parse_training_file(self.files.content(job["training_file"])))
-        if job["validation_file"]:
-            parse_training_file(self.files.content(job["validation_file"]))
-        return n_examples
 
 
 def _required_str(request: Mapping[str, Any], key: str) -> str:

@@ -118,6 +118,13 @@ def test_file_breaking_a_rule_fails_the_job_naming_line_and_rule(
     assert events(api, job.id)[-1].level == "error"
 
 
+def test_bad_validation_file_fails_the_job_naming_it(api: Any, make_training_file: Any) -> None:
+    good = upload(api, make_training_file())
+    job = create_job(api, good, 1, validation_file=upload(api, b'{"messages": 3}\n'))
+    assert job.status == "failed" and job.error.param == "validation_file"
+    assert job.error.message.startswith("Invalid validation file: line 1:")
+
+
 def test_file_with_too_few_examples_fails_the_job(api: Any, make_training_file: Any) -> None:
     job = create_job(api, upload(api, make_training_file(n=4)), 1)
     assert job.status == "failed" and "at least 10" in job.error.message
