@@ -106,6 +106,18 @@ def test_checkpoints_and_results_file_record_the_metrics(api: Any, make_training
     assert results[0] == "step,train_loss,train_accuracy" and len(results) == 7
 
 
+def test_fine_tuned_model_can_be_deleted_but_a_base_cannot(
+    api: Any, make_training_file: Any
+) -> None:
+    job = wait(api, create_job(api, upload(api, make_training_file()), 1).id, FINAL)
+    model = job.fine_tuned_model
+    deleted = api.call("deleteModel", "models.delete", model=model)
+    assert (deleted.id, deleted.deleted) == (model, True)
+    assert model not in [m.id for m in api.call("listModels", "models.list").data]
+    api.error(404, "chat.completions.create", model=model, messages=PROMPT)
+    api.error(403, "models.delete", model="tiny")
+
+
 def test_file_breaking_a_rule_fails_the_job_naming_line_and_rule(
     api: Any, make_training_file: Any
 ) -> None:
