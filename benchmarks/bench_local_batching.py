@@ -121,6 +121,9 @@ def main() -> None:
         together = timed("concurrent", concurrent, len(texts))
         print(f"speed-up     {alone / together:7.2f} x  (target >= 4x)")
         print(f"peak RSS     {server.peak_rss_mib():7.0f} MiB  (server process)")
+        print(
+            f"load avg     {os.getloadavg()[1]:7.2f}  (5 min; other work on this machine skews it)"
+        )
         client.close()
 
 

@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
 import random
 import sys
 import tempfile
@@ -88,6 +89,9 @@ def main() -> None:
         print(f"job wall     {wall:7.1f} s  (incl. model load, checkpoints, adapter save)")
         print(f"loss         {steps[0]['train_loss']:.3f} -> {last['train_loss']:.3f}")
         print(f"peak RSS     {server.peak_rss_mib():7.0f} MiB  (server process)")
+        print(
+            f"load avg     {os.getloadavg()[1]:7.2f}  (5 min; other work on this machine skews it)"
+        )
         client.close()
 
 
