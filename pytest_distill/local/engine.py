@@ -49,7 +49,8 @@ class _Row:
     limit: int
     generator: torch.Generator | None
     tokens: list[int]
-    text: str = ""
+    cut_text: str | None = None
+    """The text up to a stop sequence, once one appeared."""
     finish: str | None = None
 
 
@@ -175,17 +176,17 @@ class Engine:
             row.finish = "stop"
             return
         if row.request.stop:
-            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            cut = [row.text.find(s) for s in row.request.stop if s and s in row.text]
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            cut = [text.find(s) for s in row.request.stop if s and s in text]
             if cut:
-                row.text, row.finish = row.text[: min(cut)], "stop"
+                row.cut_text, row.finish = text[: min(cut)], "stop"
                 return
         if len(row.tokens) >= row.limit:
             row.finish = "length"
 
     def _result(self, row: _Row, batch_size: int) -> GenResult:
-        text = row.text
-        if not (row.request.stop and row.finish == "stop" and row.tokens[-1] not in self._eos):
+        text = row.cut_text
+        if text is None:
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         finish = row.finish or "length"
         return GenResult(text, len(row.prompt), len(row.tokens), finish, batch_size)
