@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_distill import dataset, training
+from pytest_distill import dataset, recording, training
 from pytest_distill.collect import DistillItem
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime
@@ -48,23 +48,25 @@ def _train(config: pytest.Config, runtime: Runtime, progress: training.Progress)
     progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
     trainer = trainer_role(runtime)
     options = settings.training
-    state = training.State(settings.rootpath / ".distill" / "state.json")
-    outcome = training.train(
-        runtime.client_for(trainer),
-        data,
-        training.TrainingSettings(
-            base_model=student.model,
-            trainer=str(trainer.endpoint),
-            hyperparameters=options.hyperparameters,
-            suffix=options.suffix,
-            seed=options.seed,
-            poll_interval=0.0 if runtime.replaying else options.poll_interval,
-            timeout=options.job_timeout,
-            no_wait=settings.no_wait,
-        ),
-        state,
-        progress,
-    )
+    state_path = settings.rootpath / ".distill" / "state.json"
+    with recording.distill_step(config, runtime, data.sha256, state_path) as state_path:
+        state = training.State(state_path)
+        outcome = training.train(
+            runtime.client_for(trainer),
+            data,
+            training.TrainingSettings(
+                base_model=student.model,
+                trainer=str(trainer.endpoint),
+                hyperparameters=options.hyperparameters,
+                suffix=options.suffix,
+                seed=options.seed,
+                poll_interval=0.0 if runtime.replaying else options.poll_interval,
+                timeout=options.job_timeout,
+                no_wait=settings.no_wait,
+            ),
+            state,
+            progress,
+        )
     dataset.update_manifest(
         data,
         {

@@ -18,6 +18,7 @@ import pytest
 
 from pytest_distill.roles import ROLES, Endpoint, RoleConfig, parse_endpoint
 
+RECORD_MODES = ("none", "once", "new_episodes", "all")
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 
 DEFAULT_PATTERNS = ("*.eval.yaml", "*.eval.yml", "*.eval.jsonl")
@@ -61,6 +62,8 @@ class Settings:
     timeout: float = 120.0
     max_retries: int = 2
     rootpath: Path = Path()
+    record_mode: str | None = None  # None: live traffic, nothing recorded
+    cassette_dir: Path = Path("cassettes")
 
 
 def addoption(parser: pytest.Parser) -> None:
@@ -128,6 +131,14 @@ def addoption(parser: pytest.Parser) -> None:
         help="share of cases held out from training, by a stable hash of the case id "
         "(default 0.2; ini distill_holdout).",
     )
+    group.addoption(
+        "--distill-record-mode",
+        default=None,
+        choices=RECORD_MODES,
+        help="replay and record model traffic in cassettes: none (replay only, no network), "
+        "once, new_episodes or all (re-record); default none when the CI environment "
+        "variable is set, else live traffic with nothing recorded (ini distill_record_mode).",
+    )
 
     parser.addini("distill_roles", "roles to run eval items for (comma-separated)", default="")
     parser.addini("distill_concurrency", "model calls in flight at once", default="8")
@@ -174,6 +185,12 @@ def addoption(parser: pytest.Parser) -> None:
         "send teacher calls with store: true and metadata",
         type="bool",
         default=False,
+    )
+    parser.addini(
+        "distill_record_mode", "none, once, new_episodes or all (see --distill-record-mode)"
+    )
+    parser.addini(
+        "distill_cassette_dir", "directory of the cassettes, from the rootdir", default="cassettes"
     )
     parser.addini("distill_timeout", "seconds before a model call times out", default="120")
     parser.addini("distill_max_retries", "retries of a failed model call", default="2")
@@ -223,7 +240,22 @@ def resolve(config: pytest.Config) -> Settings:
         timeout=_ini_number(config, "distill_timeout", float, low=0.1),
         max_retries=_ini_number(config, "distill_max_retries", int, low=0),
         rootpath=config.rootpath,
+        record_mode=_record_mode(config),
+        cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
     )
+
+
+def _record_mode(config: pytest.Config) -> str | None:
+    text = _cli_or_ini(config, "record_mode")
+    if not text:
+        # Recording is always an explicit choice; CI replays unless told otherwise.
+        return "none" if os.environ.get("CI") else None
+    if text not in RECORD_MODES:
+        raise pytest.UsageError(
+            f"ini distill_record_mode: {text!r} is not a record mode; use one of "
+            f"{', '.join(RECORD_MODES)} (or --distill-record-mode)"
+        )
+    return text
 
 
 def _cli_or_ini(config: pytest.Config, name: str) -> str:

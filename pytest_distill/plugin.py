@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_distill import options, pyevals, report
+from pytest_distill import options, pyevals, recording, report
 from pytest_distill.collect import DistillFile, DistillItem, is_eval_file
 from pytest_distill.results import take_from
 from pytest_distill.runtime import RUNTIME_KEY, Runtime
@@ -25,7 +25,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", pyevals.MARKER_HELP)
-    config.stash[RUNTIME_KEY] = Runtime(options.resolve(config))
+    config.stash[RUNTIME_KEY] = runtime = Runtime(options.resolve(config))
+    recording.start(config, runtime)
     from pytest_distill import fixtures
 
     config.pluginmanager.register(fixtures, "distill-fixtures")
@@ -37,6 +38,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     runtime = config.stash.get(RUNTIME_KEY, None)
     if runtime is not None:
         runtime.close()
+    recording.stop(config)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

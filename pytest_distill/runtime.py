@@ -82,6 +82,10 @@ class Runtime:
 
     def _local_url(self) -> str:
         # Called with self._lock held, from client().
+        if self.replaying:  # served from cassettes: no server, no model
+            from pytest_distill.recording import LOCAL_PLACEHOLDER
+
+            return LOCAL_PLACEHOLDER
         if self._local is None:
             from pytest_distill.local import LocalServer
 
@@ -103,7 +107,7 @@ class Runtime:
                 self._pool = ThreadPoolExecutor(
                     self.settings.concurrency, thread_name_prefix="distill-call"
                 )
-            self._futures[key] = self._pool.submit(call)
+            self._futures[key] = self._pool.submit(_in_route, key, call)
 
     def call(self, key: str, call: Callable[[], CallRecord]) -> CallRecord:
         self.prefetch(key, call)
@@ -144,6 +148,14 @@ class Runtime:
             client.close()
         if self._local is not None:
             self._local.stop()
+
+
+def _in_route(nodeid: str, call: Callable[[], CallRecord]) -> CallRecord:
+    # A pool thread does not inherit the item's cassette route; the key is the item's node id.
+    from pytest_distill.recording import item_route, route
+
+    with route(item_route(nodeid)):
+        return call()
 
 
 def _as_date(value: Any) -> dt.date | None:
