@@ -14,8 +14,8 @@ class InvalidTrainingFile(ValueError):
     """A rule broken by the file, with the 1-based line that broke it (None: whole file)."""
 
     def __init__(self, line: int | None, rule: str) -> None:
-        where = "the file" if line is None else f"line {line}"
-        super().__init__(f"Invalid training file: {where}: {rule}")
+        where = "" if line is None else f"line {line}: "
+        super().__init__(f"Invalid training file: {where}{rule}")
         self.line = line
         self.rule = rule
 
