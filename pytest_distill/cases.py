@@ -24,7 +24,7 @@ Message = dict[str, Any]
 Split = Literal["train", "holdout"]
 DEFAULT_GRADERS: tuple[Mapping[str, Any], ...] = ({"type": "string_check", "operation": "eq"},)
 _TEMPLATE = re.compile(r"\{\{\s*(?:item\.)?([A-Za-z_][\w.]*)\s*\}\}")
-_SUITE_KEYS = {"name", "prompt", "roles", "graders", "params", "cases", "cases_file"}
+_SUITE_KEYS = {"name", "prompt", "roles", "graders", "params", "cases", "cases_file", "source"}
 _CASE_KEYS = {"id", "vars", "reference", "messages", "graders", "metadata"}
 
 
@@ -76,6 +76,9 @@ class Suite:
     role_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     cases: tuple[EvalCase, ...] = ()
+    source: Mapping[str, Any] | None = None  # cases come from elsewhere (stored completions)
+    graders: tuple[Mapping[str, Any], ...] = DEFAULT_GRADERS
+    line: int = 1
 
     def messages_for(self, case: EvalCase, role: str) -> list[Message]:
         """The chat messages ``role`` is sent for ``case``: the role's prompt, rendered."""
@@ -164,7 +167,14 @@ def _load_suite(path: Path) -> Suite:
     role_prompts = {r: _prompt(path, v.get("prompt"), v.line) for r, v in roles.items()}
     role_params = {r: dict(_mapping(path, v, "params")) for r, v in roles.items()}
     graders = _graders(path, doc.get("graders"), doc.line, DEFAULT_GRADERS)
-    raw_cases = _raw_cases(path, doc)
+    source = doc.get("source")
+    if source is not None and (
+        not isinstance(source, Mapping) or set(source) != {"stored_completions"}
+    ):
+        raise CaseFileError(
+            path, doc.line_of("source"), "'source' takes one key, 'stored_completions'"
+        )
+    raw_cases = _raw_cases(path, doc) if source is None else []
     cases = tuple(_yaml_case(path, c, graders) for c in raw_cases)
     suite = Suite(
         name=str(doc.get("name") or _stem(path)),
@@ -174,6 +184,9 @@ def _load_suite(path: Path) -> Suite:
         role_params=role_params,
         params=dict(_mapping(path, doc, "params")),
         cases=cases,
+        source=_plain(source["stored_completions"]) if source is not None else None,
+        graders=graders,
+        line=doc.line_of("source") if source is not None else doc.line,
     )
     _check_cases(suite)
     return suite

@@ -6,6 +6,7 @@ role runs on the holdout split only: its training data came from the train split
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,8 @@ class DistillFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         runtime = self.config.stash[RUNTIME_KEY]
         suite = load_file(self.path)
+        if suite.source is not None:
+            suite = _with_stored_cases(runtime, suite)
         roles = runtime.settings.roles
         if not roles:
             raise CaseFileError(
@@ -75,6 +78,30 @@ class DistillFile(pytest.File):
             where = os.path.relpath(error.path, self.config.invocation_params.dir)
             return f"{where}:{error.line}: {error.message}"
         return super().repr_failure(excinfo)
+
+
+def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:
+    from pytest_distill import stored
+
+    try:
+        source = stored.parse_source(suite.source)
+        client = runtime.client(source.role)
+        cases = stored.load_cases(client, source, suite.graders, suite.line)
+    except ValueError as exc:
+        raise CaseFileError(suite.path, suite.line, str(exc)) from None
+    except Exception as exc:
+        raise CaseFileError(
+            suite.path, suite.line, f"listing stored completions failed: {describe_error(exc)}"
+        ) from None
+    if not cases:
+        raise CaseFileError(
+            suite.path,
+            suite.line,
+            f"no stored completions of role {source.role!r} match model {source.model!r} and "
+            f"metadata {dict(source.metadata)!r}; store some with "
+            "ini distill_store = true, or widen the filter",
+        )
+    return dataclasses.replace(suite, cases=tuple(cases))
 
 
 def build_graders(

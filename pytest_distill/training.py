@@ -235,8 +235,8 @@ def _final(job: Any, events: list[Any]) -> Any:
     if job.status == "succeeded":
         return job
     error = getattr(job, "error", None)
-    why = getattr(error, "message", None) or "no error given"
-    last = "; ".join(e.message for e in events[:3] if getattr(e, "message", None))
+    why = _one_line(getattr(error, "message", None) or "no error given")
+    last = _one_line("; ".join(e.message for e in events[:3] if getattr(e, "message", None)))
     raise DistillError(
         f"distill: fine-tuning job {job.id} {job.status}: {why}"
         + (f" (last events: {last})" if last else "")
@@ -262,3 +262,9 @@ def _explain(exc: Exception, trainer: str) -> str:
             "start it, or set ini distill_trainer_endpoint"
         )
     return f"distill: the trainer endpoint {trainer} failed: {describe_error(exc)}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Errors from a trainer can span lines; the session's verdict is one line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -19,6 +19,19 @@ CAPITALS = {
 }
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few-layer model of SmolLM2's architecture, made locally in seconds."""
+    pytest.importorskip("torch")
+    from pytest_distill.local.models import ModelUnavailable
+    from pytest_distill.local.tiny import create_tiny_model
+
+    try:
+        return create_tiny_model(tmp_path_factory.mktemp("tiny"))
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     """A scripted OpenAI-compatible server: ``big`` knows every capital, ``small`` two."""

@@ -39,18 +39,6 @@ def suite(cases: int = CASES) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from pytest_distill.local.models import ModelUnavailable
-    from pytest_distill.local.tiny import create_tiny_model
-
-    try:
-        return create_tiny_model(tmp_path_factory.mktemp("tiny"))
-    except ModelUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture
 def teacher_server() -> Iterator[ScriptedServer]:
     with ScriptedServer(_teacher) as srv:
@@ -211,16 +199,22 @@ def test_unreachable_trainer_is_one_line_and_writes_no_half_file(
 
 
 def test_a_job_the_trainer_fails_ends_the_session_with_its_error(
-    distill_project: pytest.Pytester, tiny_model: Path
+    distill_project: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path
 ) -> None:
-    # A base model the trainer does not serve: the job is created, then fails.
+    # The student's base is a model directory without weights: the job is created, then fails.
+    broken = distill_project.mkdir("broken-model")
+    (broken / "config.json").write_text("{}")
     distill_project.makeini(
-        distill_project.path.joinpath("tox.ini").read_text()
-        + f"distill_local_models = tiny = {tiny_model}\n    other = {tiny_model.parent / 'missing'}\n"
+        ini(teacher_server.base_url, tiny_model).replace(
+            f"distill_local_models = tiny = {tiny_model}",
+            f"distill_local_models =\n    tiny = {tiny_model}\n    broken = {broken}",
+        )
     )
-    result = distill_project.runpytest("--distill", "--distill-model", "student=other")
+    result = distill_project.runpytest(
+        "--distill", "--distill-roles=teacher", "--distill-model", "student=broken"
+    )
     assert result.ret == 7
-    result.stdout.fnmatch_lines(["distill: *"])
+    result.stdout.fnmatch_lines(["distill: fine-tuning job ftjob-* failed: *(exit code 7)"])
     result.stdout.no_fnmatch_line("*Traceback*")
 
 
@@ -249,20 +243,24 @@ def test_a_killed_run_resumes_the_same_job(
         pytester.makeini(
             ini(teacher_server.base_url, tiny_model)
             .replace("distill_student_endpoint = local", f"distill_student_endpoint = {base_url}")
-            .replace("distill_n_epochs = 6", "distill_n_epochs = 60")
+            .replace("distill_n_epochs = 6", "distill_n_epochs = 20")
         )
         pytester.makefile(".eval.yaml", codes=suite())
         state = pytester.path / ".distill" / "state.json"
+        log = (tmp_path / "first.log").open("w")
         first = pytester.popen(
-            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"]
+            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
             time.sleep(0.2)
         job_id = _job_id(state)
-        assert job_id, "the first run never started a job"
+        assert job_id, "the first run never started a job:\n" + (tmp_path / "first.log").read_text()
         first.send_signal(signal.SIGKILL)
         first.wait()
+        log.close()
         second = pytester.runpytest("--distill")
         second.stdout.fnmatch_lines([f"distill: resuming job {job_id} *", "*finetuned*"])
         assert _job_id(state) == job_id
