@@ -102,8 +102,10 @@ def _without_volatile(value: Any) -> Any:
 
 def difference(recorded: Shape, sent: Shape) -> str:
     """The first way ``sent`` differs from ``recorded``, in words ("" when they match)."""
-    if recorded.method != sent.method or recorded.path != sent.path:
-        return f"it was {recorded.describe()}"
+    if recorded.method != sent.method:
+        return "its method"
+    if recorded.path != sent.path:
+        return "its path"
     if recorded.query != sent.query:
         return f"query: recorded {recorded.describe()!r}, sent {sent.describe()!r}"
     if recorded.headers != sent.headers:
