@@ -16,9 +16,10 @@ from pytest_distill.local.store import Record
 if TYPE_CHECKING:
     from pytest_distill.local.training import Checkpoint, StepMetrics
 
-_INTERRUPTED = (
-    "The server stopped while this job was running, so training did not finish. "
-    "Create the job again to retrain."
+_INTERRUPTED = "The server stopped while this job was validating its files. Create the job again."
+_REQUEUED = (
+    "The server stopped while this job was training; it is queued again and trains from the "
+    "beginning when the server runs."
 )
 
 
@@ -45,10 +46,18 @@ class Runner:
         self._recover()
 
     def _recover(self) -> None:
-        """Fail jobs a previous process left mid-flight; queued ones simply run later."""
+        """Jobs a stopped or killed process left mid-flight are never left ``running``: a
+        training job is queued again under the same id (so a client following it, such as
+        ``pytest --distill`` after ``--distill-no-wait``, sees it finish); queued ones run."""
         for record in self._jobs.store.list("job"):
-            if record.body["status"] in ("running", "validating_files"):
+            if record.body["status"] == "running":
+                self._requeue(record.id)
+            elif record.body["status"] == "validating_files":
                 self._fail(record.id, "server_interrupted", _INTERRUPTED)
+
+    def _requeue(self, job_id: str) -> None:
+        self._jobs.update(job_id, "queued")
+        self._jobs.event(job_id, _REQUEUED, level="warn")
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -91,9 +100,9 @@ class Runner:
         source = self._jobs.registry.base(job["model"])
         outcome = train_lora(source, examples, valid, hp, self._adapters / job_id, callbacks)
         if outcome.adapter is None:
-            if self._stopping.is_set():
-                self._fail(job_id, "server_interrupted", _INTERRUPTED)
             self._jobs.event(job_id, f"Training stopped after step {outcome.steps}")
+            if self._stopping.is_set():
+                self._requeue(job_id)
             return
         self._jobs.registry.register(model_id, job["model"], outcome.adapter)
         results = files.add("step_metrics.csv", "fine-tune-results", _csv(metrics))
