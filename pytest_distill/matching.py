@@ -107,7 +107,7 @@ def difference(recorded: Shape, sent: Shape) -> str:
     if recorded.path != sent.path:
         return "its path"
     if recorded.query != sent.query:
-        return f"query: recorded {recorded.describe()!r}, sent {sent.describe()!r}"
+        return value_difference(dict(recorded.query), dict(sent.query), "query") or "query order"
     if recorded.headers != sent.headers:
         return f"headers: recorded {dict(recorded.headers)}, sent {dict(sent.headers)}"
     if recorded.body != sent.body:

@@ -18,7 +18,7 @@ import pytest
 
 from pytest_distill.roles import ROLES, Endpoint, RoleConfig, parse_endpoint
 
-RECORD_MODES = ("none", "once", "new_episodes", "all")
+RECORD_MODES = ("none", "once", "new_episodes", "all", "off")
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 
 DEFAULT_PATTERNS = ("*.eval.yaml", "*.eval.yml", "*.eval.jsonl")
@@ -136,8 +136,8 @@ def addoption(parser: pytest.Parser) -> None:
         default=None,
         choices=RECORD_MODES,
         help="replay and record model traffic in cassettes: none (replay only, no network), "
-        "once, new_episodes or all (re-record); default none when the CI environment "
-        "variable is set, else live traffic with nothing recorded (ini distill_record_mode).",
+        "once, new_episodes, all (re-record) or off (live, nothing recorded); default none "
+        "when the CI environment variable is set, else off (ini distill_record_mode).",
     )
 
     parser.addini("distill_roles", "roles to run eval items for (comma-separated)", default="")
@@ -187,7 +187,7 @@ def addoption(parser: pytest.Parser) -> None:
         default=False,
     )
     parser.addini(
-        "distill_record_mode", "none, once, new_episodes or all (see --distill-record-mode)"
+        "distill_record_mode", "none, once, new_episodes, all or off (see --distill-record-mode)"
     )
     parser.addini(
         "distill_cassette_dir", "directory of the cassettes, from the rootdir", default="cassettes"
@@ -255,7 +255,7 @@ def _record_mode(config: pytest.Config) -> str | None:
             f"ini distill_record_mode: {text!r} is not a record mode; use one of "
             f"{', '.join(RECORD_MODES)} (or --distill-record-mode)"
         )
-    return text
+    return None if text == "off" else text
 
 
 def _cli_or_ini(config: pytest.Config, name: str) -> str:

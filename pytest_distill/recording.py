@@ -57,6 +57,7 @@ class Recorder:
         self._patches = contextlib.ExitStack()
 
     def start(self) -> None:
+        import httpcore2  # noqa: F401  # httpx2 imports it lazily; keep the two paired
         import httpx2
         from vcr.stubs.httpx_stubs import vcr_handle_async_request, vcr_handle_request
 
@@ -129,11 +130,29 @@ def _miss_in(error: BaseException | None) -> CassetteMiss | None:
     return None
 
 
+# The patch is process-wide. A session started inside another one (pytester's in-process
+# runs) pauses the outer patch and decides for itself, as it would in a process of its own.
+_SESSIONS: list[Recorder | None] = []
+STARTED_KEY = pytest.StashKey[bool]()
+
+
 def start(config: pytest.Config, runtime: Runtime) -> None:
     """Patch the session's HTTP traffic when a record mode is set (or CI defaults to none)."""
+    if _SESSIONS and _SESSIONS[-1] is not None:
+        _SESSIONS[-1].stop()
+    recorder = _recorder(config, runtime)
+    _SESSIONS.append(recorder)
+    config.stash[STARTED_KEY] = True
+    if recorder is not None:
+        recorder.start()
+        config.stash[RECORDER_KEY] = recorder
+        config.pluginmanager.register(recorder, "distill-recording")
+
+
+def _recorder(config: pytest.Config, runtime: Runtime) -> Recorder | None:
     settings = runtime.settings
     if settings.record_mode is None:
-        return
+        return None
     import vcr  # noqa: F401  # vcr.patch keeps the unpatched transports: import it first
     from vcr.filters import decode_response
 
@@ -146,16 +165,17 @@ def start(config: pytest.Config, runtime: Runtime) -> None:
         decode=decode_response,
         primary=worker == "gw0",
     )
-    recorder = Recorder(cassette)
-    recorder.start()
-    config.stash[RECORDER_KEY] = recorder
-    config.pluginmanager.register(recorder, "distill-recording")
+    return Recorder(cassette)
 
 
 def stop(config: pytest.Config) -> None:
-    recorder = config.stash.get(RECORDER_KEY, None)
+    if not config.stash.get(STARTED_KEY, False) or not _SESSIONS:
+        return
+    recorder = _SESSIONS.pop()
     if recorder is not None:
         recorder.stop()
+    if _SESSIONS and _SESSIONS[-1] is not None:
+        _SESSIONS[-1].start()
 
 
 @contextlib.contextmanager

@@ -32,6 +32,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(str(exc))
 
 
+@pytest.fixture(autouse=True)
+def _live_traffic_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``CI`` set, pytest-distill replays cassettes by default; these tests talk to live
+    loopback servers unless they choose a record mode themselves."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     """A scripted OpenAI-compatible server: ``big`` knows every capital, ``small`` two."""

@@ -15,11 +15,6 @@ FAKE_KEY = "sk-distill-FAKE-0123456789"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _not_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CI", raising=False)
-
-
 @pytest.fixture
 def capitals(project: pytest.Pytester) -> pytest.Pytester:
     project.makefile(".eval.yaml", capitals=SUITE)
@@ -88,6 +83,15 @@ def test_without_a_record_mode_traffic_is_live_and_nothing_is_recorded(
     capitals: pytest.Pytester, server: ScriptedServer
 ) -> None:
     capitals.runpytest().assert_outcomes(passed=6, failed=4)
+    assert server.chat_requests()
+    assert not (capitals.path / "cassettes").exists()
+
+
+def test_off_mode_runs_live_in_ci_and_records_nothing(
+    capitals: pytest.Pytester, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    capitals.runpytest("--distill-record-mode=off").assert_outcomes(passed=6, failed=4)
     assert server.chat_requests()
     assert not (capitals.path / "cassettes").exists()
 
@@ -230,7 +234,7 @@ def test_record_mode_ini_and_bad_value(capitals: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(
         [
             "*ini distill_record_mode: 'sometimes' is not a record mode; use one of "
-            "none, once, new_episodes, all (or --distill-record-mode)"
+            "none, once, new_episodes, all, off (or --distill-record-mode)"
         ]
     )
 

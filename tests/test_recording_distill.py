@@ -15,18 +15,6 @@ from test_distill import ANSWER, ini, suite
 GATE = "finetuned >= student + 0.5"
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from pytest_distill.local.models import ModelUnavailable
-    from pytest_distill.local.tiny import create_tiny_model
-
-    try:
-        return create_tiny_model(tmp_path_factory.mktemp("tiny"))
-    except ModelUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 def _teacher(model: str, messages: list[dict[str, Any]]) -> str:
     item = int(messages[-1]["content"].rsplit(" ", 1)[1].rstrip("?"))
     return "zebra?" if item % 7 == 3 else ANSWER
@@ -54,9 +42,9 @@ def _training_file(root: Path) -> bytes:
 
 
 def test_distill_run_replays_offline_with_the_same_outcomes_training_file_and_gate(
-    pytester: pytest.Pytester, tiny: Path, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, tiny_model: Path
 ) -> None:
-    monkeypatch.delenv("CI", raising=False)
+    tiny = tiny_model
     pytester.makefile(".eval.yaml", codes=suite())
     with ScriptedServer(_teacher) as teacher:
         pytester.makeini(ini(teacher.base_url, tiny))
@@ -77,3 +65,16 @@ def test_distill_run_replays_offline_with_the_same_outcomes_training_file_and_ga
     # The tiny model trains in seconds, so pytest's own start-up is much of a replay here; with
     # a real model (minutes of inference and training) the replay is a few percent of live.
     assert replay_s < live_s / 3
+
+    # Other hyperparameters: another job key, so the distill step misses, in one line.
+    pytester.makeini(ini("http://127.0.0.1:9/v1", tiny).replace("n_epochs = 6", "n_epochs = 7"))
+    changed = pytester.runpytest("--distill", "--distill-record-mode=none")
+    assert changed.ret == 7
+    changed.stdout.fnmatch_lines(
+        [
+            "distill: the trainer endpoint local failed: CassetteMiss: GET /v1/fine_tuning/jobs?"
+            "* has no recorded response; cassettes/distill/*.json: closest recorded "
+            "GET /v1/fine_tuning/jobs?* differs in query.metadata?distill_key?: recorded *; "
+            "record it with: pytest --distill --distill-record-mode=all*"
+        ]
+    )

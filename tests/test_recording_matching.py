@@ -48,6 +48,7 @@ def test_query_order_does_not_matter_but_values_do() -> None:
     b = matching.shape("GET", "http://x/v1/fine_tuning/jobs?after=a&limit=20", None, {})
     c = matching.shape("GET", "http://x/v1/fine_tuning/jobs?after=b&limit=20", None, {})
     assert a.key == b.key != c.key
+    assert matching.difference(a, c) == "query.after: recorded 'a' (str), sent 'b' (str)"
 
 
 def test_run_id_in_stored_completion_metadata_does_not_break_matching() -> None:
