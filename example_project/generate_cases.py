@@ -34,20 +34,90 @@ HERE = Path(__file__).resolve().parent
 EVALS = HERE / "evals"
 SEED = 20261127
 
-FIRST = ["Priya", "Tomasz", "Aiko", "Daniel", "Fatima", "Lena", "Marcus", "Sofia", "Kwame",
-         "Elena", "Ravi", "Hannah", "Jonas", "Mei", "Oliver", "Zainab", "Lucas", "Ingrid",
-         "Mateo", "Chloe", "Yusuf", "Nora", "Diego", "Anna"]
-LAST = ["Shah", "Nowak", "Tanaka", "Becker", "Haddad", "Fischer", "Brown", "Rossi", "Mensah",
-        "Petrova", "Iyer", "Schmidt", "Berg", "Chen", "Walsh", "Okafor", "Silva", "Larsen",
-        "Garcia", "Dubois", "Demir", "Keller", "Morales", "Novak"]
+FIRST = [
+    "Priya",
+    "Tomasz",
+    "Aiko",
+    "Daniel",
+    "Fatima",
+    "Lena",
+    "Marcus",
+    "Sofia",
+    "Kwame",
+    "Elena",
+    "Ravi",
+    "Hannah",
+    "Jonas",
+    "Mei",
+    "Oliver",
+    "Zainab",
+    "Lucas",
+    "Ingrid",
+    "Mateo",
+    "Chloe",
+    "Yusuf",
+    "Nora",
+    "Diego",
+    "Anna",
+]
+LAST = [
+    "Shah",
+    "Nowak",
+    "Tanaka",
+    "Becker",
+    "Haddad",
+    "Fischer",
+    "Brown",
+    "Rossi",
+    "Mensah",
+    "Petrova",
+    "Iyer",
+    "Schmidt",
+    "Berg",
+    "Chen",
+    "Walsh",
+    "Okafor",
+    "Silva",
+    "Larsen",
+    "Garcia",
+    "Dubois",
+    "Demir",
+    "Keller",
+    "Morales",
+    "Novak",
+]
 OFFICES = ["Berlin", "London", "Madrid", "Toronto", "Singapore", "Austin", "Warsaw", "Dublin"]
-ITEMS = ["laptop", "monitor", "keyboard", "mouse", "headset", "docking station", "webcam",
-         "USB-C charger", "phone", "badge reader"]
+ITEMS = [
+    "laptop",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "headset",
+    "docking station",
+    "webcam",
+    "USB-C charger",
+    "phone",
+    "badge reader",
+]
+
+IRREGULAR = {"mouse": "mice"}
 
 # Month names are spelt out here rather than taken from strftime, so the files do not depend
 # on the machine's locale.
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 DATE_STYLES: dict[str, Callable[[dt.date], str]] = {
@@ -82,6 +152,8 @@ ORDER_TEMPLATES = [
 def plural(item: str, quantity: int) -> str:
     if quantity == 1:
         return item
+    if item in IRREGULAR:
+        return IRREGULAR[item]
     if item.endswith(("ch", "sh", "s")):
         return item + "es"
     return item + "s"
@@ -173,7 +245,11 @@ def read_order(ticket: str) -> dict[str, Any]:
     names = {f"{f} {last}" for f in FIRST for last in LAST if f"{f} {last}" in ticket}
     offices = {o for o in OFFICES if re.search(rf"\b{o}\b", ticket)}
     # Longest names first, so "USB-C charger" is not also counted as something shorter.
-    items = [i for i in sorted(ITEMS, key=len, reverse=True) if re.search(rf"\b{i}", ticket)]
+    items = [
+        i
+        for i in sorted(ITEMS, key=len, reverse=True)
+        if re.search(rf"\b({re.escape(i)}|{IRREGULAR.get(i, i)})", ticket)
+    ]
     quantities = re.findall(r"\b(\d+)\b", ticket)
     if not (len(names) == len(offices) == len(items) == len(quantities) == 1):
         raise ValueError(f"ticket {ticket!r} is ambiguous: {names}, {offices}, {items}")
@@ -181,8 +257,12 @@ def read_order(ticket: str) -> dict[str, Any]:
     said = rf"\b{quantity} (x {re.escape(item)}|(new )?{re.escape(plural(item, quantity))})\b"
     if re.search(said, ticket) is None:
         raise ValueError(f"ticket {ticket!r} does not say {quantity} {item} grammatically")
-    return {"requester": names.pop(), "item": items[0], "quantity": quantity,
-            "office": offices.pop()}
+    return {
+        "requester": names.pop(),
+        "item": items[0],
+        "quantity": quantity,
+        "office": offices.pop(),
+    }
 
 
 READERS: dict[str, Callable[[str], Any]] = {
@@ -201,8 +281,10 @@ def check(suite: str, cases: list[dict[str, Any]]) -> None:
         except ValueError as exc:
             raise SystemExit(f"{suite} {case['id']}: {exc}; fix generate_cases.py") from None
         if got != case["reference"]:
-            raise SystemExit(f"{suite} {case['id']}: the ticket says {got!r}, the reference "
-                             f"is {case['reference']!r}; fix generate_cases.py")
+            raise SystemExit(
+                f"{suite} {case['id']}: the ticket says {got!r}, the reference "
+                f"is {case['reference']!r}; fix generate_cases.py"
+            )
 
 
 def path_of(suite: str) -> Path:
@@ -218,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--train", type=int, default=150, help="train cases per suite")
     parser.add_argument("--holdout", type=int, default=50, help="holdout cases per suite")
-    parser.add_argument("--holdout-share", type=float, default=0.2,
-                        help="the project's distill_holdout")
+    parser.add_argument(
+        "--holdout-share", type=float, default=0.2, help="the project's distill_holdout"
+    )
     parser.add_argument("--check", action="store_true", help="verify the files, write nothing")
     args = parser.parse_args(argv)
     for suite in SUITES:

@@ -47,7 +47,8 @@ def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
     cells = [
         f"**{role}**",
         f"`{report['items_model'][role]}`",
-        f"**{pct(scores['passed'], cases)}**",
+        f"**{scores['mean_score']:.3f}**",
+        pct(scores["passed"], cases),
         *per_suite,
         f"{scores['prompt_tokens'] / cases:.0f}" if cases else "-",
         f"{latency * 1000:.0f} ms" if latency is not None else "-",
@@ -79,8 +80,17 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
     report = {**report, "items_model": models_by_role(report)}
     roles = [r for r in ROLES if report["scores"].get(r, {}).get("holdout", {}).get("cases")]
     suites = sorted({i["suite"] for i in report["items"]})
-    yield "| role | model | holdout score | " + " | ".join(suites) + " | prompt tokens / call | latency p50 |"
-    yield "|" + "---|" * (5 + len(suites))
+    columns = [
+        "role",
+        "model",
+        "holdout score",
+        "passed",
+        *suites,
+        "prompt tokens / call",
+        "latency p50",
+    ]
+    yield "| " + " | ".join(columns) + " |"
+    yield "|" + "---|" * (len(columns))
     yield from (role_row(report, role, suites) for role in roles)
     yield ""
     gate = report.get("gate")
