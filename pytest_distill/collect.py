@@ -53,22 +53,31 @@ class DistillFile(pytest.File):
             )
         graders = build_graders(self.config, runtime, suite)
         runtime.suites.append((self, suite, graders))
-        for case in suite.cases:
-            split = runtime.split_of(suite, case)
-            for role in roles:
-                # --distill runs finetuned after training; it never sees train cases.
-                held_out = split == "holdout" or runtime.settings.holdout == 0
-                if role == "finetuned" and (runtime.settings.distill or not held_out):
-                    continue
-                yield DistillItem.from_parent(
-                    self,
-                    name=f"{case.id}[{role}]",
-                    suite=suite,
-                    case=case,
-                    role=role,
-                    split=split,
-                    graders=graders[case.id],
-                )
+        # Role by role: a role's calls share a prompt shape, so an endpoint that batches
+        # concurrent requests (the embedded server does) pads less.
+        for role in roles:
+            for case in suite.cases:
+                split = runtime.split_of(suite, case)
+                if self._wanted(role, split, runtime):
+                    yield DistillItem.from_parent(
+                        self,
+                        name=f"{case.id}[{role}]",
+                        suite=suite,
+                        case=case,
+                        role=role,
+                        split=split,
+                        graders=graders[case.id],
+                    )
+
+    @staticmethod
+    def _wanted(role: str, split: str, runtime: Runtime) -> bool:
+        """Which items a role runs. ``finetuned`` never sees train cases. Under ``--distill``
+        only the teacher runs train cases (they are the training data); the gate reads the
+        holdout, and ``finetuned`` runs after training."""
+        held_out = split == "holdout" or runtime.settings.holdout == 0
+        if role == "finetuned":
+            return held_out and not runtime.settings.distill
+        return held_out or role == "teacher" or not runtime.settings.distill
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
