@@ -1,10 +1,9 @@
-"""Two tweaks that keep the example's live run within minutes on a CPU.
+"""A tweak that keeps the example's live run within minutes on a CPU.
 
-- Items run role by role (every teacher call, then every student call) rather than case by
-  case: the embedded server batches concurrent requests, and a batch is padded to its longest
-  prompt, so mixing the teacher's few-shot prompts with the student's short ones would pad
-  every student row to the teacher's length.
-- At most ``MAX_EXAMPLES_PER_SUITE`` passing teacher outputs per suite go into training, so
+(The plugin itself collects items role by role, so batches of the embedded server are not
+padded to the teacher's few-shot prompts.)
+
+At most ``MAX_EXAMPLES_PER_SUITE`` passing teacher outputs per suite go into training, so
   the easy suite (the teacher passes nearly every order) does not dominate the LoRA run's
   time. Examples are kept in case order: the same data gives the same training file, and so
   the same fine-tuning job.
@@ -18,12 +17,7 @@ from typing import Any
 import pytest
 
 MAX_EXAMPLES_PER_SUITE = 64
-ROLE_ORDER = {"teacher": 0, "student": 1, "finetuned": 2}
 _KEPT = pytest.StashKey[Counter[str]]()
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: ROLE_ORDER.get(getattr(item, "role", ""), len(ROLE_ORDER)))
 
 
 def pytest_distill_filter_example(

@@ -38,6 +38,7 @@ def pytest_distill_filter_example(
     """Filter or rewrite one training example before it is written.
 
     Called once per candidate example (a passing teacher call on a train-split case), with the
-    example as a chat fine-tune dict (``{"messages": [...]}``). Return ``None`` to keep it as it
-    is, ``False`` to drop it, or a new dict to replace it. The first non-``None`` result wins.
+    example as a chat fine-tune dict (``{"messages": [...]}``) and ``case_id`` the case's key,
+    ``"<suite>::<case id>"``. Return ``None`` to keep it as it is, ``False`` to drop it, or a
+    new dict to replace it. The first non-``None`` result wins.
     """
