@@ -267,6 +267,61 @@ def test_a_killed_run_resumes_the_same_job(
     finally:
         server.terminate()
         server.wait(timeout=30)
+        server.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_job_cancelled_while_followed_ends_the_session_with_exit_code_7(
+    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    import openai
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest_distill.local",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "srv"),
+            "--model",
+            f"tiny={tiny_model}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = server.stdout.readline()  # type: ignore[union-attr]
+        base_url = banner.split(" serving on ")[1].split()[0]
+        pytester.makeini(
+            ini(teacher_server.base_url, tiny_model)
+            .replace("distill_student_endpoint = local", f"distill_student_endpoint = {base_url}")
+            .replace("distill_n_epochs = 6", "distill_n_epochs = 50")
+        )
+        pytester.makefile(".eval.yaml", codes=suite())
+        state = pytester.path / ".distill" / "state.json"
+        log = (tmp_path / "run.log").open("w")
+        run = pytester.popen(
+            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
+            time.sleep(0.2)
+        job_id = _job_id(state)
+        assert job_id, "no job started:\n" + (tmp_path / "run.log").read_text()
+        with openai.OpenAI(base_url=base_url, api_key="local") as client:
+            client.fine_tuning.jobs.cancel(job_id)
+        assert run.wait(timeout=120) == 7
+        log.close()
+        output = (tmp_path / "run.log").read_text()
+        assert f"distill: fine-tuning job {job_id} cancelled: " in output
+        assert "Traceback" not in output
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stdout.close()  # type: ignore[union-attr]
 
 
 def _job_id(state: Path) -> str | None:
