@@ -59,7 +59,7 @@ class Settings:
     prices: Mapping[str, Price] = field(default_factory=dict)
     local_models: Mapping[str, str] = field(default_factory=dict)
     training: TrainingOptions = field(default_factory=lambda: TrainingOptions())
-    timeout: float = 120.0
+    timeout: float | None = None  # None: 120 s, or 900 s on the embedded server
     max_retries: int = 2
     rootpath: Path = Path()
     record_mode: str | None = None  # None: live traffic, nothing recorded
@@ -192,7 +192,11 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "distill_cassette_dir", "directory of the cassettes, from the rootdir", default="cassettes"
     )
-    parser.addini("distill_timeout", "seconds before a model call times out", default="120")
+    parser.addini(
+        "distill_timeout",
+        "seconds before a model call times out (default 120; 900 on the embedded server)",
+        default="",
+    )
     parser.addini("distill_max_retries", "retries of a failed model call", default="2")
     for role in ROLES:
         parser.addini(f"distill_{role}_model", f"model id of the {role} role", default="")
@@ -237,7 +241,7 @@ def resolve(config: pytest.Config) -> Settings:
         prices=_prices(config.getini("distill_prices")),
         local_models=_local_models(config),
         training=_training(config),
-        timeout=_ini_number(config, "distill_timeout", float, low=0.1),
+        timeout=_optional_timeout(config),
         max_retries=_ini_number(config, "distill_max_retries", int, low=0),
         rootpath=config.rootpath,
         record_mode=_record_mode(config),
@@ -445,3 +449,8 @@ def finetuned_from_state(rootpath: Path) -> tuple[str, str] | None:
         return str(found["model"]), str(found["endpoint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _optional_timeout(config: pytest.Config) -> float | None:
+    raw = str(config.getini("distill_timeout")).strip()
+    return _checked(raw, float, 0.1, 1e9, "ini distill_timeout") if raw else None

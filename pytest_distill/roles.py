@@ -105,8 +105,18 @@ class CallRecord:
         return cls(**{**data, "messages": tuple(data["messages"])})
 
 
+REMOTE_TIMEOUT = 120.0
+# A CPU batch of long few-shot prompts can keep a request queued for minutes; a client that
+# gives up and retries only adds work to the queue.
+LOCAL_TIMEOUT = 900.0
+
+
 def make_openai(
-    role: RoleConfig, *, local_url: Callable[[], str] | None, timeout: float, max_retries: int
+    role: RoleConfig,
+    *,
+    local_url: Callable[[], str] | None,
+    timeout: float | None,
+    max_retries: int,
 ) -> openai.OpenAI:
     """The SDK client for a role's endpoint. ``local_url`` starts the embedded server on demand."""
     import openai
@@ -125,6 +135,8 @@ def make_openai(
                 f"no API key for role {role.name!r} on the OpenAI endpoint; set OPENAI_API_KEY "
                 f"or DISTILL_{role.name.upper()}_API_KEY (or ini distill_{role.name}_api_key_env)"
             )
+    if timeout is None:
+        timeout = LOCAL_TIMEOUT if role.endpoint.kind == "local" else REMOTE_TIMEOUT
     http_client = openai.DefaultHttpx2Client(
         timeout=timeout, event_hooks={"response": [_no_retry_when_out_of_quota]}
     )

@@ -149,7 +149,13 @@ def handler_class(routes: Sequence[Route]) -> type[BaseHTTPRequestHandler]:
             for key, value in response.headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (its timeout); nothing is owed to a closed socket.
+                log.debug(
+                    "client closed the connection before %s %s was answered", method, self.path
+                )
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s - " + format, self.address_string(), *args)
