@@ -200,14 +200,16 @@ def follow(
 ) -> Any:
     """Poll the job and its events until it is final; an unknown status counts as running."""
     started = time.monotonic()
-    last_line = ""
+    last_state, last_shown = "", 0.0
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
         events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # newest first
-        line = _progress_line(job, events, time.monotonic() - started)
-        if line != last_line:
-            progress(line)
-            last_line = line
+        elapsed = time.monotonic() - started
+        state = _progress_line(job, events)
+        # A line when the state or step changes, else a heartbeat every 30 s.
+        if state != last_state or elapsed - last_shown >= 30:
+            progress(f"{state}, {elapsed:.0f}s elapsed")
+            last_state, last_shown = state, elapsed
         if job.status in FINAL:
             return _final(job, events)
         if time.monotonic() - started > settings.timeout:
@@ -218,7 +220,7 @@ def follow(
         time.sleep(settings.poll_interval)
 
 
-def _progress_line(job: Any, events: list[Any], elapsed: float) -> str:
+def _progress_line(job: Any, events: list[Any]) -> str:
     parts = [f"distill: job {job.id} {job.status}"]
     metrics = next((e.data for e in events if isinstance(e.data, dict) and "step" in e.data), None)
     if metrics:
@@ -227,7 +229,6 @@ def _progress_line(job: Any, events: list[Any], elapsed: float) -> str:
         loss = metrics.get("train_loss", metrics.get("loss"))
         if isinstance(loss, (int, float)):
             parts.append(f"loss {loss:.4f}")
-    parts.append(f"{elapsed:.0f}s elapsed")
     return ", ".join(parts)
 
 

@@ -61,10 +61,9 @@ def test_distill_run_replays_offline_with_the_same_outcomes_training_file_and_ga
     assert _gate_line(replay) == _gate_line(live) != []
     assert _training_file(pytester.path) == trained
     assert not (pytester.path / ".distill" / "server").exists()  # no embedded server, no model
+    # Timing is the benchmark's job (benchmarks/bench_record_replay.py, on the real model);
+    # a timed assertion here would only measure how busy the machine is.
     print(f"\nlive {live_s:.2f} s, replay {replay_s:.2f} s ({replay_s / live_s:.1%})")
-    # The tiny model trains in seconds, so pytest's own start-up is much of a replay here; with
-    # a real model (minutes of inference and training) the replay is a few percent of live.
-    assert replay_s < live_s / 3
 
     # Other hyperparameters: another job key, so the distill step misses, in one line.
     pytester.makeini(ini("http://127.0.0.1:9/v1", tiny).replace("n_epochs = 6", "n_epochs = 7"))
