@@ -218,10 +218,9 @@ def test_a_job_the_trainer_fails_ends_the_session_with_its_error(
     result.stdout.no_fnmatch_line("*Traceback*")
 
 
-def test_a_killed_run_resumes_the_same_job(
-    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path, tmp_path: Path
-) -> None:
-    """The trainer runs on its own (``distill-server``); the pytest session following it dies."""
+@pytest.fixture
+def standalone_trainer(tiny_model: Path, tmp_path: Path) -> Iterator[str]:
+    """``distill-server`` in its own process: it outlives the pytest sessions that use it."""
     server = subprocess.Popen(
         [
             sys.executable,
@@ -239,89 +238,85 @@ def test_a_killed_run_resumes_the_same_job(
     )
     try:
         banner = server.stdout.readline()  # type: ignore[union-attr]
-        base_url = banner.split(" serving on ")[1].split()[0]
-        pytester.makeini(
-            ini(teacher_server.base_url, tiny_model)
-            .replace("distill_student_endpoint = local", f"distill_student_endpoint = {base_url}")
-            .replace("distill_n_epochs = 6", "distill_n_epochs = 20")
-        )
-        pytester.makefile(".eval.yaml", codes=suite())
-        state = pytester.path / ".distill" / "state.json"
-        log = (tmp_path / "first.log").open("w")
-        first = pytester.popen(
-            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
-            time.sleep(0.2)
-        job_id = _job_id(state)
-        assert job_id, "the first run never started a job:\n" + (tmp_path / "first.log").read_text()
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        log.close()
-        second = pytester.runpytest("--distill")
-        second.stdout.fnmatch_lines([f"distill: resuming job {job_id} *", "*finetuned*"])
-        assert _job_id(state) == job_id
+        yield banner.split(" serving on ")[1].split()[0]
     finally:
         server.terminate()
         server.wait(timeout=30)
         server.stdout.close()  # type: ignore[union-attr]
+
+
+def _follow_in_subprocess(
+    pytester: pytest.Pytester,
+    teacher_url: str,
+    tiny: Path,
+    trainer_url: str,
+    epochs: int,
+    log: Path,
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start ``pytest --distill`` in a subprocess; return it once its job exists."""
+    pytester.makeini(
+        ini(teacher_url, tiny)
+        .replace("distill_student_endpoint = local", f"distill_student_endpoint = {trainer_url}")
+        .replace("distill_n_epochs = 6", f"distill_n_epochs = {epochs}")
+    )
+    pytester.makefile(".eval.yaml", codes=suite())
+    state = pytester.path / ".distill" / "state.json"
+    with log.open("w") as output:
+        run = pytester.popen(
+            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
+        time.sleep(0.2)
+    job_id = _job_id(state)
+    assert job_id, "the run never started a job:\n" + log.read_text()
+    return run, job_id, state
+
+
+def test_a_killed_run_resumes_the_same_job(
+    pytester: pytest.Pytester,
+    teacher_server: ScriptedServer,
+    tiny_model: Path,
+    tmp_path: Path,
+    standalone_trainer: str,
+) -> None:
+    """The trainer runs on its own (``distill-server``); the pytest session following it dies."""
+    first, job_id, state = _follow_in_subprocess(
+        pytester,
+        teacher_server.base_url,
+        tiny_model,
+        standalone_trainer,
+        20,
+        tmp_path / "first.log",
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = pytester.runpytest("--distill")
+    second.stdout.fnmatch_lines([f"distill: resuming job {job_id} *", "*finetuned*"])
+    assert _job_id(state) == job_id
 
 
 def test_a_job_cancelled_while_followed_ends_the_session_with_exit_code_7(
-    pytester: pytest.Pytester, teacher_server: ScriptedServer, tiny_model: Path, tmp_path: Path
+    pytester: pytest.Pytester,
+    teacher_server: ScriptedServer,
+    tiny_model: Path,
+    tmp_path: Path,
+    standalone_trainer: str,
 ) -> None:
     import openai
 
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest_distill.local",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "srv"),
-            "--model",
-            f"tiny={tiny_model}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    log = tmp_path / "run.log"
+    run, job_id, _ = _follow_in_subprocess(
+        pytester, teacher_server.base_url, tiny_model, standalone_trainer, 50, log
     )
-    try:
-        banner = server.stdout.readline()  # type: ignore[union-attr]
-        base_url = banner.split(" serving on ")[1].split()[0]
-        pytester.makeini(
-            ini(teacher_server.base_url, tiny_model)
-            .replace("distill_student_endpoint = local", f"distill_student_endpoint = {base_url}")
-            .replace("distill_n_epochs = 6", "distill_n_epochs = 50")
-        )
-        pytester.makefile(".eval.yaml", codes=suite())
-        state = pytester.path / ".distill" / "state.json"
-        log = (tmp_path / "run.log").open("w")
-        run = pytester.popen(
-            [sys.executable, "-m", "pytest", "--distill", "-p", "no:cacheprovider"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (state.exists() and _job_id(state)):
-            time.sleep(0.2)
-        job_id = _job_id(state)
-        assert job_id, "no job started:\n" + (tmp_path / "run.log").read_text()
-        with openai.OpenAI(base_url=base_url, api_key="local") as client:
-            client.fine_tuning.jobs.cancel(job_id)
-        assert run.wait(timeout=120) == 7
-        log.close()
-        output = (tmp_path / "run.log").read_text()
-        assert f"distill: fine-tuning job {job_id} cancelled: " in output
-        assert "Traceback" not in output
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server.stdout.close()  # type: ignore[union-attr]
+    with openai.OpenAI(base_url=standalone_trainer, api_key="local") as client:
+        client.fine_tuning.jobs.cancel(job_id)
+    assert run.wait(timeout=120) == 7
+    output = log.read_text()
+    assert f"distill: fine-tuning job {job_id} cancelled: " in output
+    assert "Traceback" not in output
 
 
 def _job_id(state: Path) -> str | None:
