@@ -32,7 +32,7 @@ class Batcher:
     """Queues requests for one base model and serves them in batches on a worker thread."""
 
     def __init__(
-        self, load: Callable[[], Engine], *, max_batch: int = 32, window_s: float = 0.005
+        self, load: Callable[[], Engine], *, max_batch: int = 64, window_s: float = 0.005
     ) -> None:
         self._load = load
         self._engine: Engine | None = None

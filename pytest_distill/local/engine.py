@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.loading import encode, load_pretrained, quiet_peft, render
@@ -52,6 +53,7 @@ class _Row:
     cut_text: str | None = None
     """The text up to a stop sequence, once one appeared."""
     finish: str | None = None
+    batch_size: int = 0
 
 
 class Engine:
@@ -67,18 +69,20 @@ class Engine:
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
     ) -> list[GenResult | ApiError]:
-        """Decode ``requests`` as one left-padded batch on the base or ``adapter``.
+        """Decode ``requests`` in left-padded batches on the base or ``adapter``.
 
-        A request that cannot run (its prompt overflows the context) gets its error back in
-        its place instead of failing the batch.
+        Requests whose prompts start the same way (the same system message and few-shot
+        turns) are decoded together, sharing that prefix; the rest form one more batch. A
+        request that cannot run (its prompt overflows the context) gets its error back in its
+        place instead of failing the batch.
         """
         prepared = [self._prepare(request) for request in requests]
         rows = [row for row in prepared if isinstance(row, _Row)]
         if rows:
             with self._model(adapter) as model, torch.inference_mode():
-                self._decode(model, rows)
-        size = len(rows)
-        return [row if isinstance(row, ApiError) else self._result(row, size) for row in prepared]
+                for group in _by_leading_messages(rows):
+                    self._decode(model, group)
+        return [row if isinstance(row, ApiError) else self._result(row) for row in prepared]
 
     def _prepare(self, request: GenRequest) -> _Row | ApiError:
         try:
@@ -128,12 +132,25 @@ class Engine:
         return self._peft
 
     def _decode(self, model: Any, rows: list[_Row]) -> None:
-        width = max(len(row.prompt) for row in rows)
+        for row in rows:
+            row.batch_size = len(rows)
         pad = int(self.tokenizer.pad_token_id)
-        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        past = None
+        shared = _shared_prefix([row.prompt for row in rows])
+        past = Cache(layer_class_to_replicate=_RoomyLayer)
+        if shared:
+            # The rows start with the same tokens (a few-shot prompt, a long system message):
+            # that prefix is run once and its KV cache copied to every row, so a batch of 32
+            # pays for it once instead of 32 times. The rest of each prompt is left-padded
+            # after it; the mask hides the padding wherever it sits.
+            model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
+            past.batch_repeat_interleave(len(rows))
+        rests = [row.prompt[len(shared) :] for row in rows]
+        width = max(len(rest) for rest in rests)
+        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests])
+        mask = torch.tensor(
+            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
         for _ in range(max(row.limit for row in rows)):
             out = model(
                 input_ids=ids,
@@ -184,12 +201,58 @@ class Engine:
         if len(row.tokens) >= row.limit:
             row.finish = "length"
 
-    def _result(self, row: _Row, batch_size: int) -> GenResult:
+    def _result(self, row: _Row) -> GenResult:
         text = row.cut_text
         if text is None:
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         finish = row.finish or "length"
-        return GenResult(text, len(row.prompt), len(row.tokens), finish, batch_size)
+        return GenResult(text, len(row.prompt), len(row.tokens), finish, row.batch_size)
+
+
+class _RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers is untyped
+    """A KV cache layer that writes each step into room it set aside.
+
+    transformers' ``DynamicLayer`` concatenates on every decoding step, copying the whole cache:
+    with a batch of 32 rows that each hold a few hundred prompt tokens, that copying was more
+    than a third of a step's time. This one copies only when its room runs out.
+    """
+
+    ROOM = 64
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._used = 0
+            self._key_room = self._value_room = key_states[..., :0, :]
+        used, size = self._used, self._used + key_states.shape[-2]
+        if size > self._key_room.shape[-2]:
+            self._key_room = self._grown(self._key_room, key_states, size + self.ROOM)
+            self._value_room = self._grown(self._value_room, value_states, size + self.ROOM)
+        self._key_room[..., used:size, :] = key_states
+        self._value_room[..., used:size, :] = value_states
+        self._used = size
+        self.keys, self.values = self._key_room[..., :size, :], self._value_room[..., :size, :]
+        return self.keys, self.values
+
+    def _grown(self, room: torch.Tensor, states: torch.Tensor, length: int) -> torch.Tensor:
+        grown = states.new_empty((*states.shape[:-2], length, states.shape[-1]))
+        grown[..., : self._used, :] = room[..., : self._used, :]
+        return grown
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._key_room = self._key_room.repeat_interleave(repeats, dim=0)
+        self._value_room = self._value_room.repeat_interleave(repeats, dim=0)
+        self._view()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._key_room, self._value_room = self._key_room[indices], self._value_room[indices]
+        self._view()
+
+    def _view(self) -> None:
+        self.keys = self._key_room[..., : self._used, :]
+        self.values = self._value_room[..., : self._used, :]
 
 
 def _sample(logits: torch.Tensor, row: _Row) -> int:
@@ -199,6 +262,34 @@ def _sample(logits: torch.Tensor, row: _Row) -> int:
         keep = sorted_probs.cumsum(-1) - sorted_probs < row.request.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+
+def _by_leading_messages(rows: list[_Row]) -> list[list[_Row]]:
+    """Rows grouped by all but their last message; rows alone in their group go together."""
+    groups: dict[tuple[tuple[tuple[str, str], ...], ...], list[_Row]] = {}
+    for row in rows:
+        lead = tuple(tuple(sorted(m.items())) for m in row.request.messages[:-1])
+        groups.setdefault(lead, []).append(row)
+    shared = [group for group in groups.values() if len(group) > 1]
+    single = [group[0] for group in groups.values() if len(group) == 1]
+    return [*shared, single] if single else shared
+
+
+MIN_SHARED_PREFIX = 32
+"""Shorter common prefixes (a chat template's first tokens) are not worth a separate pass."""
+
+
+def _shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with, keeping at least one token of each prompt's own.
+
+    Empty when there is one prompt or the common part is under ``MIN_SHARED_PREFIX`` tokens.
+    """
+    if len(prompts) < 2:
+        return []
+    first, size = prompts[0], min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        size = next((k for k in range(size) if prompt[k] != first[k]), size)
+    return first[:size] if size >= MIN_SHARED_PREFIX else []
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
