@@ -5,8 +5,8 @@
 
 Two tasks a support desk runs on every incoming ticket:
 
-- ``due_dates``: the ticket mentions when the work is needed, in whatever form the requester
-  typed; the answer is that date as ``YYYY-MM-DD``.
+- ``due_dates``: the ticket form's free-text "needed by" field, in whatever form the requester
+  typed it; the answer is that date as ``YYYY-MM-DD``, which the desk's queue sorts by.
 - ``hardware_requests``: the ticket asks for equipment; the answer is the order as JSON
   (requester, item, quantity, office) for the procurement system.
 
@@ -91,16 +91,14 @@ ITEMS = [
     "laptop",
     "monitor",
     "keyboard",
-    "mouse",
+    "tablet",
     "headset",
     "docking station",
     "webcam",
     "USB-C charger",
     "phone",
-    "badge reader",
+    "projector",
 ]
-
-IRREGULAR = {"mouse": "mice"}
 
 # Month names are spelt out here rather than taken from strftime, so the files do not depend
 # on the machine's locale.
@@ -128,17 +126,6 @@ DATE_STYLES: dict[str, Callable[[dt.date], str]] = {
 }
 # No 9/5/2027: the desk serves offices on both sides of the Atlantic, where it means two dates.
 
-DUE_TEMPLATES = [
-    "Hi IT, {name} starts in the {office} office and needs a {item} set up by {date}.",
-    "The {item} in the {office} meeting room is broken. Please fix it before {date}.",
-    "Can someone replace my {item}? I need it by {date} at the latest. Thanks, {name}",
-    "Request from {name}: reset the VPN access for the {office} team no later than {date}.",
-    "Our {item} stopped working. Deadline for the repair: {date}. {name}, {office}",
-    "Please install the new accounting software on my laptop by {date}. - {name}",
-    "{name} here. The printer on the {office} 3rd floor keeps jamming; needs fixing by {date}.",
-    "Need a loaner {item} for a client visit. Due {date}. Office: {office}.",
-]
-
 ORDER_TEMPLATES = [
     "Hi IT, please order {quantity} {item_n} for the {office} office. Thanks, {name}",
     "{name} ({office}): we need {quantity} {item_n} for the new starters.",
@@ -152,8 +139,6 @@ ORDER_TEMPLATES = [
 def plural(item: str, quantity: int) -> str:
     if quantity == 1:
         return item
-    if item in IRREGULAR:
-        return IRREGULAR[item]
     if item.endswith(("ch", "sh", "s")):
         return item + "es"
     return item + "s"
@@ -165,13 +150,7 @@ def plural(item: str, quantity: int) -> str:
 def due_date_case(rng: random.Random) -> tuple[dict[str, Any], str]:
     day = dt.date(2025, 1, 1) + dt.timedelta(days=rng.randrange(3 * 365))
     style = rng.choice(sorted(DATE_STYLES))
-    ticket = rng.choice(DUE_TEMPLATES).format(
-        name=f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-        office=rng.choice(OFFICES),
-        item=rng.choice(ITEMS),
-        date=DATE_STYLES[style](day),
-    )
-    return {"ticket": ticket}, day.isoformat()
+    return {"needed_by": DATE_STYLES[style](day)}, day.isoformat()
 
 
 def order_case(rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,9 +177,10 @@ def generate(suite: str, train: int, holdout: int, holdout_share: float) -> list
     number = 0
     while sides["train"] < train or sides["holdout"] < holdout:
         case_vars, reference = make(rng)
-        if case_vars["ticket"] in seen:
+        text = json.dumps(case_vars, sort_keys=True)
+        if text in seen:
             continue
-        seen.add(case_vars["ticket"])
+        seen.add(text)
         number += 1
         case_id = f"{prefix}-{number:03d}"
         side = split_of(f"{suite}::{case_id}", holdout_share)
@@ -223,7 +203,7 @@ _DATE_PATTERNS = [
 
 
 def read_due_date(ticket: str) -> str:
-    """The one date a ticket mentions, parsed without the generator's formatting code."""
+    """The one date a text mentions, parsed without the generator's formatting code."""
     found = set()
     for pattern, order in _DATE_PATTERNS:
         for match in pattern.finditer(ticket):
@@ -246,9 +226,7 @@ def read_order(ticket: str) -> dict[str, Any]:
     offices = {o for o in OFFICES if re.search(rf"\b{o}\b", ticket)}
     # Longest names first, so "USB-C charger" is not also counted as something shorter.
     items = [
-        i
-        for i in sorted(ITEMS, key=len, reverse=True)
-        if re.search(rf"\b({re.escape(i)}|{IRREGULAR.get(i, i)})", ticket)
+        i for i in sorted(ITEMS, key=len, reverse=True) if re.search(rf"\b{re.escape(i)}", ticket)
     ]
     quantities = re.findall(r"\b(\d+)\b", ticket)
     if not (len(names) == len(offices) == len(items) == len(quantities) == 1):
@@ -265,9 +243,9 @@ def read_order(ticket: str) -> dict[str, Any]:
     }
 
 
-READERS: dict[str, Callable[[str], Any]] = {
-    "due_dates": read_due_date,
-    "hardware_requests": read_order,
+READERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "due_dates": lambda case_vars: read_due_date(case_vars["needed_by"]),
+    "hardware_requests": lambda case_vars: read_order(case_vars["ticket"]),
 }
 
 
@@ -277,7 +255,7 @@ def check(suite: str, cases: list[dict[str, Any]]) -> None:
         raise SystemExit(f"{suite}: duplicate case ids")
     for case in cases:
         try:
-            got = READERS[suite](case["vars"]["ticket"])
+            got = READERS[suite](case["vars"])
         except ValueError as exc:
             raise SystemExit(f"{suite} {case['id']}: {exc}; fix generate_cases.py") from None
         if got != case["reference"]:
