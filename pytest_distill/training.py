@@ -127,12 +127,22 @@ def _find_or_start(
     key: str,
     progress: Progress,
 ) -> tuple[Any, str, bool]:
+    import openai
+
     known = state.job(key)
     if known.get("job_id"):
-        job = client.fine_tuning.jobs.retrieve(known["job_id"])
-        if job.status not in ("failed", "cancelled"):
-            progress(f"distill: resuming job {job.id} ({job.status})")
-            return job, known["file_id"], True
+        try:
+            job = client.fine_tuning.jobs.retrieve(known["job_id"])
+        except openai.NotFoundError:
+            # The trainer lost its data (a deleted .distill/server, another trainer at the
+            # same name): the job and its upload are gone, so start over.
+            progress(f"distill: the trainer no longer knows job {known['job_id']}; starting over")
+            state.save_job(key, job_id=None, file_id=None)
+            known = {}
+        else:
+            if job.status not in ("failed", "cancelled"):
+                progress(f"distill: resuming job {job.id} ({job.status})")
+                return job, known["file_id"], True
     job = _listed_job(client, key)
     if job is not None:
         state.save_job(key, job_id=job.id, file_id=job.training_file)

@@ -4,6 +4,7 @@ embedded server, real LoRA training, the fine-tuned student evaluated on the hol
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,23 @@ def test_second_distill_run_reuses_the_job_and_the_upload(
         client = openai.OpenAI(base_url=server.base_url, api_key="local")
         assert len(client.fine_tuning.jobs.list().data) == 1
         assert len(client.files.list(purpose="fine-tune").data) == 1
+
+
+def test_a_job_the_trainer_lost_is_started_again(
+    distill_project: pytest.Pytester, tiny_model: Path
+) -> None:
+    first = distill_project.runpytest("--distill")
+    # The embedded server's data is deleted; the project's state still names the old job.
+    shutil.rmtree(distill_project.path / ".distill" / "server")
+    again = distill_project.runpytest("--distill")
+    assert again.ret == first.ret != 7, again.stdout.str()
+    again.stdout.fnmatch_lines(
+        [
+            "distill: the trainer no longer knows job ftjob-*; starting over",
+            "distill: uploaded *",
+            "distill: started job ftjob-* on local for tiny",
+        ]
+    )
 
 
 def test_no_wait_starts_the_job_and_the_next_run_finishes_it(
