@@ -1,11 +1,12 @@
 """Turn a run's JSON report into the README's results table.
 
-    pytest --distill --distill-report=report.json 2>&1 | tee run.log
-    python results_table.py report.json --log run.log --update README.md
+    pytest --distill --distill-record-mode=all --distill-report=report.json 2>&1 | tee run.log
+    python results_table.py report.json --log run.log --update README.md --update ../README.md
 
 Prints the Markdown table (one row per role, holdout cases only: the cases the gate judges),
-or with ``--update`` replaces the part of the file between the ``results:start`` and
-``results:end`` markers. ``--log`` adds the session's wall time from pytest's last line.
+or with ``--update`` (once per file) replaces the part of each file between the
+``results:start`` and ``results:end`` markers. ``--log`` adds the session's wall time from
+pytest's last line.
 Every number comes from the report (schema ``pytest-distill/report/1``); none is typed by hand.
 """
 
@@ -111,19 +112,24 @@ def update(path: Path, lines: list[str]) -> None:
         raise SystemExit(f"{path}: add the markers {START} and {END} where the table goes")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    path.write_text(head + START + "\n" + "\n".join(lines) + "\n" + END + tail, encoding="utf-8")
+    # Written next to it, then renamed over it: an interrupted update leaves the old file whole.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(head + START + "\n" + "\n".join(lines) + "\n" + END + tail, encoding="utf-8")
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("report", type=Path, help="the file --distill-report wrote")
     parser.add_argument("--log", type=Path, help="the run's terminal output, for its wall time")
-    parser.add_argument("--update", type=Path, metavar="MARKDOWN", help="rewrite its marked part")
+    parser.add_argument(
+        "--update", type=Path, action="append", metavar="MARKDOWN", help="rewrite its marked part"
+    )
     args = parser.parse_args(argv)
     lines = list(table(json.loads(args.report.read_text(encoding="utf-8")), args.log))
-    if args.update:
-        update(args.update, lines)
-    else:
+    for markdown in args.update or ():
+        update(markdown, lines)
+    if not args.update:
         print("\n".join(lines))
     return 0
 
