@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,22 +63,19 @@ def main() -> int:
             for case in suite.cases[: args.batch]
         ]
         eng.generate(None, requests[:2])  # warm up
-        configurations = {
+        configurations: dict[str, list[AbstractContextManager[None]]] = {
             "engine": [],
             "concatenating cache": [patched("_RoomyLayer", DynamicLayer)],
             "no shared prefix": [patched("MIN_SHARED_PREFIX", 10**9)],
         }
         timings, answers = {}, {}
         for name, patches in configurations.items():
-            for patch in patches:
-                patch.__enter__()
-            try:
+            with ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch)
                 started = time.perf_counter()
                 results = eng.generate(None, requests)
                 timings[name] = time.perf_counter() - started
-            finally:
-                for patch in reversed(patches):
-                    patch.__exit__(None, None, None)
             answers[name] = [getattr(r, "text", r) for r in results]
     prompt = sum(r.prompt_tokens for r in results if not isinstance(r, Exception))
     print(f"{len(requests)} teacher prompts, {prompt / len(requests):.0f} tokens each on average")
