@@ -11,7 +11,7 @@ Two tasks a support desk runs on every incoming ticket:
   (requester, item, quantity, office) for the procurement system.
 
 Every reference is computed by the generator, then checked by re-reading the ticket text with
-an independent parser (``check``): a case whose ticket does not say what its reference claims
+an independent parser (``check``): a case whose text does not say what its reference claims
 stops the script. Cases are generated until each suite has at least ``--train`` cases on the
 train side and ``--holdout`` on the holdout side of the plugin's stable split.
 """
@@ -260,7 +260,7 @@ def check(suite: str, cases: list[dict[str, Any]]) -> None:
             raise SystemExit(f"{suite} {case['id']}: {exc}; fix generate_cases.py") from None
         if got != case["reference"]:
             raise SystemExit(
-                f"{suite} {case['id']}: the ticket says {got!r}, the reference "
+                f"{suite} {case['id']}: the text says {got!r}, the reference "
                 f"is {case['reference']!r}; fix generate_cases.py"
             )
 

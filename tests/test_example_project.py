@@ -7,6 +7,7 @@ distillation on SmolLM2 on the CPU, several minutes, and CI runs it as a step of
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -47,6 +48,28 @@ def _holdout_scores(report: dict[str, Any]) -> dict[str, float]:
     return {role: report["scores"][role]["holdout"]["mean_score"] for role in ROLES}
 
 
+def _import_from_example(name: str) -> Any:
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+def test_example_cases_are_what_the_seeded_generator_writes_and_their_references_check() -> None:
+    generator = _import_from_example("generate_cases")
+    for suite in generator.SUITES:
+        committed = generator.path_of(suite).read_text(encoding="utf-8")
+        cases = generator.generate(suite, 150, 50, 0.2)
+        assert "\n".join(generator.lines(cases)) + "\n" == committed, suite
+        generator.check(suite, cases)
+    # The check reads the text on its own: a wrong reference stops it, naming the case.
+    date = next(c for c in generator.generate("due_dates", 150, 50, 0.2) if c["id"] == "due-001")
+    date["reference"] = "2099-01-01"
+    with pytest.raises(SystemExit, match="due_dates due-001: the text says"):
+        generator.check("due_dates", [date])
+
+
 def _score_cells(markdown: str) -> list[list[str]]:
     """The results table's rows without the latency column (replay does not wait)."""
     rows = [line for line in markdown.splitlines() if line.startswith("| **")]
@@ -61,12 +84,7 @@ def test_example_replays_its_recording_offline_and_matches_its_readme(tmp_path: 
     assert not (project / ".distill" / "server").exists()  # no embedded server, no model
     assert "gate passed" in result.stdout
 
-    sys.path.insert(0, str(project))
-    try:
-        import results_table
-    finally:
-        sys.path.remove(str(project))
-    replayed = "\n".join(results_table.table(report))
+    replayed = "\n".join(_import_from_example("results_table").table(report))
     gate_lines = [line for line in replayed.splitlines() if line.startswith("- `")]
     for readme in (EXAMPLE / "README.md", EXAMPLE.parent / "README.md"):
         text = readme.read_text(encoding="utf-8")
