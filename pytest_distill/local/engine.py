@@ -139,9 +139,9 @@ class Engine:
         past = Cache(layer_class_to_replicate=_RoomyLayer)
         if shared:
             # The rows start with the same tokens (a few-shot prompt, a long system message):
-            # that prefix is run once and its KV cache copied to every row, so a batch of 32
-            # pays for it once instead of 32 times. The rest of each prompt is left-padded
-            # after it; the mask hides the padding wherever it sits.
+            # that prefix is run once and its KV cache copied to every row, so a batch pays for
+            # it once instead of once per row. The rest of each prompt is left-padded after
+            # it; the mask hides the padding wherever it sits.
             model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
             past.batch_repeat_interleave(len(rows))
         rests = [row.prompt[len(shared) :] for row in rows]
@@ -234,8 +234,7 @@ class _RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformer
         self._key_room[..., used:size, :] = key_states
         self._value_room[..., used:size, :] = value_states
         self._used = size
-        self.keys, self.values = self._key_room[..., :size, :], self._value_room[..., :size, :]
-        return self.keys, self.values
+        return self._view()
 
     def _grown(self, room: torch.Tensor, states: torch.Tensor, length: int) -> torch.Tensor:
         grown = states.new_empty((*states.shape[:-2], length, states.shape[-1]))
@@ -251,9 +250,10 @@ class _RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformer
         self._key_room, self._value_room = self._key_room[indices], self._value_room[indices]
         self._view()
 
-    def _view(self) -> None:
-        self.keys = self._key_room[..., : self._used, :]
-        self.values = self._value_room[..., : self._used, :]
+    def _view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self._key_room[..., : self._used, :], self._value_room[..., : self._used, :]
+        self.keys, self.values = keys, values
+        return keys, values
 
 
 def _sample(logits: torch.Tensor, row: _Row) -> int:
