@@ -20,7 +20,8 @@ from typing import Any
 import openai
 import vcr
 
-from pytest_distill import cassettes, recording
+from pytest_distill.cassettes import files as cassettes
+from pytest_distill.cassettes import recorder as recording
 
 BASE = "http://local.invalid/v1"
 

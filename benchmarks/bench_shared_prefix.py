@@ -28,8 +28,8 @@ from pathlib import Path
 
 from transformers.cache_utils import DynamicLayer
 
-from pytest_distill.cases import load_file
-from pytest_distill.local import engine
+from pytest_distill.evals.cases import load_file
+from pytest_distill.local.engine import decode as engine
 from pytest_distill.local.models import base_sources
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ __all__ = ["__version__", "json_match"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from pytest_distill.compare import JsonMatch
+    from pytest_distill.grading.compare import JsonMatch
 
 
 def json_match(expected: Any, **options: Any) -> JsonMatch:
@@ -20,6 +20,6 @@ def json_match(expected: Any, **options: Any) -> JsonMatch:
 
     Options are those of the ``json`` grader: ``ignore_order``, ``tolerance``, ``exclude_paths``.
     """
-    from pytest_distill.compare import JsonMatch
+    from pytest_distill.grading.compare import JsonMatch
 
     return JsonMatch(expected, **options)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from pytest_distill.graders import Grader
+    from pytest_distill.grading.registry import Grader
 
 
 @pytest.hookspec(firstresult=True)

@@ -405,7 +405,7 @@ def _local_models(config: pytest.Config) -> dict[str, str]:
 
 
 def _gate(config: pytest.Config) -> str | None:
-    from pytest_distill.gate import Gate, GateSyntaxError
+    from pytest_distill.verdict.gate import Gate, GateSyntaxError
 
     text = _cli_or_ini(config, "gate")
     if not text:

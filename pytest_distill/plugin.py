@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_distill import options, pyevals, recording, report
-from pytest_distill.collect import DistillFile, DistillItem, is_eval_file
-from pytest_distill.results import take_from
+from pytest_distill import options
+from pytest_distill.cassettes import recorder as recording
+from pytest_distill.evals import pyevals
+from pytest_distill.evals.items import DistillFile, DistillItem, is_eval_file
 from pytest_distill.runtime import RUNTIME_KEY, Runtime
+from pytest_distill.verdict import report
+from pytest_distill.verdict.results import take_from
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -27,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", pyevals.MARKER_HELP)
     config.stash[RUNTIME_KEY] = runtime = Runtime(options.resolve(config))
     recording.start(config, runtime)
-    from pytest_distill import fixtures
+    from pytest_distill.evals import fixtures
 
     config.pluginmanager.register(fixtures, "distill-fixtures")
     if not hasattr(config, "workerinput"):
@@ -83,7 +86,7 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
         if session.shouldfail or session.shouldstop:
             runtime.distill_error = "distill: skipped, the session stopped early (-x or maxfail)"
         else:
-            from pytest_distill import distill
+            from pytest_distill import pipeline as distill
 
             distill.run(session, runtime)
     return result
@@ -109,7 +112,7 @@ def pytest_runtest_makereport(
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
-    from pytest_distill.compare import JsonMatch, assertrepr
+    from pytest_distill.grading.compare import JsonMatch, assertrepr
 
     if isinstance(left, JsonMatch) or isinstance(right, JsonMatch):
         return assertrepr(op, left, right)

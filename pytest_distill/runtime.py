@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.cases import EvalCase, Suite, split_of
+from pytest_distill.evals.cases import EvalCase, Suite, split_of
 from pytest_distill.options import Settings
-from pytest_distill.results import Results
 from pytest_distill.roles import CallRecord, Endpoint, RoleConfig, make_openai
+from pytest_distill.verdict.results import Results
 
 if TYPE_CHECKING:
     import openai
@@ -83,7 +83,7 @@ class Runtime:
     def _local_url(self) -> str:
         # Called with self._lock held, from client().
         if self.replaying:  # served from cassettes: no server, no model
-            from pytest_distill.routes import LOCAL_PLACEHOLDER
+            from pytest_distill.cassettes.routes import LOCAL_PLACEHOLDER
 
             return LOCAL_PLACEHOLDER
         if self._local is None:
@@ -152,7 +152,7 @@ class Runtime:
 
 def _in_route(nodeid: str, call: Callable[[], CallRecord]) -> CallRecord:
     # A pool thread does not inherit the item's cassette route; the key is the item's node id.
-    from pytest_distill.routes import item_route, route
+    from pytest_distill.cassettes.routes import item_route, route
 
     with route(item_route(nodeid)):
         return call()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pytest_distill.compare import (
+from pytest_distill.grading.compare import (
     JsonMatch,
     assertrepr,
     compare_json,
@@ -200,6 +200,6 @@ def test_assertrepr_leaves_other_comparisons_to_pytest() -> None:
 
 
 def test_importing_compare_does_not_import_deepdiff() -> None:
-    code = "import sys, pytest_distill.compare; print('deepdiff' in sys.modules)"
+    code = "import sys, pytest_distill.grading.compare; print('deepdiff' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -83,7 +83,7 @@ def local_api(root: Path, tiny: Path) -> Any:
 
 
 def _train_split() -> tuple[int, int]:
-    from pytest_distill.cases import split_of
+    from pytest_distill.evals.cases import split_of
 
     train = [n for n in range(CASES) if split_of(f"codes::i{n:02d}", 0.2) == "train"]
     return len(train), sum(1 for n in train if n % 7 != 3)

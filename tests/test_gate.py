@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_distill.gate import (
+from pytest_distill.verdict.gate import (
     GATE_FAILED_EXIT_CODE,
     Gate,
     GateSyntaxError,

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.graders import (
+from pytest_distill.grading.judges import parse_score, pick_label
+from pytest_distill.grading.registry import (
     Grade,
     Grader,
     GraderConfigError,
@@ -17,8 +18,7 @@ from pytest_distill.graders import (
     combine,
     make_grader,
 )
-from pytest_distill.judges import parse_score, pick_label
-from pytest_distill.similarity import bleu, fuzzy_match, gleu, rouge_l, rouge_n
+from pytest_distill.grading.similarity import bleu, fuzzy_match, gleu, rouge_l, rouge_n
 
 ITEM: dict[str, Any] = {"id": "c-1", "reference": "Paris", "country": "France"}
 
@@ -215,7 +215,7 @@ def test_json_grader_rejects_bad_options_at_make_time() -> None:
 
 def test_importing_graders_does_not_import_deepdiff_until_json_is_graded() -> None:
     code = (
-        "import sys; from pytest_distill.graders import make_grader, Sample\n"
+        "import sys; from pytest_distill.grading.registry import make_grader, Sample\n"
         "g = make_grader({'type': 'json'}); print('deepdiff' in sys.modules)\n"
         "g.grade(Sample('{}'), {'id': 'x', 'reference': {}}); print('deepdiff' in sys.modules)"
     )

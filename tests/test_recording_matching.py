@@ -11,7 +11,9 @@ import httpx2
 import openai
 import pytest
 
-from pytest_distill import cassettes, matching, recording
+from pytest_distill.cassettes import files as cassettes
+from pytest_distill.cassettes import matching
+from pytest_distill.cassettes import recorder as recording
 
 CHAT = "http://127.0.0.1:41234/v1/chat/completions"
 JSON = {"content-type": "application/json"}

@@ -8,8 +8,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-from pytest_distill.local.app import App
-from pytest_distill.local.httpd import handler_class
+from pytest_distill.local.api.app import App
+from pytest_distill.local.api.httpd import handler_class
 from pytest_distill.local.models import base_sources
 
 

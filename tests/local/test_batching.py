@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from pytest_distill.local.engine import MIN_SHARED_PREFIX, _shared_prefix
+from pytest_distill.local.engine.decode import MIN_SHARED_PREFIX, _shared_prefix
 
 PROMPTS = [f"Tell me fact number {i}." + " Please." * (i % 5) for i in range(16)]
 # A few-shot block long enough that every request's prompt starts with the same tokens.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_distill.yamlines import LineDict, LineList, load_yaml
+from pytest_distill.evals.yamlines import LineDict, LineList, load_yaml
 
 Message = dict[str, Any]
 Split = Literal["train", "holdout"]

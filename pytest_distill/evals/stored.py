@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_distill.cases import EvalCase
+from pytest_distill.evals.cases import EvalCase
 
 if TYPE_CHECKING:
     import openai

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.playback import SessionCassette, relative
-from pytest_distill.routes import (
+from pytest_distill.cassettes.session import SessionCassette, relative
+from pytest_distill.cassettes.routes import (
     LOCAL_PLACEHOLDER,
     CassetteMiss,
     Route,

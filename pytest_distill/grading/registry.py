@@ -30,8 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pytest_distill.compare import compare_json, parse_exclude_path, parse_model_json
-from pytest_distill.grading import (
+from pytest_distill.grading.base import (
     Grade,
     Grader,
     GraderConfigError,
@@ -42,6 +41,7 @@ from pytest_distill.grading import (
     combine,
     shorten,
 )
+from pytest_distill.grading.compare import compare_json, parse_exclude_path, parse_model_json
 
 __all__ = [
     "KNOWN_TYPES",
@@ -270,25 +270,25 @@ def _json(spec: Spec, judge: Judge | None) -> Grader:
 
 
 def _text_similarity(spec: Spec, judge: Judge | None) -> Grader:
-    from pytest_distill.similarity import build_text_similarity
+    from pytest_distill.grading.similarity import build_text_similarity
 
     return build_text_similarity(spec)
 
 
 def _score_model(spec: Spec, judge: Judge | None) -> Grader:
-    from pytest_distill.judges import build_score_model
+    from pytest_distill.grading.judges import build_score_model
 
     return build_score_model(spec, judge)
 
 
 def _label_model(spec: Spec, judge: Judge | None) -> Grader:
-    from pytest_distill.judges import build_label_model
+    from pytest_distill.grading.judges import build_label_model
 
     return build_label_model(spec, judge)
 
 
 def _python(spec: Spec, judge: Judge | None) -> Grader:
-    from pytest_distill.pygrader import build_python
+    from pytest_distill.grading.python import build_python
 
     return build_python(spec)
 

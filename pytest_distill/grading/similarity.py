@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pytest_distill.grading import Grade, Sample, Spec, Template
+from pytest_distill.grading.base import Grade, Sample, Spec, Template
 
 _WORD = re.compile(r"\w+")
 

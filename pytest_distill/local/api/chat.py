@@ -8,16 +8,16 @@ from collections.abc import Mapping
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
-from pytest_distill.local.batcher import Batcher
+from pytest_distill.local.api.files import new_id
+from pytest_distill.local.api.jobs import check_metadata, matches
+from pytest_distill.local.engine.batcher import Batcher
 from pytest_distill.local.errors import ApiError, bad_request, not_found
-from pytest_distill.local.files import new_id
-from pytest_distill.local.finetune_data import ROLES
-from pytest_distill.local.jobs import check_metadata, matches
 from pytest_distill.local.models import ModelSource, Registry
 from pytest_distill.local.store import Record, Store, paginate
+from pytest_distill.training.rules import ROLES
 
 if TYPE_CHECKING:
-    from pytest_distill.local.engine import Engine, GenRequest
+    from pytest_distill.local.engine.decode import Engine, GenRequest
 
 
 class Serving:
@@ -41,7 +41,7 @@ class Serving:
 
 
 def _load(source: ModelSource) -> Engine:
-    from pytest_distill.local.engine import Engine
+    from pytest_distill.local.engine.decode import Engine
 
     return Engine(source)
 
@@ -166,7 +166,7 @@ def _text(content: Any) -> str:
 
 
 def _generation(request: Mapping[str, Any], messages: list[dict[str, str]]) -> GenRequest:
-    from pytest_distill.local.engine import GenRequest
+    from pytest_distill.local.engine.decode import GenRequest
 
     if request.get("n", 1) != 1:
         raise bad_request("Only n=1 is supported by the local server.", "n")

@@ -15,11 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.cases import CaseFileError, EvalCase, Suite, load_file
-from pytest_distill.graders import Grade, Grader, GraderConfigError, Sample, combine, make_grader
-from pytest_distill.results import GradeRecord, ItemResult
+from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, load_file
+from pytest_distill.grading.registry import (
+    Grade,
+    Grader,
+    GraderConfigError,
+    Sample,
+    combine,
+    make_grader,
+)
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
+from pytest_distill.verdict.results import GradeRecord, ItemResult
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -90,7 +97,7 @@ class DistillFile(pytest.File):
 
 
 def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:
-    from pytest_distill import stored
+    from pytest_distill.evals import stored
 
     try:
         source = stored.parse_source(suite.source)

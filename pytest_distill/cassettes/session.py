@@ -1,6 +1,6 @@
 """The cassette object vcrpy's httpx stubs talk to: one per session, routing each request to
 its cassette file, with a dict index per file so that replay stays linear. No vcr import here:
-the response decoder comes in from :mod:`pytest_distill.recording`.
+the response decoder comes in from :mod:`pytest_distill.cassettes.recorder`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_distill import cassettes, matching
-from pytest_distill.routes import ROUTE, SESSION_ROUTE, CassetteMiss, Route
+from pytest_distill.cassettes import files as cassettes
+from pytest_distill.cassettes import matching
+from pytest_distill.cassettes.routes import ROUTE, SESSION_ROUTE, CassetteMiss, Route
 
 MAX_RETRY_AFTER = 120.0  # the SDK does not retry a longer retry-after; keep that decision
 RETRIED_STATUSES = frozenset({408, 409, 429})

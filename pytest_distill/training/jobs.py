@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_distill.atomic import write_atomic
-from pytest_distill.dataset import Dataset
+from pytest_distill.training.dataset import Dataset
 
 if TYPE_CHECKING:
     import openai

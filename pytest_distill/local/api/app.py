@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pytest_distill.local.chat import Chat, Serving
+from pytest_distill.local.api.chat import Chat, Serving
+from pytest_distill.local.api.files import Files
+from pytest_distill.local.api.httpd import Request, Response, Route, route
+from pytest_distill.local.api.jobs import Jobs
 from pytest_distill.local.errors import bad_request
-from pytest_distill.local.files import Files
-from pytest_distill.local.httpd import Request, Response, Route, route
-from pytest_distill.local.jobs import Jobs
 from pytest_distill.local.models import ModelSource, Registry
-from pytest_distill.local.runner import Runner
 from pytest_distill.local.store import Store
+from pytest_distill.local.trainer.worker import Runner
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.cases import split_of
-from pytest_distill.collect import format_failure
-from pytest_distill.fixtures import CLIENTS_KEY
-from pytest_distill.graders import Grade, GraderConfigError, Sample, combine, make_grader
-from pytest_distill.results import GradeRecord, ItemResult
+from pytest_distill.evals.cases import split_of
+from pytest_distill.evals.fixtures import CLIENTS_KEY
+from pytest_distill.evals.items import format_failure
+from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.roles import CallRecord
 from pytest_distill.runtime import RUNTIME_KEY
+from pytest_distill.verdict.results import GradeRecord, ItemResult
 
 GRADES_KEY = pytest.StashKey[tuple[Grade, ...]]()
 MARKER_HELP = (

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_distill.local.finetune_data import parse_training_file
-from pytest_distill.local.jobs import Jobs
+from pytest_distill.local.api.jobs import Jobs
 from pytest_distill.local.models import fine_tuned_id
 from pytest_distill.local.store import Record
+from pytest_distill.training.rules import parse_training_file
 
 if TYPE_CHECKING:
-    from pytest_distill.local.training import Checkpoint, StepMetrics
+    from pytest_distill.local.trainer.lora import Checkpoint, StepMetrics
 
 _INTERRUPTED = "The server stopped while this job was validating its files. Create the job again."
 _REQUEUED = (
@@ -84,7 +84,7 @@ class Runner:
             self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
 
     def _fit(self, job: dict[str, Any], model_id: str) -> None:
-        from pytest_distill.local.training import Callbacks, Hyperparameters, train_lora
+        from pytest_distill.local.trainer.lora import Callbacks, Hyperparameters, train_lora
 
         job_id, files = job["id"], self._jobs.files
         examples = parse_training_file(files.content(job["training_file"]))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from pytest_distill.compare import parse_model_json
+from pytest_distill.grading.compare import parse_model_json
 
 Judge = Callable[[list[dict[str, str]]], str]
 """Sends chat messages to the ``judge`` role and returns the reply text."""

@@ -13,11 +13,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pytest_distill.local.api.files import Files, new_id
 from pytest_distill.local.errors import ApiError, bad_request, not_found
-from pytest_distill.local.files import Files, new_id
-from pytest_distill.local.finetune_data import InvalidTrainingFile, parse_training_file
 from pytest_distill.local.models import Registry
 from pytest_distill.local.store import Record, Store, paginate
+from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 AUTO_EPOCHS = 3

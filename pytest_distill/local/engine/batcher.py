@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_distill.local.engine import Engine, GenRequest, GenResult
+    from pytest_distill.local.engine.decode import Engine, GenRequest, GenResult
 
 
 @dataclass(frozen=True, slots=True)

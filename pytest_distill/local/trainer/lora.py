@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from pytest_distill.local.finetune_data import Example
-from pytest_distill.local.loading import encode, load_pretrained, quiet_peft, render
+from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
+from pytest_distill.training.rules import Example
 
 BASE_LEARNING_RATE = 5e-4
 MAX_TOKENS = 1024

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.errors import ApiError
-from pytest_distill.local.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
 
 

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from pytest_distill import dataset, recording, training
-from pytest_distill.collect import DistillItem
+from pytest_distill.cassettes import recorder as recording
+from pytest_distill.evals.items import DistillItem
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime
+from pytest_distill.training import dataset
+from pytest_distill.training import jobs as training
 
 
 def run(session: pytest.Session, runtime: Runtime) -> None:

@@ -16,7 +16,9 @@ import pytest
 
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
-from pytest_distill.gate import (
+from pytest_distill.options import Settings
+from pytest_distill.runtime import Runtime
+from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
     GATE_FAILED_EXIT_CODE,
     Gate,
@@ -24,9 +26,7 @@ from pytest_distill.gate import (
     RoleStats,
     percentile,
 )
-from pytest_distill.options import Settings
-from pytest_distill.results import Aggregate, ItemResult, aggregate, group_by_suite
-from pytest_distill.runtime import Runtime
+from pytest_distill.verdict.results import Aggregate, ItemResult, aggregate, group_by_suite
 
 SCHEMA = "pytest-distill/report/1"
 

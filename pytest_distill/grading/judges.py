@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pytest_distill.compare import parse_model_json
-from pytest_distill.grading import Grade, Judge, Sample, Spec, Template, shorten
+from pytest_distill.grading.base import Grade, Judge, Sample, Spec, Template, shorten
+from pytest_distill.grading.compare import parse_model_json
 
 _NUMBER: Final = r"-?\d+(?:\.\d+)?"
 _LABELLED = re.compile(rf"(?:score|rating|grade|result)\W{{0,3}}(?:is\W*)?({_NUMBER})", re.I)
