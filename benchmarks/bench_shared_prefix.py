@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers.cache_utils import DynamicLayer
 
-from pytest_distill.evals.cases import load_file
+from pytest_distill.evals.loaders import load_file
 from pytest_distill.local.engine import decode as engine
 from pytest_distill.local.models import base_sources
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.cassettes import recorder as recording
-from pytest_distill.evals.items import DistillItem
+from pytest_distill.cassettes import recorder
+from pytest_distill.evals.cases import split_of
+from pytest_distill.evals.items import DistillItem, collected
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime
-from pytest_distill.training import dataset
-from pytest_distill.training import jobs as training
+from pytest_distill.training import dataset, jobs
+from pytest_distill.training.state import STATE_FILE, State, StateError
+from pytest_distill.verdict.results import results_of
 
 
 def run(session: pytest.Session, runtime: Runtime) -> None:
@@ -23,49 +25,28 @@ def run(session: pytest.Session, runtime: Runtime) -> None:
     progress = _progress(session.config)
     try:
         model = _train(session.config, runtime, progress)
-    except (dataset.DatasetError, training.DistillError) as exc:
+    except (dataset.DatasetError, jobs.DistillError, StateError) as exc:
         runtime.distill_error = str(exc)
         return
     if model is not None:
         _evaluate_finetuned(session, runtime, model)
 
 
-def _train(config: pytest.Config, runtime: Runtime, progress: training.Progress) -> str | None:
-    settings = runtime.settings
+def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> str | None:
     student = runtime.role("student")
     if not student.model:
-        raise training.DistillError(
+        raise jobs.DistillError(
             "distill: the student role has no model to fine-tune; set ini distill_student_model"
         )
-
-    def keep(example: dict[str, Any], case_id: str) -> Any:
-        return config.hook.pytest_distill_filter_example(
-            example=example, case_id=case_id, config=config
-        )
-
-    selection = dataset.select(
-        runtime.results.items, max_tokens=settings.training.max_example_tokens, keep=keep
-    )
-    data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
-    progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
+    data = _write_dataset(config, runtime, progress)
     trainer = trainer_role(runtime)
-    options = settings.training
-    state_path = settings.rootpath / ".distill" / "state.json"
-    with recording.distill_step(config, runtime, data.sha256, state_path) as state_path:
-        state = training.State(state_path)
-        outcome = training.train(
+    state_path = runtime.settings.rootpath / STATE_FILE
+    with recorder.distill_step(config, runtime, data.sha256, state_path) as state_path:
+        state = State(state_path)
+        outcome = jobs.train(
             runtime.client_for(trainer),
             data,
-            training.TrainingSettings(
-                base_model=student.model,
-                trainer=str(trainer.endpoint),
-                hyperparameters=options.hyperparameters,
-                suffix=options.suffix,
-                seed=options.seed,
-                poll_interval=0.0 if runtime.replaying else options.poll_interval,
-                timeout=options.job_timeout,
-                no_wait=settings.no_wait,
-            ),
+            _job_settings(runtime, student.model, trainer),
             state,
             progress,
         )
@@ -91,6 +72,39 @@ def _train(config: pytest.Config, runtime: Runtime, progress: training.Progress)
     return outcome.model
 
 
+def _write_dataset(
+    config: pytest.Config, runtime: Runtime, progress: jobs.Progress
+) -> dataset.Dataset:
+    """Passing teacher outputs of the train split -> a validated training file on disk."""
+
+    def keep(example: dict[str, Any], case_id: str) -> Any:
+        return config.hook.pytest_distill_filter_example(
+            example=example, case_id=case_id, config=config
+        )
+
+    settings = runtime.settings
+    selection = dataset.select(
+        results_of(config).items, max_tokens=settings.training.max_example_tokens, keep=keep
+    )
+    data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
+    progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
+    return data
+
+
+def _job_settings(runtime: Runtime, base_model: str, trainer: RoleConfig) -> jobs.TrainingSettings:
+    options = runtime.settings.training
+    return jobs.TrainingSettings(
+        base_model=base_model,
+        trainer=str(trainer.endpoint),
+        hyperparameters=options.hyperparameters,
+        suffix=options.suffix,
+        seed=options.seed,
+        poll_interval=0.0 if runtime.replaying else options.poll_interval,
+        timeout=options.job_timeout,
+        no_wait=runtime.settings.no_wait,
+    )
+
+
 def trainer_role(runtime: Runtime) -> RoleConfig:
     student = runtime.role("student")
     endpoint = runtime.settings.training.trainer_endpoint or student.endpoint
@@ -100,16 +114,17 @@ def trainer_role(runtime: Runtime) -> RoleConfig:
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
     runtime.use_finetuned(model, trainer.endpoint)
-    if not runtime.suites:  # the xdist controller collects nothing
+    suites = collected(session.config)
+    if not suites:  # the xdist controller collects nothing
         _progress(session.config)(
             "distill: the fine-tuned student's items run in the next session (under xdist the "
             "controller holds no items); run pytest again"
         )
         return
     items: list[pytest.Item] = []
-    for file, suite, graders in runtime.suites:
+    for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):
         for case in suite.cases:
-            split = runtime.split_of(suite, case)
+            split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
             if split == "holdout" or runtime.settings.holdout == 0:
                 items.append(
                     DistillItem.from_parent(
@@ -135,7 +150,7 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
             break
 
 
-def _progress(config: pytest.Config) -> training.Progress:
+def _progress(config: pytest.Config) -> jobs.Progress:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
     def write(line: str) -> None:

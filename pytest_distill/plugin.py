@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from pytest_distill import options
-from pytest_distill.cassettes import recorder as recording
+from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillFile, DistillItem, is_eval_file
 from pytest_distill.runtime import RUNTIME_KEY, Runtime
+from pytest_distill.training.state import trained_model
 from pytest_distill.verdict import report
-from pytest_distill.verdict.results import take_from
+from pytest_distill.verdict.gate import check_gate
+from pytest_distill.verdict.results import results_of, take_from
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -28,8 +30,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", pyevals.MARKER_HELP)
-    config.stash[RUNTIME_KEY] = runtime = Runtime(options.resolve(config))
-    recording.start(config, runtime)
+    settings = options.resolve(config, trained=trained_model(config.rootpath))
+    check_gate(settings.gate)
+    config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
+    recorder.start(config, runtime)
     from pytest_distill.evals import fixtures
 
     config.pluginmanager.register(fixtures, "distill-fixtures")
@@ -41,7 +45,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     runtime = config.stash.get(RUNTIME_KEY, None)
     if runtime is not None:
         runtime.close()
-    recording.stop(config)
+    recorder.stop(config)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -86,9 +90,9 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
         if session.shouldfail or session.shouldstop:
             runtime.distill_error = "distill: skipped, the session stopped early (-x or maxfail)"
         else:
-            from pytest_distill import pipeline as distill
+            from pytest_distill import pipeline
 
-            distill.run(session, runtime)
+            pipeline.run(session, runtime)
     return result
 
 
@@ -133,7 +137,7 @@ class Controller:
         # tryfirst: junitxml's hook comes after, and sees only the scalar properties.
         result = take_from(report.user_properties)
         if report.when == "call" and result is not None:
-            self.runtime.results.add(result)
+            results_of(self.config).add(result)
         if report.failed and not (result is not None and result.graded_failure):
             self.other_failures += 1
 
@@ -142,7 +146,7 @@ class Controller:
             self.other_failures += 1
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.outcome = outcome = report.finish(self.runtime)
+        self.outcome = outcome = report.finish(self._run())
         session.exitstatus = report.exit_status(
             outcome,
             session.exitstatus,
@@ -152,4 +156,8 @@ class Controller:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.outcome is not None:
-            report.summary(terminalreporter, self.runtime, self.outcome)
+            report.summary(terminalreporter, self._run(), self.outcome)
+
+    def _run(self) -> report.Run:
+        runtime = self.runtime
+        return report.Run(runtime.settings, results_of(self.config), runtime.distill_error)

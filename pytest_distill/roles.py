@@ -7,6 +7,7 @@ reply, usage and latency that the report, the gate and the training set are buil
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -259,10 +260,13 @@ class RoleClient:
 
 
 def check_params(params: Mapping[str, Any], where: str) -> None:
+    """Raise ValueError naming the first parameter the chat API does not take."""
     unknown = sorted(set(params) - SAMPLING_PARAMS)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], SAMPLING_PARAMS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"{where}: unknown sampling parameter {unknown[0]!r}; allowed: "
+            f"{where}: unknown sampling parameter {unknown[0]!r}; {hint}allowed: "
             f"{', '.join(sorted(SAMPLING_PARAMS))}"
         )
 

@@ -15,16 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.evals.cases import EvalCase, Suite, split_of
 from pytest_distill.options import Settings
 from pytest_distill.roles import CallRecord, Endpoint, RoleConfig, make_openai
-from pytest_distill.verdict.results import Results
 
 if TYPE_CHECKING:
     import openai
 
 RUNTIME_KEY = pytest.StashKey["Runtime"]()
 RETIREMENT_WINDOW_DAYS = 60
+LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
 
 
 class DistillWarning(pytest.PytestWarning):
@@ -34,9 +33,7 @@ class DistillWarning(pytest.PytestWarning):
 @dataclass
 class Runtime:
     settings: Settings
-    results: Results = field(default_factory=Results)
     order: dict[str, int] = field(default_factory=dict)
-    suites: list[tuple[Any, Suite, dict[str, tuple[Any, ...]]]] = field(default_factory=list)
     distill_error: str | None = None
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -77,14 +74,9 @@ class Runtime:
         if stale is not None:
             stale.close()
 
-    def split_of(self, suite: Suite, case: EvalCase) -> str:
-        return split_of(f"{suite.name}::{case.id}", self.settings.holdout)
-
     def _local_url(self) -> str:
         # Called with self._lock held, from client().
         if self.replaying:  # served from cassettes: no server, no model
-            from pytest_distill.cassettes.routes import LOCAL_PLACEHOLDER
-
             return LOCAL_PLACEHOLDER
         if self._local is None:
             from pytest_distill.local import LocalServer
@@ -107,7 +99,7 @@ class Runtime:
                 self._pool = ThreadPoolExecutor(
                     self.settings.concurrency, thread_name_prefix="distill-call"
                 )
-            self._futures[key] = self._pool.submit(_in_route, key, call)
+            self._futures[key] = self._pool.submit(call)
 
     def call(self, key: str, call: Callable[[], CallRecord]) -> CallRecord:
         self.prefetch(key, call)
@@ -148,14 +140,6 @@ class Runtime:
             client.close()
         if self._local is not None:
             self._local.stop()
-
-
-def _in_route(nodeid: str, call: Callable[[], CallRecord]) -> CallRecord:
-    # A pool thread does not inherit the item's cassette route; the key is the item's node id.
-    from pytest_distill.cassettes.routes import item_route, route
-
-    with route(item_route(nodeid)):
-        return call()
 
 
 def _as_date(value: Any) -> dt.date | None:

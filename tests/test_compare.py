@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
+from pytest_distill import json_match
 from pytest_distill.grading.compare import (
     JsonMatch,
     assertrepr,
     compare_json,
     format_path,
-    json_match,
     parse_exclude_path,
     parse_model_json,
 )

@@ -10,8 +10,6 @@ from pytest_distill.verdict.gate import (
     GateSyntaxError,
     RoleStats,
     percentile,
-    summarize,
-    wilson_interval,
 )
 
 
@@ -154,22 +152,3 @@ def test_percentile_interpolates_between_ranks() -> None:
 def test_percentile_of_nothing_raises() -> None:
     with pytest.raises(ValueError):
         percentile([], 50)
-
-
-def test_wilson_interval_brackets_the_rate_and_narrows_with_more_cases() -> None:
-    low, high = wilson_interval(8, 10)
-    assert low < 0.8 < high
-    assert low == pytest.approx(0.4902, abs=1e-4)
-    assert high == pytest.approx(0.9433, abs=1e-4)
-    wide, narrow = wilson_interval(8, 10), wilson_interval(800, 1000)
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert wilson_interval(10, 10)[1] == 1.0
-
-
-def test_summarize_gives_count_mean_and_percentiles() -> None:
-    summary = summarize([0.1, 0.2, 0.3, 0.4])
-    assert summary.n == 4
-    assert summary.mean == pytest.approx(0.25)
-    assert summary.p50 == pytest.approx(0.25)
-    assert summarize([]).n == 0

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pytest_distill.text import shorten
+
 MATCHED_HEADERS = ("openai-beta",)
 # Body fields that differ on every run by design: the run id tagged onto stored completions.
 VOLATILE_FIELDS = (("metadata", "distill_run"),)
@@ -112,7 +114,7 @@ def difference(recorded: Shape, sent: Shape) -> str:
         return f"headers: recorded {dict(recorded.headers)}, sent {dict(sent.headers)}"
     if recorded.body != sent.body:
         found = value_difference(recorded.value, sent.value, "body")
-        return found or f"body: recorded {_short(recorded.body)}, sent {_short(sent.body)}"
+        return found or f"body: recorded {shorten(repr(recorded.body), 60)}, sent {shorten(repr(sent.body), 60)}"
     return ""
 
 
@@ -143,9 +145,5 @@ def value_difference(recorded: Any, sent: Any, where: str) -> str | None:
 
 
 def _typed(value: Any) -> str:
-    return f"{_short(value)} ({type(value).__name__})"
+    return f"{shorten(repr(value), 60)} ({type(value).__name__})"
 
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_distill.runtime import LOCAL_PLACEHOLDER
 from pytest_distill.cassettes.session import SessionCassette, relative
 from pytest_distill.cassettes.routes import (
-    LOCAL_PLACEHOLDER,
     CassetteMiss,
     Route,
     cassette_name,

@@ -10,11 +10,13 @@ import contextlib
 import hashlib
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
-LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
+T = TypeVar("T")
+
 _UNSAFE = re.compile(r"[^\w.\-\[\]=,+@]")
 
 
@@ -57,3 +59,9 @@ def cassette_name(nodeid: str) -> str:
 
 class CassetteMiss(Exception):
     """A request with no recorded response, in a mode that may not record it."""
+
+
+def in_item_route(nodeid: str, call: Callable[[], T]) -> T:
+    """Run ``call`` in the route of item ``nodeid``: a pool thread does not inherit it."""
+    with route(item_route(nodeid)):
+        return call()

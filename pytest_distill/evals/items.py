@@ -10,12 +10,15 @@ import dataclasses
 import fnmatch
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, load_file
+from pytest_distill.cassettes.routes import in_item_route
+from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
+from pytest_distill.evals.loaders import load_file
 from pytest_distill.grading.registry import (
     Grade,
     Grader,
@@ -26,6 +29,7 @@ from pytest_distill.grading.registry import (
 )
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
+from pytest_distill.text import shorten
 from pytest_distill.verdict.results import GradeRecord, ItemResult
 
 if TYPE_CHECKING:
@@ -44,6 +48,23 @@ class DistillCaseFailure(Exception):
         self.grades, self.reply = grades, reply
 
 
+@dataclass(frozen=True, slots=True)
+class CollectedSuite:
+    """An eval file as collected: ``--distill`` makes the fine-tuned student's items from it."""
+
+    file: DistillFile
+    suite: Suite
+    graders: dict[str, tuple[Grader, ...]]
+
+
+COLLECTED_KEY = pytest.StashKey[list[CollectedSuite]]()
+
+
+def collected(config: pytest.Config) -> list[CollectedSuite]:
+    """The eval files this process collected, in order (none on an xdist controller)."""
+    return config.stash.setdefault(COLLECTED_KEY, [])
+
+
 class DistillFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         runtime = self.config.stash[RUNTIME_KEY]
@@ -59,12 +80,12 @@ class DistillFile(pytest.File):
                 "distill_student_model (or --distill-model teacher=MODEL)",
             )
         graders = build_graders(self.config, runtime, suite)
-        runtime.suites.append((self, suite, graders))
+        collected(self.config).append(CollectedSuite(self, suite, graders))
         # Role by role: a role's calls share a prompt shape, so an endpoint that batches
         # concurrent requests (the embedded server does) pads less.
         for role in roles:
             for case in suite.cases:
-                split = runtime.split_of(suite, case)
+                split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
                 if self._wanted(role, split, runtime):
                     yield DistillItem.from_parent(
                         self,
@@ -200,13 +221,16 @@ class DistillItem(pytest.Item):
         return {k[:64]: v[:512] for k, v in tags.items()}
 
     def prefetch(self) -> None:
-        self.runtime.prefetch(self.nodeid, self.model_call)
+        self.runtime.prefetch(self.nodeid, self._routed_call)
+
+    def _routed_call(self) -> CallRecord:
+        return in_item_route(self.nodeid, self.model_call)
 
     def runtest(self) -> None:
         warning = self.runtime.retirement_warning(self.role)
         if warning:
             self.warn(DistillWarning(warning))
-        call = self.runtime.call(self.nodeid, self.model_call)
+        call = self.runtime.call(self.nodeid, self._routed_call)
         grades = tuple(
             g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
         )
@@ -257,6 +281,5 @@ def format_failure(grades: tuple[Grade, ...], reply: str) -> str:
         )
         if not grade.passed:
             lines += [f"       {d}" for d in grade.detail]
-    shown = reply if len(reply) <= 300 else reply[:300] + "..."
-    lines.append(f"reply: {shown!r}")
+    lines.append(f"reply: {shorten(reply, 300)!r}")
     return "\n".join(lines)

@@ -51,11 +51,19 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
 
 
+class YamlSyntaxError(ValueError):
+    """A YAML document that does not parse, with the 1-based line where it breaks."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(f"line {line}: {problem}")
+        self.line, self.problem = line, problem
+
+
 def load_yaml(text: str) -> Any:
-    """Parse one YAML document; a syntax error becomes ``ValueError("line N: problem")``."""
+    """Parse one YAML document; a syntax error becomes a ``YamlSyntaxError``."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ValueError(f"line {line}: {exc.problem or exc.context}") from None
+        raise YamlSyntaxError(line, str(exc.problem or exc.context)) from None

@@ -1,25 +1,23 @@
 """The values every grader shares: samples, grades, spec reading and OpenAI-style templates.
 
-Kept apart from ``graders.py`` so the grader families (``similarity.py``, ``judges.py``) can
-build on these without importing the registry that imports them. ``graders.py`` re-exports
+Kept apart from ``registry.py`` so the grader families (``similarity.py``, ``judges.py``) can
+build on these without importing the registry that imports them. ``registry.py`` re-exports
 everything public here; import from there.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from pytest_distill import templating
 from pytest_distill.grading.compare import parse_model_json
 
 Judge = Callable[[list[dict[str, str]]], str]
 """Sends chat messages to the ``judge`` role and returns the reply text."""
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _SAMPLE_FIELDS = ("output_text", "output_json")
 
 
@@ -81,12 +79,6 @@ def combine(grades: Sequence[Grade]) -> tuple[float, bool]:
     if not grades:
         raise ValueError("combine() needs at least one grade; give every case a grader")
     return math.fsum(grade.score for grade in grades) / len(grades), all(g.passed for g in grades)
-
-
-def shorten(text: str, limit: int = 80) -> str:
-    """One line of at most ``limit`` characters, for reasons."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class Spec:
@@ -184,9 +176,8 @@ class Template:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.paths = [_parse_reference(found) for found in _PLACEHOLDER.findall(text)]
-        whole = _PLACEHOLDER.fullmatch(text.strip())
-        self.sole = self.paths[0] if whole and len(self.paths) == 1 else None
+        self.paths = [_checked(path) for path in templating.paths(text)]
+        self.sole = templating.sole_path(text)
 
     def resolve(self, sample: Sample, item: Mapping[str, Any]) -> Any:
         """The raw value when the template is a single placeholder, else the rendered text."""
@@ -195,19 +186,14 @@ class Template:
         return self.render(sample, item)
 
     def render(self, sample: Sample, item: Mapping[str, Any]) -> str:
-        def substitute(found: re.Match[str]) -> str:
-            value = _lookup(_parse_reference(found.group(1)), sample, item)
-            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-        return _PLACEHOLDER.sub(substitute, self.text)
+        return templating.render(self.text, lambda path: _lookup(path, sample, item))
 
 
-def _parse_reference(reference: str) -> tuple[str, ...]:
-    path = tuple(re.sub(r"\[(\d+)\]", r".\1", reference).split("."))
+def _checked(path: templating.Path) -> templating.Path:
     if path[0] not in ("sample", "item") or len(path) < 2 or not all(path):
-        raise ValueError(f"unknown placeholder {{{{{reference}}}}}")
+        raise ValueError(f"unknown placeholder {{{{{'.'.join(path)}}}}}")
     if path[0] == "sample" and path[1] not in _SAMPLE_FIELDS:
-        raise ValueError(f"unknown placeholder {{{{{reference}}}}}")
+        raise ValueError(f"unknown placeholder {{{{{'.'.join(path)}}}}}")
     return path
 
 

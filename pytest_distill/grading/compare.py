@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pytest_distill.text import shorten
+
 MAX_DIFF_LINES: Final = 10
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?```", re.DOTALL)
 _QUOTED = r"\['(?P<sq>[^']*)'\]|\[\"(?P<dq>[^\"]*)\"\]|\[(?P<index>\d+|\*)\]"
@@ -265,9 +267,8 @@ def format_path(path: Sequence[Segment]) -> str:
     return text or "(root)"
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    text = json.dumps(_plain(value), ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _show(value: Any) -> str:
+    return shorten(json.dumps(_plain(value), ensure_ascii=False), 60)
 
 
 def _plain(value: Any) -> Any:
@@ -339,19 +340,6 @@ class JsonMatch:
         return f"json_match({', '.join(options)})"
 
 
-def json_match(
-    expected: Any,
-    *,
-    ignore_order: bool = False,
-    tolerance: float = 0.0,
-    exclude_paths: Sequence[str] = (),
-) -> JsonMatch:
-    """The matcher to put on one side of ``==``; see :class:`JsonMatch`."""
-    return JsonMatch(
-        expected, ignore_order=ignore_order, tolerance=tolerance, exclude_paths=exclude_paths
-    )
-
-
 def _decoded(other: object) -> Any:
     if isinstance(other, bytes | bytearray):
         other = bytes(other).decode("utf-8", errors="replace")
@@ -371,10 +359,5 @@ def assertrepr(op: str, left: object, right: object) -> list[str] | None:
     comparison = match.compare(other)  # recomputed: `last` may belong to another assert
     if comparison.equal:
         return None
-    header = f"{_short(other)} does not match {_short(match)}"
+    header = f"{shorten(repr(other))} does not match {shorten(repr(match))}"
     return [header, f"JSON differs (score {comparison.score:.2f}):", *comparison.lines]
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

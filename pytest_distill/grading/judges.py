@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pytest_distill.grading.base import Grade, Judge, Sample, Spec, Template, shorten
+from pytest_distill.grading.base import Grade, Judge, Sample, Spec, Template
 from pytest_distill.grading.compare import parse_model_json
+from pytest_distill.text import shorten
 
 _NUMBER: Final = r"-?\d+(?:\.\d+)?"
 _LABELLED = re.compile(rf"(?:score|rating|grade|result)\W{{0,3}}(?:is\W*)?({_NUMBER})", re.I)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_distill.grading.base import Grade, GraderConfigError, Sample, Spec, shorten
+from pytest_distill.grading.base import Grade, GraderConfigError, Sample, Spec
+from pytest_distill.text import shorten
 
 GradeFunction = Callable[[dict[str, Any], dict[str, Any]], Any]
 _RETURNS = "return a float in [0, 1], a bool, or (score, reason)"

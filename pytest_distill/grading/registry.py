@@ -18,7 +18,7 @@ plus pass/fail. Types and their defaults:
   score = fraction found) or any, ``ignore_case``.
 - ``score_model``, ``label_model``: judged by the ``judge`` role; see ``judges.py``.
 - ``python``: ``function`` ("pkg.mod:func" or "pkg.mod.func") or ``source`` defining
-  ``grade(sample, item)``; see ``pygrader.py``.
+  ``grade(sample, item)``; see ``python.py``.
 
 Any other type goes to ``extra(spec)`` (the plugin's ``pytest_distill_make_grader`` hook).
 """
@@ -39,9 +39,9 @@ from pytest_distill.grading.base import (
     Spec,
     Template,
     combine,
-    shorten,
 )
 from pytest_distill.grading.compare import compare_json, parse_exclude_path, parse_model_json
+from pytest_distill.text import shorten
 
 __all__ = [
     "KNOWN_TYPES",

@@ -13,11 +13,11 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_distill.atomic import write_atomic
+from pytest_distill.text import shorten
 from pytest_distill.training.dataset import Dataset
+from pytest_distill.training.state import State
 
 if TYPE_CHECKING:
     import openai
@@ -63,40 +63,6 @@ class Outcome:
     status: str
     model: str | None
     reused: bool
-
-
-class State:
-    """``.distill/state.json``: jobs by key, and the current fine-tuned model."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.data: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            self.data = {}
-        except (ValueError, OSError) as exc:
-            raise DistillError(
-                f"{path}: unreadable state ({exc}); delete the file to start afresh"
-            ) from None
-
-    def job(self, key: str) -> dict[str, Any]:
-        return dict(self.data.get("jobs", {}).get(key, {}))
-
-    def save_job(self, key: str, **values: Any) -> None:
-        jobs = self.data.setdefault("jobs", {})
-        jobs[key] = {**jobs.get(key, {}), **values}
-        self._write()
-
-    def set_finetuned(self, model: str, endpoint: str, job_id: str) -> None:
-        self.data["finetuned"] = {"model": model, "endpoint": endpoint, "job_id": job_id}
-        self._write()
-
-    def finetuned(self) -> dict[str, Any] | None:
-        value = self.data.get("finetuned")
-        return dict(value) if isinstance(value, dict) else None
-
-    def _write(self) -> None:
-        write_atomic(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def train(
@@ -246,8 +212,8 @@ def _final(job: Any, events: list[Any]) -> Any:
     if job.status == "succeeded":
         return job
     error = getattr(job, "error", None)
-    why = _one_line(getattr(error, "message", None) or "no error given")
-    last = _one_line("; ".join(e.message for e in events[:3] if getattr(e, "message", None)))
+    why = shorten(getattr(error, "message", None) or "no error given", 300)
+    last = shorten("; ".join(e.message for e in events[:3] if getattr(e, "message", None)), 300)
     raise DistillError(
         f"distill: fine-tuning job {job.id} {job.status}: {why}"
         + (f" (last events: {last})" if last else "")
@@ -273,9 +239,3 @@ def _explain(exc: Exception, trainer: str) -> str:
             "start it, or set ini distill_trainer_endpoint"
         )
     return f"distill: the trainer endpoint {trainer} failed: {describe_error(exc)}"
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    """Errors from a trainer can span lines; the session's verdict is one line."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

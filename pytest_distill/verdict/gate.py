@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
+import pytest
+
 GATE_FAILED_EXIT_CODE: Final = 6  # pytest's own exit codes are 0-5
 DISTILL_FAILED_EXIT_CODE: Final = 7  # --distill could not train or evaluate the student
 RoleName = Literal["teacher", "student", "finetuned", "judge"]
@@ -307,27 +309,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def wilson_interval(passes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a pass rate; (0, 1) when there are no cases."""
-    if n == 0:
-        return 0.0, 1.0
-    rate = passes / n
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    margin = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - margin), min(1.0, centre + margin)
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    n: int
-    mean: float
-    p50: float
-    p95: float
-
-
-def summarize(values: Sequence[float]) -> Summary:
-    """Count, mean, p50 and p95 of some values; all zero when there are none."""
-    if not values:
-        return Summary(0, 0.0, 0.0, 0.0)
-    mean = math.fsum(values) / len(values)
-    return Summary(len(values), mean, percentile(values, 50), percentile(values, 95))
+def check_gate(text: str | None) -> None:
+    """At start-up: a gate that does not parse stops pytest with a usage error."""
+    if text is None:
+        return
+    try:
+        Gate.parse(text)
+    except GateSyntaxError as exc:
+        raise pytest.UsageError(f"--distill-gate / ini distill_gate: {exc}") from None

@@ -17,7 +17,6 @@ import pytest
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
-from pytest_distill.runtime import Runtime
 from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
     GATE_FAILED_EXIT_CODE,
@@ -26,7 +25,7 @@ from pytest_distill.verdict.gate import (
     RoleStats,
     percentile,
 )
-from pytest_distill.verdict.results import Aggregate, ItemResult, aggregate, group_by_suite
+from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggregate, group_by_suite
 
 SCHEMA = "pytest-distill/report/1"
 
@@ -36,6 +35,15 @@ class Outcome:
     gate: GateResult | None
     gate_split: str
     report_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What the verdict is made from: the settings, every item's result, a distill failure."""
+
+    settings: Settings
+    results: Results
+    distill_error: str | None = None
 
 
 def header(settings: Settings) -> str | None:
@@ -49,17 +57,17 @@ def header(settings: Settings) -> str | None:
     return f"distill: {', '.join(configured)}; holdout {settings.holdout:g}"
 
 
-def gate_split(runtime: Runtime) -> str:
-    return "holdout" if runtime.results.has_holdout() else "all"
+def gate_split(run: Run) -> str:
+    return "holdout" if run.results.has_holdout() else "all"
 
 
-def role_stats(runtime: Runtime, split: str) -> dict[str, RoleStats]:
-    results = runtime.results
+def role_stats(run: Run, split: str) -> dict[str, RoleStats]:
+    results = run.results
     stats = {}
     for role in results.roles():
         agg = aggregate(
             results.select(role=role, split=None if split == "all" else split),
-            runtime.settings.prices,
+            run.settings.prices,
         )
         if agg.n:
             stats[role] = _stats(agg)
@@ -80,15 +88,13 @@ def _stats(agg: Aggregate) -> RoleStats:
     )
 
 
-def finish(runtime: Runtime) -> Outcome:
-    settings = runtime.settings
-    split = gate_split(runtime)
-    result = (
-        Gate.parse(settings.gate).evaluate(role_stats(runtime, split)) if settings.gate else None
-    )
+def finish(run: Run) -> Outcome:
+    settings = run.settings
+    split = gate_split(run)
+    result = Gate.parse(settings.gate).evaluate(role_stats(run, split)) if settings.gate else None
     outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
     if settings.report_path is not None:
-        write_json(settings.report_path, to_json(runtime, outcome))
+        write_json(settings.report_path, to_json(run, outcome))
     return outcome
 
 
@@ -114,18 +120,18 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def to_json(runtime: Runtime, outcome: Outcome) -> dict[str, Any]:
-    results, prices = runtime.results, runtime.settings.prices
+def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
+    results, prices = run.results, run.settings.prices
     return {
         "schema": SCHEMA,
         "pytest_distill": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "roles": {
             name: {"model": cfg.model, "endpoint": str(cfg.endpoint)}
-            for name, cfg in runtime.settings.role_configs.items()
+            for name, cfg in run.settings.role_configs.items()
             if cfg.model
         },
-        "holdout": runtime.settings.holdout,
+        "holdout": run.settings.holdout,
         "gate": _gate_json(outcome),
         "scores": {
             role: {
@@ -203,11 +209,11 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
 _COLUMNS = ("", "cases", "pass", "score", "prompt tok", "compl tok", "p50 ms", "p95 ms", "cost")
 
 
-def summary(tr: pytest.TerminalReporter, runtime: Runtime, outcome: Outcome) -> None:
-    results, prices = runtime.results, runtime.settings.prices
+def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome) -> None:
+    results, prices = run.results, run.settings.prices
     if not results.items:
-        if runtime.distill_error:
-            tr.write_line(runtime.distill_error, red=True)
+        if run.distill_error:
+            tr.write_line(run.distill_error, red=True)
         return
     tr.write_sep("=", "distill summary")
     rows = [_row(role, aggregate(results.select(role=role), prices)) for role in results.roles()]
@@ -228,8 +234,8 @@ def summary(tr: pytest.TerminalReporter, runtime: Runtime, outcome: Outcome) -> 
         ]
         _table(tr, "by suite", rows)
     _gate_lines(tr, outcome)
-    if runtime.distill_error:
-        tr.write_line(f"{runtime.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
+    if run.distill_error:
+        tr.write_line(f"{run.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
 
 
 def _row(label: str, agg: Aggregate) -> tuple[str, ...]:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pytest
+
 from pytest_distill.roles import CallRecord
 
 RECORD_PROPERTY = "distill_record"
@@ -168,3 +170,11 @@ def group_by_suite(results: Sequence[ItemResult]) -> dict[str, list[ItemResult]]
     for result in results:
         groups[result.suite].append(result)
     return dict(groups)
+
+
+RESULTS_KEY = pytest.StashKey[Results]()
+
+
+def results_of(config: pytest.Config) -> Results:
+    """The results this process has seen (every worker's, on an xdist controller)."""
+    return config.stash.setdefault(RESULTS_KEY, Results())

@@ -1,0 +1,55 @@
+"""The resolved settings of a session: plain frozen values, safe to pass to xdist workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_distill.roles import Endpoint, RoleConfig
+
+RECORD_MODES = ("none", "once", "new_episodes", "all", "off")
+DEFAULT_PATTERNS = ("*.eval.yaml", "*.eval.yml", "*.eval.jsonl")
+RUN_ROLES = ("teacher", "student", "finetuned")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per one million tokens."""
+
+    prompt: float
+    completion: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingOptions:
+    trainer_endpoint: Endpoint | None = None  # None: the student's endpoint
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    suffix: str = "distill"
+    seed: int | None = None
+    poll_interval: float = 2.0
+    job_timeout: float = 3600.0
+    max_example_tokens: int = 4096
+    store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    distill: bool
+    no_wait: bool
+    roles: tuple[str, ...]
+    role_configs: Mapping[str, RoleConfig]
+    concurrency: int
+    report_path: Path | None
+    gate: str | None
+    holdout: float
+    patterns: tuple[str, ...]
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    local_models: Mapping[str, str] = field(default_factory=dict)
+    training: TrainingOptions = field(default_factory=lambda: TrainingOptions())
+    timeout: float | None = None  # None: 120 s, or 900 s on the embedded server
+    max_retries: int = 2
+    rootpath: Path = Path()
+    record_mode: str | None = None  # None: live traffic, nothing recorded
+    cassette_dir: Path = Path("cassettes")
