@@ -5,6 +5,7 @@ fine-tuned student on the holdout, in the same session.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,7 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
         raise jobs.DistillError(
             "distill: the student role has no model to fine-tune; set ini distill_student_model"
         )
-    data = _write_dataset(config, runtime, progress)
+    data, selection = _write_dataset(config, runtime, progress)
     trainer = trainer_role(runtime)
     state_path = runtime.settings.rootpath / STATE_FILE
     with recorder.distill_step(config, runtime, data.sha256, state_path) as state_path:
@@ -61,6 +62,12 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
             "fine_tuned_model": outcome.model,
         },
     )
+    runtime.training = {
+        "base_model": student.model,
+        "trainer": str(trainer.endpoint),
+        **_lineage(runtime.settings.rootpath, data, selection, outcome),
+        "hyperparameters": dict(runtime.settings.training.hyperparameters),
+    }
     if outcome.status != "succeeded" or outcome.model is None:
         progress(
             f"distill: job {outcome.job_id} is {outcome.status}; run `pytest --distill` again to "
@@ -74,7 +81,7 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
 
 def _write_dataset(
     config: pytest.Config, runtime: Runtime, progress: jobs.Progress
-) -> dataset.Dataset:
+) -> tuple[dataset.Dataset, dataset.Selection]:
     """Passing teacher outputs of the train split -> a validated training file on disk."""
 
     def keep(example: dict[str, Any], case_id: str) -> Any:
@@ -88,7 +95,30 @@ def _write_dataset(
     )
     data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
     progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
-    return data
+    return data, selection
+
+
+def _lineage(
+    root: Path, data: dataset.Dataset, selection: dataset.Selection, outcome: jobs.Outcome
+) -> dict[str, Any]:
+    """What the report shows of the distill step: data, file, job, model and loss curve."""
+    return {
+        "dataset": _relative(data.path, root),
+        "manifest": _relative(data.manifest_path, root),
+        "sha256": data.sha256,
+        "examples": len(data.examples),
+        "selection": selection.explain(),
+        "file_id": outcome.file_id,
+        "job_id": outcome.job_id,
+        "status": outcome.status,
+        "fine_tuned_model": outcome.model,
+        "reused": outcome.reused,
+        "metrics": list(outcome.metrics),
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _job_settings(runtime: Runtime, base_model: str, trainer: RoleConfig) -> jobs.TrainingSettings:

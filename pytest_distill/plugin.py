@@ -160,4 +160,6 @@ class Controller:
 
     def _run(self) -> report.Run:
         runtime = self.runtime
-        return report.Run(runtime.settings, results_of(self.config), runtime.distill_error)
+        return report.Run(
+            runtime.settings, results_of(self.config), runtime.distill_error, runtime.training
+        )

@@ -35,6 +35,7 @@ class Runtime:
     settings: Settings
     order: dict[str, int] = field(default_factory=dict)
     distill_error: str | None = None
+    training: dict[str, Any] | None = None  # the distill step's lineage, for the report
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)

@@ -245,6 +245,7 @@ class DistillItem(pytest.Item):
             score=score,
             call=call,
             grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
+            reference=self.case.reference,
             train_messages=(
                 tuple(self.suite.messages_for(self.case, "student"))
                 if self.role == "teacher"

@@ -78,4 +78,6 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
         rootpath=config.rootpath,
         record_mode=record_mode(config),
         cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
+        html_path=path(config, "html"),
+        summary_cases=bool(config.getini("distill_summary_cases")),
     )

@@ -64,6 +64,12 @@ def addoption(parser: pytest.Parser) -> None:
         help="write the JSON report (schema pytest-distill/report/1) to PATH (ini distill_report).",
     )
     group.addoption(
+        "--distill-html",
+        default=None,
+        metavar="PATH",
+        help="write the HTML report, one self-contained file, to PATH (ini distill_html).",
+    )
+    group.addoption(
         "--distill-gate",
         default=None,
         metavar="EXPR",
@@ -89,6 +95,13 @@ def addoption(parser: pytest.Parser) -> None:
     parser.addini("distill_roles", "roles to run eval items for (comma-separated)", default="")
     parser.addini("distill_concurrency", "model calls in flight at once", default="8")
     parser.addini("distill_report", "path of the JSON report", default="")
+    parser.addini("distill_html", "path of the HTML report", default="")
+    parser.addini(
+        "distill_summary_cases",
+        "the CI job summary ($GITHUB_STEP_SUMMARY) shows the regressed cases' prompts and replies",
+        type="bool",
+        default=False,
+    )
     parser.addini("distill_gate", "deploy gate expression over role scores", default="")
     parser.addini("distill_holdout", "share of cases held out from training", default="0.2")
     parser.addini(

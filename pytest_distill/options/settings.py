@@ -53,3 +53,5 @@ class Settings:
     rootpath: Path = Path()
     record_mode: str | None = None  # None: live traffic, nothing recorded
     cassette_dir: Path = Path("cassettes")
+    html_path: Path | None = None
+    summary_cases: bool = False  # the CI job summary lists prompts and replies

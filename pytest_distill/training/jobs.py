@@ -63,6 +63,9 @@ class Outcome:
     status: str
     model: str | None
     reused: bool
+    # The job's metrics events seen while following it, by step: the loss curve. Empty when
+    # the job was already final (or is not followed): no extra request is made for them.
+    metrics: tuple[dict[str, Any], ...] = ()
 
 
 def train(
@@ -78,7 +81,9 @@ def train(
         job, file_id, reused = _find_or_start(client, dataset, settings, state, key, progress)
         if settings.no_wait or job.status in FINAL:
             return _outcome(job, file_id, reused)
-        return _outcome(follow(client, job.id, settings, progress), file_id, reused)
+        metrics: dict[int, dict[str, Any]] = {}
+        job = follow(client, job.id, settings, progress, metrics)
+        return _outcome(job, file_id, reused, tuple(metrics[s] for s in sorted(metrics)))
     except DistillError:
         raise
     except Exception as exc:
@@ -172,14 +177,21 @@ def _create(
 
 
 def follow(
-    client: openai.OpenAI, job_id: str, settings: TrainingSettings, progress: Progress
+    client: openai.OpenAI,
+    job_id: str,
+    settings: TrainingSettings,
+    progress: Progress,
+    metrics: dict[int, dict[str, Any]] | None = None,
 ) -> Any:
-    """Poll the job and its events until it is final; an unknown status counts as running."""
+    """Poll the job and its events until it is final; an unknown status counts as running.
+    Each metrics event seen is kept in ``metrics`` by its step."""
     started = time.monotonic()
     last_state, last_shown = "", 0.0
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
         events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # newest first
+        if metrics is not None:
+            metrics.update(_metric_points(events))
         elapsed = time.monotonic() - started
         state = _progress_line(job, events)
         # A line when the state or step changes, else a heartbeat every 30 s.
@@ -208,6 +220,16 @@ def _progress_line(job: Any, events: list[Any]) -> str:
     return ", ".join(parts)
 
 
+def _metric_points(events: list[Any]) -> dict[int, dict[str, Any]]:
+    points = {}
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        step = data.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            points[step] = {k: v for k, v in data.items() if isinstance(v, (int, float, str))}
+    return points
+
+
 def _final(job: Any, events: list[Any]) -> Any:
     if job.status == "succeeded":
         return job
@@ -220,8 +242,10 @@ def _final(job: Any, events: list[Any]) -> Any:
     )
 
 
-def _outcome(job: Any, file_id: str, reused: bool) -> Outcome:
-    return Outcome(job.id, file_id, job.status, job.fine_tuned_model, reused)
+def _outcome(
+    job: Any, file_id: str, reused: bool, metrics: tuple[dict[str, Any], ...] = ()
+) -> Outcome:
+    return Outcome(job.id, file_id, job.status, job.fine_tuned_model, reused, metrics)
 
 
 def _explain(exc: Exception, trainer: str) -> str:

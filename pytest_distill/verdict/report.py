@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
+from pytest_distill.verdict import job_summary
 from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
     GATE_FAILED_EXIT_CODE,
@@ -26,6 +28,7 @@ from pytest_distill.verdict.gate import (
     percentile,
 )
 from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggregate, group_by_suite
+from pytest_distill.verdict.scrub import scrub
 
 SCHEMA = "pytest-distill/report/1"
 
@@ -44,6 +47,7 @@ class Run:
     settings: Settings
     results: Results
     distill_error: str | None = None
+    training: Mapping[str, Any] | None = None  # the distill step's lineage
 
 
 def header(settings: Settings) -> str | None:
@@ -93,9 +97,27 @@ def finish(run: Run) -> Outcome:
     split = gate_split(run)
     result = Gate.parse(settings.gate).evaluate(role_stats(run, split)) if settings.gate else None
     outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
+    summary_path = job_summary.target() if (run.results.items or result) else None
+    if settings.report_path is None and settings.html_path is None and summary_path is None:
+        return outcome
+    data = scrub(to_json(run, outcome), secrets(settings))
     if settings.report_path is not None:
-        write_json(settings.report_path, to_json(run, outcome))
+        write_json(settings.report_path, data)
+    if settings.html_path is not None:
+        from pytest_distill.verdict import html
+
+        html.write(settings.html_path, data)
+    if summary_path is not None:
+        job_summary.append(summary_path, data, cases=settings.summary_cases)
     return outcome
+
+
+def secrets(settings: Settings) -> list[str]:
+    """The API keys this session could hold, so that no output repeats one."""
+    names = {"OPENAI_API_KEY"} | {
+        c.api_key_env for c in settings.role_configs.values() if c.api_key_env
+    }
+    return [os.environ[name] for name in sorted(names) if os.environ.get(name)]
 
 
 def exit_status(
@@ -148,6 +170,8 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
             for suite, items in group_by_suite(results.items).items()
         },
         "items": [_item_json(r) for r in results.items],
+        "training": dict(run.training) if run.training is not None else None,
+        "distill_error": run.distill_error,
     }
 
 
@@ -198,6 +222,8 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "model": call.model if call else None,
         "completion_id": call.completion_id if call else None,
         "reply": call.reply if call else None,
+        "messages": list(call.messages) if call else None,
+        "reference": result.reference,
         "prompt_tokens": call.prompt_tokens if call else 0,
         "completion_tokens": call.completion_tokens if call else 0,
         "latency_s": round(call.latency_s, 4) if call else None,

@@ -42,6 +42,7 @@ class ItemResult:
     call: CallRecord | None = None
     calls: int = 1
     train_messages: tuple[dict[str, Any], ...] | None = None  # the student's prompt, if known
+    reference: Any = None  # the case's reference answer, if it has one
 
     @property
     def graded_failure(self) -> bool:

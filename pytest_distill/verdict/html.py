@@ -1,0 +1,172 @@
+"""The HTML report: one self-contained file (inline CSS, JS and SVG) rendered with Jinja2 from
+the JSON report's data.
+
+The verdict, tables, charts and training lineage are rendered into the page. The cases travel
+as two JSON blobs in ``<script type="application/json">`` elements: a small one (ids, outcomes,
+scores, changes, search text) from which the page's script renders one page of rows at a time,
+and a large one (prompts, replies, grader reasons) parsed only when a case is first expanded.
+Message texts are stored once in a string table, as long prompts repeat across cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_distill.atomic import write_atomic
+from pytest_distill.verdict import charts, view
+from pytest_distill.verdict.scrub import scrub
+
+AGGREGATE_FIELDS = (
+    "cases",
+    "passed",
+    "pass_rate",
+    "mean_score",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_p50_s",
+    "latency_p95_s",
+    "cost_usd",
+)
+CLAUSE_FIELDS = ("text", "passed", "explanation")
+PAGE_SIZE = 100
+
+
+def write(path: Path, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> None:
+    write_atomic(path, render(data, secrets).encode("utf-8"))
+
+
+def render(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> str:
+    view.schema_version(data)
+    clean = scrub(dict(data), secrets)
+    return _environment().get_template("report.html.j2").render(context(clean))
+
+
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pytest_distill.verdict", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # Compact blobs; tojson still escapes <, >, & and ' so no text can end the script element.
+    env.policies["json.dumps_kwargs"] = {"separators": (",", ":"), "ensure_ascii": False}
+    env.filters["interval"] = view.interval
+    env.filters["extras"] = view.extras
+    return env
+
+
+def context(data: Mapping[str, Any]) -> dict[str, Any]:
+    roles = view.roles(data)
+    split = view.gate_split(data)
+    found = view.cases(data)
+    suites = sorted({c.suite for c in found})
+    cases, details = _blobs(found, suites, roles)
+    scores = data.get("scores") or {}
+    gate = data.get("gate") if isinstance(data.get("gate"), Mapping) else None
+    return {
+        "data": data,
+        "schema": data.get("schema"),
+        "verdict": view.verdict(data),
+        "gate": gate,
+        "clause_fields": CLAUSE_FIELDS,
+        "aggregate_fields": AGGREGATE_FIELDS,
+        "roles": roles,
+        "role_models": data.get("roles") or {},
+        "split": split,
+        "scores": scores,
+        "suites": data.get("suites") or {},
+        "chart": _score_chart(scores, roles, split),
+        "training": data.get("training"),
+        "loss_chart": _loss_chart(data.get("training")),
+        "distill_error": data.get("distill_error"),
+        "changes": view.CHANGES,
+        "suite_names": suites,
+        "case_count": len(found),
+        "cases_blob": {"suites": suites, "roles": roles, "cases": cases, "page": PAGE_SIZE},
+        "details_blob": details,
+    }
+
+
+def _score_chart(scores: Mapping[str, Any], roles: list[str], split: str) -> charts.BarChart:
+    values = []
+    for role in roles:
+        agg = (scores.get(role) or {}).get(split) or (scores.get(role) or {}).get("all") or {}
+        values.append((role, float(agg.get("mean_score") or 0.0), view.interval(agg)))
+    return charts.bar_chart(values)
+
+
+def _loss_chart(training: Any) -> charts.LineChart | None:
+    if not isinstance(training, Mapping):
+        return None
+    points = []
+    for metric in training.get("metrics") or ():
+        loss = metric.get("train_loss", metric.get("loss"))
+        if isinstance(metric.get("step"), (int, float)) and isinstance(loss, (int, float)):
+            points.append((float(metric["step"]), float(loss)))
+    return charts.line_chart(sorted(points))
+
+
+def _blobs(
+    found: list[view.Case], suites: list[str], roles: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    strings: dict[str, int] = {}
+    suite_index = {s: n for n, s in enumerate(suites)}
+    change_index = {key: n for n, (key, *_) in enumerate(view.CHANGES)}
+    rows, details = [], []
+    for case in found:
+        replies = [str(item.get("reply") or "") for item in case.roles.values()]
+        rows.append(
+            {
+                "s": suite_index[case.suite],
+                "i": case.case_id,
+                "p": case.split,
+                "r": {
+                    role: [1 if item.get("passed") else 0, item.get("score")]
+                    for role, item in case.roles.items()
+                },
+                "c": [change_index[k] for k in case.changes()],
+                "t": " ".join([case.case_id, _text(case.reference), *replies]).lower()[:2000],
+            }
+        )
+        details.append(
+            {
+                "ref": case.reference,
+                "roles": {role: _detail(item, strings) for role, item in case.roles.items()},
+            }
+        )
+    return rows, {"strings": list(strings), "cases": details}
+
+
+def _detail(item: Mapping[str, Any], strings: dict[str, int]) -> dict[str, Any]:
+    messages = item.get("messages")
+    return {
+        "model": item.get("model"),
+        "m": None
+        if messages is None
+        else [
+            [str(m.get("role", "")), strings.setdefault(_text(m.get("content")), len(strings))]
+            for m in messages
+        ],
+        "o": item.get("reply"),
+        "g": [[g.get("name"), g.get("score"), g.get("passed"), g.get("reason")]
+              for g in item.get("grades") or ()],  # fmt: skip
+        "tok": [item.get("prompt_tokens"), item.get("completion_tokens")],
+        "lat": item.get("latency_s"),
+    }
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # content parts
+        return "\n".join(str(p.get("text", p)) if isinstance(p, dict) else str(p) for p in value)
+    import json
+
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
