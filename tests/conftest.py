@@ -37,6 +37,8 @@ def _live_traffic_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``CI`` set, pytest-distill replays cassettes by default; these tests talk to live
     loopback servers unless they choose a record mode themselves."""
     monkeypatch.delenv("CI", raising=False)
+    # Nor does a test append to the summary of the CI job that runs this suite.
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
 
 @pytest.fixture

@@ -125,6 +125,15 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
     report = json.loads((distill_project.path / "report.json").read_text())
     finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
     assert finetuned and all(i["split"] == "holdout" for i in finetuned)
+    # The lineage, and the loss curve from the metrics events seen while following the job.
+    lineage = report["training"]
+    assert lineage["sha256"] == manifest["sha256"] and lineage["examples"] == passing
+    assert lineage["job_id"] == manifest["training"]["job_id"]
+    assert lineage["file_id"] == manifest["training"]["file_id"]
+    assert lineage["fine_tuned_model"] == manifest["training"]["fine_tuned_model"]
+    steps = [m["step"] for m in lineage["metrics"]]
+    assert steps and steps == sorted(set(steps))
+    assert all(isinstance(m["train_loss"], float) for m in lineage["metrics"])
 
     # A plain run afterwards evaluates the fine-tuned model too, from .distill/state.json.
     again = distill_project.runpytest("-k", "finetuned")

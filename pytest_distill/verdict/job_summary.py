@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def _failing_clauses(out: _Budget, data: Mapping[str, Any]) -> None:
     if failing:
         out.add("**Failing clauses**\n\n")
         for clause in failing:
-            out.add(f"- ❌ `{_cell(clause.get('text', ''))}`: {_cell(clause.get('explanation'))}\n")
+            out.add(f"- ❌ {_cell(clause.get('explanation') or clause.get('text', ''))}\n")
         out.add("\n")
     if data.get("distill_error"):
         out.add(f"**Distill step failed**: {_cell(data['distill_error'])}\n\n")
@@ -137,8 +138,9 @@ def _case_block(case: view.Case, roles: list[str]) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = " ".join(str(value if value is not None else "").split())
-    return html.escape(text, quote=False).replace("|", "&#124;").replace("`", "&#96;")
+    """One line of plain text: no markup, emphasis or table break survives."""
+    text = html.escape(" ".join(str(value if value is not None else "").split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
 
 
 def _num(value: Any, fmt: str) -> str:
