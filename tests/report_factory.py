@@ -23,7 +23,9 @@ def agg(cases: int, passed: int, score: float, **extra: Any) -> dict[str, Any]:
     }
 
 
-def item(suite: str, case: str, role: str, passed: bool, *, split: str = "holdout") -> dict[str, Any]:
+def item(
+    suite: str, case: str, role: str, passed: bool, *, split: str = "holdout"
+) -> dict[str, Any]:
     reply = f"2027-04-{25 if passed else 26} ({role} on {case})"
     return {
         "nodeid": f"evals/{suite}.eval.yaml::{case}[{role}]",
@@ -59,7 +61,11 @@ def report(
     **extra: Any,
 ) -> dict[str, Any]:
     """``outcomes``: case id -> role -> passed."""
-    items = [item(suite, case, role, ok) for case, roles in outcomes.items() for role, ok in roles.items()]
+    items = [
+        item(suite, case, role, ok)
+        for case, roles in outcomes.items()
+        for role, ok in roles.items()
+    ]
     scores = {}
     for role in ROLES:
         mine = [i for i in items if i["role"] == role]

@@ -94,7 +94,10 @@ def test_bar_chart_geometry_follows_the_values() -> None:
     full, half, empty = chart.bars
     assert full.height == chart.plot_height and empty.height == 0
     assert half.height == chart.plot_height / 2
-    assert half.whisker == (chart.top + chart.plot_height / 4, chart.top + chart.plot_height * 3 / 4)
+    assert half.whisker == (
+        chart.top + chart.plot_height / 4,
+        chart.top + chart.plot_height * 3 / 4,
+    )
     assert full.x < half.x < empty.x
 
 
@@ -119,7 +122,9 @@ def test_replies_cannot_end_the_script_element_or_inject_markup() -> None:
 
 def test_no_key_or_authorization_reaches_the_page() -> None:
     data = factory.report(OUTCOMES)
-    data["roles"]["teacher"]["endpoint"] = "https://user:hunter22pass@example.test/v1?api_key=abc123"
+    data["roles"]["teacher"]["endpoint"] = (
+        "https://user:hunter22pass@example.test/v1?api_key=abc123"
+    )
     data["items"][0]["messages"][0]["content"] = "key sk-proj-0123456789abcdefghij here"
     data["items"][1]["reply"] = "Authorization: Bearer abcdefghijklmnop"
     data["items"][2]["authorization"] = "Bearer zyxwvutsrqponmlk"

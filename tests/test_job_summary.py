@@ -28,7 +28,9 @@ def test_summary_is_appended_when_the_variable_is_set_and_says_failed(
     lines = text.splitlines()
     assert "gate **failed**" in lines[1] and "passed" not in lines[1]
     assert re.search(r"^\| teacher \| \d \| 100.0% \| 1.000 \|", text, re.MULTILINE)
-    assert "**Failing clauses**\n\n- ❌ student &gt;= teacher: 0.500 &gt;= 1.000 -&gt; False\n" in text
+    assert (
+        "**Failing clauses**\n\n- ❌ student &gt;= teacher: 0.500 &gt;= 1.000 -&gt; False\n" in text
+    )
     assert "<details><summary>Largest regressions: 4 cases score below the teacher" in text
     assert "Capital of" not in text  # no prompts without distill_summary_cases
 

@@ -38,9 +38,9 @@ class BarChart:
 def bar_chart(
     values: Sequence[tuple[str, float, tuple[float, float] | None]],
     *,
-    bar_width: float = 56,
-    gap: float = 28,
-    plot_height: float = 160,
+    bar_width: float = 72,
+    gap: float = 32,
+    plot_height: float = 180,
 ) -> BarChart:
     """One bar per (label, value in 0..1, optional interval); the y axis runs 0 to 1."""
     left, top = 40.0, 12.0

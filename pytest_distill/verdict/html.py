@@ -10,6 +10,7 @@ Message texts are stored once in a string table, as long prompts repeat across c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ AGGREGATE_FIELDS = (
 )
 CLAUSE_FIELDS = ("text", "passed", "explanation")
 PAGE_SIZE = 100
+SPLITS = {"holdout": "Holdout cases", "all": "All cases", "train": "Train cases"}
 
 
 def write(path: Path, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> None:
@@ -40,7 +42,8 @@ def write(path: Path, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> N
 def render(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> str:
     view.schema_version(data)
     clean = scrub(dict(data), secrets)
-    return _environment().get_template("report.html.j2").render(context(clean))
+    page: str = _environment().get_template("report.html.j2").render(context(clean))
+    return page
 
 
 def _environment() -> Any:
@@ -80,6 +83,7 @@ def context(data: Mapping[str, Any]) -> dict[str, Any]:
         "split": split,
         "scores": scores,
         "suites": data.get("suites") or {},
+        "tables": _tables(scores, roles, split),
         "chart": _score_chart(scores, roles, split),
         "training": data.get("training"),
         "loss_chart": _loss_chart(data.get("training")),
@@ -90,6 +94,19 @@ def context(data: Mapping[str, Any]) -> dict[str, Any]:
         "cases_blob": {"suites": suites, "roles": roles, "cases": cases, "page": PAGE_SIZE},
         "details_blob": details,
     }
+
+
+def _tables(
+    scores: Mapping[str, Any], roles: list[str], split: str
+) -> list[tuple[str, str, list[tuple[str, Mapping[str, Any]]]]]:
+    """Per split, the roles that have cases in it; the gate's split first."""
+    tables = []
+    for name in sorted(SPLITS, key=lambda s: s != split):
+        rows = [(role, (scores.get(role) or {}).get(name) or {}) for role in roles]
+        rows = [(role, agg) for role, agg in rows if agg.get("cases")]
+        if rows:
+            tables.append((name, SPLITS[name] + (" · the gate's" if name == split else ""), rows))
+    return tables
 
 
 def _score_chart(scores: Mapping[str, Any], roles: list[str], split: str) -> charts.BarChart:
@@ -153,8 +170,10 @@ def _detail(item: Mapping[str, Any], strings: dict[str, int]) -> dict[str, Any]:
             for m in messages
         ],
         "o": item.get("reply"),
-        "g": [[g.get("name"), g.get("score"), g.get("passed"), g.get("reason")]
-              for g in item.get("grades") or ()],  # fmt: skip
+        "g": [
+            [g.get("name"), g.get("score"), g.get("passed"), g.get("reason")]
+            for g in item.get("grades") or ()
+        ],
         "tok": [item.get("prompt_tokens"), item.get("completion_tokens")],
         "lat": item.get("latency_s"),
     }
@@ -167,6 +186,4 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, list):  # content parts
         return "\n".join(str(p.get("text", p)) if isinstance(p, dict) else str(p) for p in value)
-    import json
-
     return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -19,8 +19,11 @@ from pytest_distill.verdict import view
 
 LIMIT_BYTES = 1024 * 1024
 MAX_REGRESSIONS = 50
-_MARKS = {"passed": "✅", "failed": "❌", "not-evaluated": "⚠️", "no-gate": "ℹ️"}
-_TRUNCATED = "\n_Summary truncated to stay under GitHub's 1 MiB limit; the HTML and JSON reports hold every case._\n"
+_MARKS = {"passed": "✅", "failed": "❌", "not-evaluated": "⚠️", "no-gate": "\N{WHITE CIRCLE}"}
+_TRUNCATED = (
+    "\n_Summary truncated to stay under GitHub's 1 MiB limit; the HTML and JSON reports hold "
+    "every case._\n"
+)
 
 
 def target() -> Path | None:
@@ -124,7 +127,8 @@ def _regressions(out: _Budget, data: Mapping[str, Any], cases: bool) -> None:
 
 
 def _case_block(case: view.Case, roles: list[str]) -> str:
-    parts = [f"<details><summary>{html.escape(case.suite)} :: {html.escape(case.case_id)}</summary>\n\n"]
+    title = f"{html.escape(case.suite)} :: {html.escape(case.case_id)}"
+    parts = [f"<details><summary>{title}</summary>\n\n"]
     for role in roles:
         item = case.roles.get(role)
         if item is None:

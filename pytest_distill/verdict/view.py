@@ -52,7 +52,7 @@ class Case:
         )
 
     def gap(self, candidate: str, baseline: str) -> float | None:
-        """How far ``candidate`` scores below ``baseline`` on this case (None if either is missing)."""
+        """How far ``candidate`` scores below ``baseline`` here (None if either is missing)."""
         if candidate not in self.roles or baseline not in self.roles:
             return None
         return float(self.roles[baseline].get("score") or 0) - float(
