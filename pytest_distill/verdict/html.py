@@ -35,13 +35,16 @@ PAGE_SIZE = 100
 SPLITS = {"holdout": "Holdout cases", "all": "All cases", "train": "Train cases"}
 
 
-def write(path: Path, data: Mapping[str, Any], secrets: Iterable[str] = ()) -> None:
-    write_atomic(path, render(data, secrets).encode("utf-8"))
+def write(
+    path: Path, data: Mapping[str, Any], secrets: Iterable[str] = (), *, scrubbed: bool = False
+) -> None:
+    write_atomic(path, render(data, secrets, scrubbed=scrubbed).encode("utf-8"))
 
 
-def render(data: Mapping[str, Any], secrets: Iterable[str] = ()) -> str:
+def render(data: Mapping[str, Any], secrets: Iterable[str] = (), *, scrubbed: bool = False) -> str:
+    """The page; ``scrubbed``: ``data`` went through :func:`scrub` with the session's secrets."""
     view.schema_version(data)
-    clean = scrub(dict(data), secrets)
+    clean = data if scrubbed else scrub(dict(data), secrets)
     page: str = _environment().get_template("report.html.j2").render(context(clean))
     return page
 

@@ -106,7 +106,7 @@ def finish(run: Run) -> Outcome:
     if settings.html_path is not None:
         from pytest_distill.verdict import html
 
-        html.write(settings.html_path, data)
+        html.write(settings.html_path, data, scrubbed=True)
     if summary_path is not None:
         job_summary.append(summary_path, data, cases=settings.summary_cases)
     return outcome

@@ -17,44 +17,63 @@ from pytest_distill.cassettes.files import SECRET_REQUEST_HEADERS, SECRET_RESPON
 
 REDACTED = "[redacted]"
 SECRET_KEYS = SECRET_REQUEST_HEADERS | SECRET_RESPONSE_HEADERS | {"api_key", "x-api-key"}
-_PATTERNS = (
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
-    re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),
-    re.compile(r"(?i)(?<=[?&])(api[_-]?key|key|access_token|token)=[^&#\s]+"),
+_SECRET = re.compile(
+    r"(?i)\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|\bsk-[A-Za-z0-9_-]{16,}"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"
+    r"|(?<=[?&])(?P<param>api[_-]?key|key|access_token|token)=[^&#\s]+"
 )
+# Substrings every match contains: most texts hold none, and skip the regular expression.
+_HINTS = ("bearer", "basic", "sk-", "://", "key=", "token=")
 MIN_SECRET_LENGTH = 8  # shorter "secrets" would redact ordinary words
 
 
 def scrub(data: Any, secrets: Iterable[str] = ()) -> Any:
     """A copy of ``data`` (JSON values) with secret keys dropped and secret text redacted."""
     known = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-    return _walk(data, known)
+    return _Scrubber(known).walk(data)
 
 
-def _walk(value: Any, known: list[str]) -> Any:
-    if isinstance(value, str):
-        return scrub_text(value, known)
-    if isinstance(value, dict):
-        return {
-            k: _walk(v, known)
-            for k, v in value.items()
-            if not (isinstance(k, str) and k.lower() in SECRET_KEYS)
-        }
-    if isinstance(value, (list, tuple)):
-        return [_walk(v, known) for v in value]
-    return value
+class _Scrubber:
+    def __init__(self, known: list[str]) -> None:
+        self.known = known
+        # Reports repeat their prompts and keys on every case: each is looked at once.
+        self.texts: dict[str, str] = {}
+        self.keys: dict[str, bool] = {}
+
+    def walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            found = self.texts.get(value)
+            if found is None:
+                found = self.texts[value] = scrub_text(value, self.known)
+            return found
+        if isinstance(value, dict):
+            return {k: self.walk(v) for k, v in value.items() if self.keep(k)}
+        if isinstance(value, (list, tuple)):
+            return [self.walk(v) for v in value]
+        return value
+
+    def keep(self, key: Any) -> bool:
+        if not isinstance(key, str):
+            return True
+        kept = self.keys.get(key)
+        if kept is None:
+            kept = self.keys[key] = key.lower() not in SECRET_KEYS
+        return kept
 
 
 def scrub_text(text: str, known: Iterable[str] = ()) -> str:
     for secret in known:
         text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(_replacement, text)
+    lower = text.lower()
+    if any(hint in lower for hint in _HINTS):
+        text = _SECRET.sub(_replacement, text)
     return text
 
 
 def _replacement(match: re.Match[str]) -> str:
-    if match.lastindex:  # keep the scheme word or the parameter name, redact the value
-        return f"{match.group(1)}{'=' if '=' in match.group(0) else ' '}{REDACTED}"
+    if match.group("scheme"):
+        return f"{match.group('scheme')} {REDACTED}"
+    if match.group("param"):
+        return f"{match.group('param')}={REDACTED}"
     return REDACTED
