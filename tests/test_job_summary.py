@@ -54,6 +54,7 @@ def test_no_summary_without_the_variable_or_without_distill_items(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = pytester.path / "step_summary.md"
+    pytester.makeini("[pytest]\ndistill_gate = teacher >= 0.5\n")
     pytester.makepyfile("def test_plain(): pass")
     pytester.runpytest().assert_outcomes(passed=1)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))

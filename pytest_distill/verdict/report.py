@@ -97,7 +97,8 @@ def finish(run: Run) -> Outcome:
     split = gate_split(run)
     result = Gate.parse(settings.gate).evaluate(role_stats(run, split)) if settings.gate else None
     outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
-    summary_path = job_summary.target() if (run.results.items or result) else None
+    # Only a run with eval items summarises: `pytest -k other` in a gated project stays quiet.
+    summary_path = job_summary.target() if run.results.items else None
     if settings.report_path is None and settings.html_path is None and summary_path is None:
         return outcome
     data = scrub(to_json(run, outcome), secrets(settings))
