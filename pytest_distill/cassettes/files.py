@@ -15,13 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_distill.atomic import write_atomic
+from pytest_distill.secrets import SECRET_REQUEST_HEADERS, SECRET_RESPONSE_HEADERS
 
 FORMAT = "pytest-distill/cassette/1"
-SECRET_REQUEST_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "api-key", "openai-organization", "openai-project"}
-    | {"cookie"}
-)
-SECRET_RESPONSE_HEADERS = frozenset({"set-cookie", "openai-organization", "openai-project"})
 # Transport details that change between runs or no longer hold for the stored body.
 NOISE_HEADERS = frozenset(
     {"host", "content-length", "connection", "keep-alive", "accept-encoding", "user-agent"}

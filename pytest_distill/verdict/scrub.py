@@ -1,6 +1,6 @@
 """Keep secrets out of what the report shows: the JSON report, the HTML page, the job summary.
 
-The rules are the cassettes' (``cassettes/files.py``): a credential header never leaves the
+The rules are the cassettes' (``pytest_distill/secrets.py``): a credential header never leaves the
 process. A report holds no headers, but a header-named key anywhere in its data is dropped
 all the same, and text that looks like a credential (an ``Authorization`` value, an OpenAI-style
 key, a password in a URL, a key in a query string, or the value of a role's API-key
@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pytest_distill.cassettes.files import SECRET_REQUEST_HEADERS, SECRET_RESPONSE_HEADERS
+from pytest_distill.secrets import SECRET_REQUEST_HEADERS, SECRET_RESPONSE_HEADERS
 
 REDACTED = "[redacted]"
 SECRET_KEYS = SECRET_REQUEST_HEADERS | SECRET_RESPONSE_HEADERS | {"api_key", "x-api-key"}
