@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ class Recorder:
         )
 
 
-def _weights(adapter: Path) -> dict[str, object]:
+def _weights(adapter: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return dict(load_file(str(adapter / "adapter_model.safetensors")))
@@ -66,7 +67,7 @@ def _same(left: Path, right: Path) -> bool:
     import torch
 
     a, b = _weights(left), _weights(right)
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # type: ignore[arg-type]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _train(source: ModelSource, out: Path, recorder: Recorder, resume: Path | None = None) -> Path:
