@@ -24,6 +24,9 @@ class Answer:
         self._stops = tuple(s for s in stops if s)
         self._on_text = on_text
         self._sent = ""
+        self._prefix = self._read = 0
+        """Tokens before ``_prefix`` are settled; ``_prefix:_read`` give the context that the
+        next tokens are decoded against (a space or a split character can depend on it)."""
         self.text = ""
         self.stopped = False
 
@@ -33,21 +36,38 @@ class Answer:
         return bool(self._stops) or self._on_text is not None
 
     def update(self, tokens: list[int]) -> None:
-        """Take the tokens so far; sets ``stopped`` once a stop sequence appeared."""
-        text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [text.find(stop) for stop in self._stops if stop in text]
-        if cuts:
-            self.text, self.stopped = text[: min(cuts)], True
+        """Take the tokens so far; sets ``stopped`` once a stop sequence appeared.
+
+        Decodes only the newest tokens (against a few before them), so a long answer costs
+        the same per token as a short one.
+        """
+        before = self._decode(tokens[self._prefix : self._read])
+        now = self._decode(tokens[self._prefix :])
+        if len(now) <= len(before) or now.endswith(_INCOMPLETE):
+            return  # a character still missing bytes: wait for the next token
+        searched = max(0, len(self.text) - max((len(s) for s in self._stops), default=0))
+        self.text += now[len(before) :]
+        self._prefix, self._read = self._read, len(tokens)
+        cuts = [self.text.find(stop, searched) for stop in self._stops]
+        if any(cut >= 0 for cut in cuts):
+            self.text, self.stopped = self.text[: min(c for c in cuts if c >= 0)], True
             return
-        self.text = text
-        self._send(_final_part(text, self._stops))
+        self._send(_final_part(self.text, self._stops))
 
     def finish(self, tokens: list[int]) -> str:
         """The whole answer, once the row is done; sends what was held back."""
-        if not self.stopped:
-            self.text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+        if not self.incremental:
+            self.text = self._decode(tokens)
+        elif not self.stopped:  # the last tokens may have been held back for a character
+            rest = self._decode(tokens[self._prefix :])[
+                len(self._decode(tokens[self._prefix : self._read])) :
+            ]
+            self.text += rest
         self._send(self.text)
         return self.text
+
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
 
     def _send(self, ready: str) -> None:
         if self._on_text is None or len(ready) <= len(self._sent):
