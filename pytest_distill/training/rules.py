@@ -31,6 +31,8 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Example:
     messages: tuple[Message, ...]
+    line: int | None = None
+    """The 1-based line of the file it came from, for errors found later (its length)."""
 
 
 def parse_training_file(data: bytes) -> list[Example]:
@@ -47,6 +49,16 @@ def parse_training_file(data: bytes) -> list[Example]:
     return examples
 
 
+def too_long(example: Example, tokens: int, limit: int) -> InvalidTrainingFile:
+    """The error for an example longer than the model's context, which training cannot cut
+    without losing the end of its answer."""
+    return InvalidTrainingFile(
+        example.line,
+        f"the example has {tokens} tokens; the model takes at most {limit} (its context). "
+        "Shorten the example or split its conversation.",
+    )
+
+
 def _example(number: int, line: str) -> Example:
     try:
         record = json.loads(line)
@@ -58,7 +70,7 @@ def _example(number: int, line: str) -> Example:
     parsed = tuple(_message(number, index, item) for index, item in enumerate(messages))
     if not any(message.role == "assistant" for message in parsed):
         raise InvalidTrainingFile(number, "each example needs at least one assistant message.")
-    return Example(parsed)
+    return Example(parsed, number)
 
 
 def _message(number: int, index: int, item: Any) -> Message:

@@ -64,7 +64,7 @@ def test_requests_with_two_different_prefixes_in_one_batch_match_one_by_one(serv
         alone = [_ask(client, *ask) for ask in asks]
         with ThreadPoolExecutor(len(asks)) as pool:
             together = list(pool.map(lambda ask: _ask(client, *ask), asks))
-    # Each prefix is decoded as a batch of its own, so neither pays for the other's prompt.
+    # Each prefix's prompts run as a group of their own, so neither pays for the other's
+    # prompt; then both groups decode on together, each row left-padded in the shared cache.
     assert max(size for _, size in together) >= 4, together
-    assert max(size for _, size in together) <= len(asks) // 2, together
     assert [text for text, _ in together] == [text for text, _ in alone]

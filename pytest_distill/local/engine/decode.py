@@ -1,4 +1,4 @@
-"""Runs one base model with transformers: batched, left-padded decoding, adapters on demand.
+"""Runs one base model with transformers: rows decoded together, joining and leaving a batch.
 
 This module imports torch and transformers at import time; only the batcher imports it,
 lazily, so that ``import pytest_distill.local`` stays cheap.
@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
+from pytest_distill.local.engine.cache import RoomyLayer, append_rows, drop_leading
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
+from pytest_distill.local.engine.text import Answer
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.models import ModelSource
+
+_RoomyLayer = RoomyLayer  # looked up at each use, so that a benchmark can swap it out
+_SEEDS = range(-(2**63), 2**64)
+"""The seeds ``torch.Generator.manual_seed`` accepts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,12 @@ class GenRequest:
     top_p: float
     seed: int | None
     stop: tuple[str, ...]
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
+    """Called on the decoding thread with each new piece of the answer, stop text held back;
+    the pieces joined are the final ``GenResult.text``. An exception it raises fails this
+    request alone."""
+    ignore_eos: bool = False
+    """Decode on past the end-of-turn token until ``max_tokens`` (for load tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,72 +53,229 @@ class GenResult:
     completion_tokens: int
     finish_reason: str
     batch_size: int
-    """How many requests were decoded together with this one (itself included)."""
+    """The most requests decoded together in one step with this one (itself included)."""
 
 
-@dataclass(slots=True)
-class _Row:
+@dataclass(eq=False, slots=True)
+class Row:
+    """One request while it decodes; ``finish`` or ``error`` is set once it is done."""
+
     request: GenRequest
     prompt: list[int]
     limit: int
     generator: torch.Generator | None
-    tokens: list[int]
-    cut_text: str | None = None
-    """The text up to a stop sequence, once one appeared."""
+    answer: Answer
+    cancelled: Callable[[], bool]
+    tokens: list[int] = field(default_factory=list)
     finish: str | None = None
+    error: BaseException | None = None
     batch_size: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None or self.error is not None
+
+    def result(self) -> GenResult:
+        text = self.answer.finish(self.tokens)
+        finish = self.finish or "length"
+        return GenResult(text, len(self.prompt), len(self.tokens), finish, self.batch_size)
+
+
+@dataclass(eq=False, slots=True)
+class Decoding:
+    """Rows of one adapter decoding together: the KV cache, the mask, the next tokens."""
+
+    adapter: Path | None
+    rows: list[Row]
+    past: Cache
+    mask: torch.Tensor
+    """Which cached positions, plus the pending tokens, each row attends to."""
+    positions: torch.Tensor
+    ids: torch.Tensor
+    """The tokens the next step feeds in, one per row."""
 
 
 class Engine:
-    """A loaded base model plus the LoRA adapters loaded onto it so far."""
+    """A loaded base model plus the LoRA adapters loaded onto it so far.
+
+    ``generate`` decodes a list of requests to the end. The batcher instead drives decoding a
+    step at a time: ``row`` prepares a request, ``start`` runs new rows' prompts, ``join`` adds
+    them to a running ``Decoding`` and ``step`` decodes one more token for every row.
+    """
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source
         self.tokenizer, self.base = load_pretrained(source)
         self._peft: Any = None
         self._eos = _eos_ids(self.tokenizer, self.base)
-        self._context = int(getattr(self.base.config, "max_position_embeddings", 2048))
+        self.context = int(getattr(self.base.config, "max_position_embeddings", 2048))
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
-    ) -> list[GenResult | ApiError]:
-        """Decode ``requests`` in left-padded batches on the base or ``adapter``.
+    ) -> list[GenResult | Exception]:
+        """Decode ``requests`` together on the base or ``adapter``, to the end.
 
-        Requests whose prompts start the same way (the same system message and few-shot
-        turns) are decoded together, sharing that prefix; the rest form one more batch. A
-        request that cannot run (its prompt overflows the context) gets its error back in its
-        place instead of failing the batch.
+        A request that cannot run (its prompt overflows the context, a bad seed) gets its
+        error back in its place instead of failing the others.
         """
-        prepared = [self._prepare(request) for request in requests]
-        rows = [row for row in prepared if isinstance(row, _Row)]
-        if rows:
-            with self._model(adapter) as model, torch.inference_mode():
-                for group in _by_leading_messages(rows):
-                    self._decode(model, group)
-        return [row if isinstance(row, ApiError) else self._result(row) for row in prepared]
+        prepared: list[Row | Exception] = []
+        for request in requests:
+            try:
+                prepared.append(self.row(request))
+            except Exception as error:
+                prepared.append(error)
+        rows = [row for row in prepared if isinstance(row, Row)]
+        decoding, _ = self.start(adapter, rows)
+        while decoding is not None and decoding.rows:
+            self.step(decoding)
+        return [row if isinstance(row, Exception) else _outcome(row) for row in prepared]
 
-    def _prepare(self, request: GenRequest) -> _Row | ApiError:
-        try:
-            return self._row(request)
-        except ApiError as error:
-            return error
-
-    def _row(self, request: GenRequest) -> _Row:
+    def row(self, request: GenRequest, cancelled: Callable[[], bool] = lambda: False) -> Row:
+        """A request ready to decode; raises ``ApiError`` for one that cannot run."""
         prompt = encode(self.tokenizer, render(self.tokenizer, request.messages, True))
-        room = self._context - len(prompt)
+        room = self.context - len(prompt)
         if room < 1:
             raise ApiError(
                 400,
-                f"The prompt has {len(prompt)} tokens; this model's context is {self._context}.",
+                f"The prompt has {len(prompt)} tokens; this model's context is {self.context}.",
                 param="messages",
                 code="context_length_exceeded",
             )
         limit = min(room, request.max_tokens or 256)
+        seed = _checked_seed(request.seed)
         generator = None
         if request.temperature > 0:
             generator = torch.Generator()
-            generator.manual_seed(request.seed if request.seed is not None else _fresh_seed())
-        return _Row(request, prompt, limit, generator, [])
+            generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+        answer = Answer(self.tokenizer, request.stop, request.on_text)
+        return Row(request, prompt, limit, generator, answer, cancelled)
+
+    def start(self, adapter: Path | None, rows: list[Row]) -> tuple[Decoding | None, list[Row]]:
+        """Run the prompts of ``rows`` and pick each one's first token.
+
+        Rows whose prompts start the same way (the same system message and few-shot turns)
+        run that shared prefix once. Returns the rows decoding on (None when none is), and
+        the rows already done: finished after one token, or failed with their group.
+        """
+        groups: list[Decoding] = []
+        failed: list[Row] = []
+        for group in _by_leading_messages(rows):
+            try:
+                with self._model(adapter) as model, torch.inference_mode():
+                    groups.append(self._prefill(model, adapter, group))
+            except Exception as error:  # this group's prompts only; the others go on
+                for row in group:
+                    row.error = error
+                failed += group
+        if not groups:
+            return None, failed
+        decoding = groups[0]
+        for other in groups[1:]:
+            self.join(decoding, other)
+        return decoding, failed + self._leave(decoding)
+
+    def join(self, decoding: Decoding, new: Decoding) -> None:
+        """Add ``new``'s rows (of the same adapter) to ``decoding``, between two steps."""
+        width = max(decoding.mask.shape[1], new.mask.shape[1])
+        append_rows(decoding.past, new.past)
+        decoding.mask = torch.cat([_left_pad(decoding.mask, width), _left_pad(new.mask, width)])
+        decoding.positions = torch.cat([decoding.positions, new.positions])
+        decoding.ids = torch.cat([decoding.ids, new.ids])
+        decoding.rows += new.rows
+
+    def step(self, decoding: Decoding) -> list[Row]:
+        """Decode one token for every row; returns the rows that are done, which leave."""
+        with self._model(decoding.adapter) as model, torch.inference_mode():
+            out = model(
+                input_ids=decoding.ids,
+                attention_mask=decoding.mask,
+                position_ids=decoding.positions,
+                cache=decoding.past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        decoding.past = out.cache
+        self._advance(decoding, out.logits[:, -1, :].float())
+        return self._leave(decoding)
+
+    def _prefill(self, model: Any, adapter: Path | None, rows: list[Row]) -> Decoding:
+        pad = int(self.tokenizer.pad_token_id)
+        shared = _shared_prefix([row.prompt for row in rows])
+        past = Cache(layer_class_to_replicate=_RoomyLayer)
+        if shared:
+            # The rows start with the same tokens (a few-shot prompt, a long system message):
+            # that prefix is run once and its KV cache copied to every row, so a batch pays for
+            # it once instead of once per row. The rest of each prompt is left-padded after
+            # it; the mask hides the padding wherever it sits.
+            model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
+            past.batch_repeat_interleave(len(rows))
+        rests = [row.prompt[len(shared) :] for row in rows]
+        width = max(len(rest) for rest in rests)
+        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests])
+        mask = torch.tensor(
+            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        decoding = Decoding(adapter, rows, out.cache, mask, positions[:, -1:], ids[:, -1:])
+        self._advance(decoding, out.logits[:, -1, :].float())
+        return decoding
+
+    def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
+        """Append each row's next token; the next step feeds them in."""
+        greedy = logits.argmax(dim=-1).tolist()
+        for row, token, logit in zip(decoding.rows, greedy, logits, strict=True):
+            row.batch_size = max(row.batch_size, len(decoding.rows))
+            try:  # whatever goes wrong in one row (sampling, its stream) fails that row only
+                self._append(row, int(token) if row.generator is None else _sample(logit, row))
+            except Exception as error:
+                row.error = error
+        ids = torch.tensor([row.tokens[-1] if row.tokens else 0 for row in decoding.rows])
+        decoding.ids = ids.unsqueeze(1)
+        decoding.mask = torch.cat([decoding.mask, torch.ones_like(decoding.ids)], dim=1)
+        decoding.positions = decoding.positions + 1
+
+    def _append(self, row: Row, token: int) -> None:
+        if row.cancelled():
+            row.finish = "cancelled"
+            return
+        row.tokens.append(token)
+        if token in self._eos and not row.request.ignore_eos:
+            row.finish = "stop"  # the end-of-turn token is counted, never shown
+            return
+        if row.answer.incremental:
+            row.answer.update(row.tokens)
+            if row.answer.stopped:
+                row.finish = "stop"
+                return
+        if len(row.tokens) >= row.limit:
+            row.finish = "length"
+
+    def _leave(self, decoding: Decoding) -> list[Row]:
+        """Done rows leave the batch and its KV cache; so do positions no row still needs."""
+        done = [row for row in decoding.rows if row.done]
+        if not done:
+            return []
+        keep = [k for k, row in enumerate(decoding.rows) if not row.done]
+        index = torch.tensor(keep, dtype=torch.long)
+        decoding.rows = [decoding.rows[k] for k in keep]
+        if keep:
+            decoding.past.batch_select_indices(index)
+            mask = decoding.mask[index]
+            # Padding ahead of every remaining row (a long row that left) is no longer needed.
+            unused = int(mask[:, :-1].any(dim=0).int().argmax()) if mask.shape[1] > 1 else 0
+            if unused:
+                drop_leading(decoding.past, unused)
+            decoding.mask = mask[:, unused:]
+            decoding.positions, decoding.ids = decoding.positions[index], decoding.ids[index]
+        return done
 
     @contextlib.contextmanager
     def _model(self, adapter: Path | None) -> Iterator[Any]:
@@ -131,132 +301,29 @@ class Engine:
             self._peft.load_adapter(str(adapter), adapter_name=name)
         return self._peft
 
-    def _decode(self, model: Any, rows: list[_Row]) -> None:
-        for row in rows:
-            row.batch_size = len(rows)
-        pad = int(self.tokenizer.pad_token_id)
-        shared = _shared_prefix([row.prompt for row in rows])
-        past = Cache(layer_class_to_replicate=_RoomyLayer)
-        if shared:
-            # The rows start with the same tokens (a few-shot prompt, a long system message):
-            # that prefix is run once and its KV cache copied to every row, so a batch pays for
-            # it once instead of once per row. The rest of each prompt is left-padded after
-            # it; the mask hides the padding wherever it sits.
-            model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
-            past.batch_repeat_interleave(len(rows))
-        rests = [row.prompt[len(shared) :] for row in rows]
-        width = max(len(rest) for rest in rests)
-        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests])
-        mask = torch.tensor(
-            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+
+def _outcome(row: Row) -> GenResult | Exception:
+    if row.error is not None:
+        return row.error if isinstance(row.error, Exception) else RuntimeError(str(row.error))
+    try:
+        return row.result()
+    except Exception as error:
+        return error
+
+
+def _checked_seed(seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEEDS:
+        raise ApiError(
+            400,
+            f"`seed` is {seed!r}; it must be an integer from -2**63 to 2**64 - 1.",
+            param="seed",
         )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
-        for _ in range(max(row.limit for row in rows)):
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            past = out.cache
-            chosen = self._choose(out.logits[:, -1, :].float(), rows)
-            for row, token in zip(rows, chosen, strict=True):
-                self._append(row, token)
-            keep = [k for k, row in enumerate(rows) if not row.finish]
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                # Finished rows leave the batch (and the KV cache): decoding them on until the
-                # longest answer ends would waste most of a batch with uneven lengths.
-                index = torch.tensor(keep)
-                past.batch_select_indices(index)
-                rows, chosen = [rows[k] for k in keep], [chosen[k] for k in keep]
-                mask, positions = mask[index], positions[index]
-            ids = torch.tensor(chosen).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
-            positions = positions[:, -1:] + 1
-
-    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        greedy = logits.argmax(dim=-1).tolist()
-        return [
-            int(token) if row.generator is None else _sample(logit, row)
-            for row, token, logit in zip(rows, greedy, logits, strict=True)
-        ]
-
-    def _append(self, row: _Row, token: int) -> None:
-        if row.finish:
-            return
-        row.tokens.append(token)
-        if token in self._eos:
-            row.finish = "stop"
-            return
-        if row.request.stop:
-            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            cut = [text.find(s) for s in row.request.stop if s and s in text]
-            if cut:
-                row.cut_text, row.finish = text[: min(cut)], "stop"
-                return
-        if len(row.tokens) >= row.limit:
-            row.finish = "length"
-
-    def _result(self, row: _Row) -> GenResult:
-        text = row.cut_text
-        if text is None:
-            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        finish = row.finish or "length"
-        return GenResult(text, len(row.prompt), len(row.tokens), finish, row.batch_size)
+    return seed
 
 
-class _RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers is untyped
-    """A KV cache layer that writes each step into room it set aside.
-
-    transformers' ``DynamicLayer`` concatenates on every decoding step, copying the whole cache
-    into a fresh allocation: with 32 rows of a few hundred prompt tokens, a profile of a fresh
-    process put 39% of a step in that copying (``benchmarks/bench_shared_prefix.py``, in a warm
-    process, measures about 9% of a batch). This one copies only when its room runs out.
-    """
-
-    ROOM = 64
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self._used = 0
-            self._key_room = self._value_room = key_states[..., :0, :]
-        used, size = self._used, self._used + key_states.shape[-2]
-        if size > self._key_room.shape[-2]:
-            self._key_room = self._grown(self._key_room, key_states, size + self.ROOM)
-            self._value_room = self._grown(self._value_room, value_states, size + self.ROOM)
-        self._key_room[..., used:size, :] = key_states
-        self._value_room[..., used:size, :] = value_states
-        self._used = size
-        return self._view()
-
-    def _grown(self, room: torch.Tensor, states: torch.Tensor, length: int) -> torch.Tensor:
-        grown = states.new_empty((*states.shape[:-2], length, states.shape[-1]))
-        grown[..., : self._used, :] = room[..., : self._used, :]
-        return grown
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._key_room = self._key_room.repeat_interleave(repeats, dim=0)
-        self._value_room = self._value_room.repeat_interleave(repeats, dim=0)
-        self._view()
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._key_room, self._value_room = self._key_room[indices], self._value_room[indices]
-        self._view()
-
-    def _view(self) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self._key_room[..., : self._used, :], self._value_room[..., : self._used, :]
-        self.keys, self.values = keys, values
-        return keys, values
-
-
-def _sample(logits: torch.Tensor, row: _Row) -> int:
+def _sample(logits: torch.Tensor, row: Row) -> int:
     probs = torch.softmax(logits / row.request.temperature, dim=-1)
     if row.request.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
@@ -265,9 +332,13 @@ def _sample(logits: torch.Tensor, row: _Row) -> int:
     return int(torch.multinomial(probs, 1, generator=row.generator).item())
 
 
-def _by_leading_messages(rows: list[_Row]) -> list[list[_Row]]:
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+def _by_leading_messages(rows: list[Row]) -> list[list[Row]]:
     """Rows grouped by all but their last message; rows alone in their group go together."""
-    groups: dict[tuple[tuple[tuple[str, str], ...], ...], list[_Row]] = {}
+    groups: dict[tuple[tuple[tuple[str, str], ...], ...], list[Row]] = {}
     for row in rows:
         lead = tuple(tuple(sorted(m.items())) for m in row.request.messages[:-1])
         groups.setdefault(lead, []).append(row)
@@ -303,7 +374,3 @@ def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
 def _adapter_name(adapter: Path) -> str:
     # peft adapter names become module attribute names: no dots or colons allowed.
     return "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:12]
-
-
-def _fresh_seed() -> int:
-    return int(torch.randint(0, 2**31 - 1, ()).item())

@@ -16,10 +16,11 @@ import torch
 
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
-from pytest_distill.training.rules import Example
+from pytest_distill.local.trainer import checkpoints
+from pytest_distill.local.trainer.checkpoints import Progress
+from pytest_distill.training.rules import Example, too_long
 
 BASE_LEARNING_RATE = 5e-4
-MAX_TOKENS = 1024
 _IGNORE = -100
 _TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -96,7 +97,19 @@ def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[
             answer if message.trained else [_IGNORE] * len(answer)
         )
         done = full
-    return ids[:MAX_TOKENS], labels[:MAX_TOKENS]
+    return ids, labels
+
+
+def _encoded(tokenizer: Any, examples: Sequence[Example], limit: int) -> list[_Encoded]:
+    """Every example tokenized; one longer than ``limit`` fails naming its line, since
+    cutting it would train on a conversation without the end of its answer."""
+    encoded = []
+    for example in examples:
+        ids, labels = tokenize_example(tokenizer, example)
+        if len(ids) > limit:
+            raise too_long(example, len(ids), limit)
+        encoded.append(_Encoded(ids, labels))
+    return encoded
 
 
 def train_lora(
@@ -106,31 +119,59 @@ def train_lora(
     hp: Hyperparameters,
     out_dir: Path,
     callbacks: Callbacks,
+    resume: Path | None = None,
 ) -> Outcome:
-    """Train a LoRA adapter for ``source`` on ``examples``; checkpoints after each epoch."""
-    from peft import LoraConfig, get_peft_model
+    """Train a LoRA adapter for ``source`` on ``examples``; checkpoints after each epoch.
 
-    torch.manual_seed(hp.seed)
+    With ``resume`` (a checkpoint this function saved), training goes on from that checkpoint's
+    step with its weights, optimizer and data order: the result is the one an uninterrupted
+    run gives. Raises ``InvalidTrainingFile`` naming the line of an example longer than the
+    model's context. Uses its own generators only, never torch's global random state.
+    """
     # The trainer loads its own copy of the base: the server keeps serving the loaded one,
     # and gradients or injected LoRA layers must never touch the weights being served.
     tokenizer, base = load_pretrained(source)
-    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(_TARGETS))
-    with quiet_peft():
-        model = get_peft_model(base, config)
-    train = [_Encoded(*tokenize_example(tokenizer, e)) for e in examples]
-    valid = [_Encoded(*tokenize_example(tokenizer, e)) for e in validation]
+    context = int(getattr(base.config, "max_position_embeddings", 2048))
+    train = _encoded(tokenizer, examples, context)
+    valid = _encoded(tokenizer, validation, context)
+    model = _lora(base, hp.seed)
     pad = int(tokenizer.pad_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=BASE_LEARNING_RATE * hp.learning_rate_multiplier)
     loop = _Loop(model, optimizer, pad, hp, callbacks, math.ceil(len(train) / hp.batch_size))
-    for _ in range(hp.n_epochs):
+    if resume is not None:
+        loop.resume(checkpoints.restore(model, optimizer, loop.order, resume))
+    while loop.epochs < hp.n_epochs:
         if not loop.epoch(train):
             return Outcome(None, loop.tokens, loop.step)
         metrics = {"step": float(loop.step), **loop.last}
         if valid:
             metrics["valid_loss"] = _mean_loss(model, valid, pad, hp.batch_size)
-        callbacks.on_checkpoint(Checkpoint(loop.step, _save(model, out_dir, loop.step), metrics))
-    return Outcome(_save(model, out_dir, None), loop.tokens, loop.step)
+        path = checkpoints.save(model, out_dir / f"step-{loop.step}", loop.state())
+        callbacks.on_checkpoint(Checkpoint(loop.step, path, metrics))
+    return Outcome(checkpoints.save(model, out_dir / "final"), loop.tokens, loop.step)
+
+
+def _lora(base: Any, seed: int) -> Any:
+    """``base`` with fresh LoRA layers, drawn from a generator seeded with ``seed``.
+
+    peft draws its initial weights from torch's global random state, which other threads
+    (a server sampling answers, another job) draw from too: a job's seed would not
+    reproduce. The weights are drawn again here, as peft draws them, from the job's own.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(_TARGETS))
+    with quiet_peft():
+        model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if ".lora_A." in name:
+                torch.nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)
+            elif ".lora_B." in name:
+                torch.nn.init.zeros_(parameter)
+    return model
 
 
 class _Loop:
@@ -140,10 +181,19 @@ class _Loop:
         self.model, self.optimizer, self.pad, self.hp, self.cb = model, optimizer, pad, hp, cb
         self.total = per * hp.n_epochs
         self.step = 0
+        self.epochs = 0
         self.tokens = 0
         self.seconds = 0.0
         self.last: dict[str, float] = {}
         self.order = torch.Generator().manual_seed(hp.seed)
+
+    def resume(self, progress: Progress) -> None:
+        self.step, self.epochs = progress.step, progress.epochs
+        self.tokens, self.seconds = progress.tokens, progress.seconds
+
+    def state(self) -> dict[str, Any]:
+        progress = Progress(self.step, self.epochs, self.tokens, self.seconds)
+        return checkpoints.state(self.optimizer, self.order, progress)
 
     def epoch(self, train: list[_Encoded]) -> bool:
         """One pass over ``train``; False when asked to stop."""
@@ -162,6 +212,7 @@ class _Loop:
                 self.step, self.total, loss, accuracy, self.tokens, round(self.seconds, 3)
             )
             self.cb.on_step(metrics)
+        self.epochs += 1
         return True
 
     def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
@@ -211,12 +262,6 @@ def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) 
         ids, labels, mask = _collate(examples[start : start + batch_size], pad)
         losses.append(float(_loss(model, ids, labels, mask)[0]))
     return sum(losses) / len(losses)
-
-
-def _save(model: Any, out_dir: Path, step: int | None) -> Path:
-    path = out_dir / ("final" if step is None else f"step-{step}")
-    model.save_pretrained(str(path))
-    return path
 
 
 def _role(role: str) -> str:

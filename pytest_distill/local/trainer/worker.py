@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 from pytest_distill.local.api.jobs import Jobs
 from pytest_distill.local.models import fine_tuned_id
 from pytest_distill.local.store import Record
-from pytest_distill.training.rules import parse_training_file
+from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
 
 if TYPE_CHECKING:
     from pytest_distill.local.trainer.lora import Checkpoint, StepMetrics
 
 _INTERRUPTED = "The server stopped while this job was validating its files. Create the job again."
 _REQUEUED = (
-    "The server stopped while this job was training; it is queued again and trains from the "
-    "beginning when the server runs."
+    "The server stopped while this job was training; it is queued again and resumes from its "
+    "last checkpoint (or the beginning, without one) when the server runs."
 )
 
 
@@ -80,6 +80,8 @@ class Runner:
         self._jobs.event(job_id, "Fine-tuning job started")
         try:
             self._fit(job, model_id)
+        except InvalidTrainingFile as exc:  # found only with the model's tokenizer: too long
+            self._fail(job_id, "invalid_training_file", str(exc))
         except Exception as exc:  # any failure belongs on the job, not in a dead thread
             self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
 
@@ -91,14 +93,19 @@ class Runner:
         validation = job["validation_file"]
         valid = parse_training_file(files.content(validation)) if validation else []
         hp = Hyperparameters(seed=job["seed"], **job["hyperparameters"])
-        metrics: list[StepMetrics] = []
+        resume = self._resume_point(job_id)
+        metrics = self._metrics_until(job_id, resume[0]) if resume else []
+        if resume:
+            self._jobs.event(job_id, f"Resuming from the checkpoint at step {resume[0]}")
         callbacks = Callbacks(
             on_step=lambda m: self._on_step(job_id, m, metrics),
             on_checkpoint=lambda c: self._on_checkpoint(job_id, model_id, c),
             stop=self._should_stop(job_id),
         )
         source = self._jobs.registry.base(job["model"])
-        outcome = train_lora(source, examples, valid, hp, self._adapters / job_id, callbacks)
+        out_dir = self._adapters / job_id
+        path = resume[1] if resume else None
+        outcome = train_lora(source, examples, valid, hp, out_dir, callbacks, resume=path)
         if outcome.adapter is None:
             self._jobs.event(job_id, f"Training stopped after step {outcome.steps}")
             if self._stopping.is_set():
@@ -115,6 +122,29 @@ class Runner:
         self._jobs.finish(
             job_id, "succeeded", changes, message="The job has successfully completed"
         )
+
+    def _resume_point(self, job_id: str) -> tuple[int, Path] | None:
+        """The step and folder of the job's last checkpoint that can be resumed from."""
+        from pytest_distill.local.trainer.checkpoints import resumable
+
+        steps = [r.body["step_number"] for r in self._jobs.store.list("checkpoint", job_id)]
+        for step in sorted(steps, reverse=True):
+            # Found under this data dir, not at the path stored: the dir may have moved.
+            path = self._adapters / job_id / f"step-{step}"
+            if resumable(path):
+                return step, path
+        return None
+
+    def _metrics_until(self, job_id: str, step: int) -> list[StepMetrics]:
+        """The metrics a resumed job logged up to ``step``, for its results file."""
+        from pytest_distill.local.trainer.lora import StepMetrics
+
+        by_step: dict[int, StepMetrics] = {}
+        for record in self._jobs.store.list("event", job_id):
+            data = record.body.get("data") or {}
+            if record.body.get("type") == "metrics" and data.get("step", step + 1) <= step:
+                by_step[data["step"]] = StepMetrics(**data)
+        return [by_step[k] for k in sorted(by_step)]
 
     def _should_stop(self, job_id: str) -> Callable[[], bool]:
         def stop() -> bool:
