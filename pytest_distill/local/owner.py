@@ -42,8 +42,7 @@ class DataDirBusy(RuntimeError):
             else "another process (starting up; its address is not written yet)"
         )
         super().__init__(
-            f"{data_dir} is in use by {who}; use that server, stop it, or give another "
-            "--data-dir."
+            f"{data_dir} is in use by {who}; use that server, stop it, or give another --data-dir."
         )
         self.owner = owner
 

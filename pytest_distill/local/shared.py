@@ -83,6 +83,7 @@ def _check(owner: Owner, api_key: str | None) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             json.load(response)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket
         if exc.code == 401:
             raise ServerUnusable(
                 f"The embedded server of this data directory (process {owner.pid}, "

@@ -111,7 +111,15 @@ def test_text_plain_job_creation_is_415(http: httpx.Client, openapi: OpenApi) ->
         ({"method": {"type": "magic"}}, "method.type"),
         ({"hyperparameters": [1, 2]}, "hyperparameters"),
         ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 0}}}}, "method.supervised.hyperparameters.batch_size"),
+        (
+            {
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"batch_size": 0}},
+                }
+            },
+            "method.supervised.hyperparameters.batch_size",
+        ),
         ({"seed": -1}, "seed"),
         ({"suffix": "x" * 65}, "suffix"),
         ({"training_file": 5}, "training_file"),

@@ -41,7 +41,9 @@ class Files:
         """Store a file without checking ``purpose`` (the server's own result files)."""
         return self._put(filename, purpose, lambda out: out.write(data))
 
-    def _put(self, filename: str, purpose: str, write: Callable[[IO[bytes]], object]) -> dict[str, Any]:
+    def _put(
+        self, filename: str, purpose: str, write: Callable[[IO[bytes]], object]
+    ) -> dict[str, Any]:
         file_id = new_id("file-")
         target = self._root / file_id
         partial = target.with_name(f"{file_id}{PARTIAL}{os.getpid()}")

@@ -103,9 +103,7 @@ class Guard:
         limit = UPLOAD_LIMIT if scope["path"].rstrip("/") == _UPLOAD_PATH else JSON_LIMIT
         length = headers.get("content-length", "0")
         if length.isdigit() and int(length) > limit:
-            await error_response(BodyTooLarge(limit), {"connection": "close"})(
-                scope, receive, send
-            )
+            await error_response(BodyTooLarge(limit), {"connection": "close"})(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
 

@@ -51,25 +51,30 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return run
 
 
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def unsupported(media: str, wanted: str) -> ApiError:
+    return ApiError(
+        415,
+        f"Content-Type {media or 'none'!r} is not accepted here; send {wanted}.",
+        code="unsupported_media_type",
+    )
+
+
 async def json_body(request: Request, model: type[Body]) -> Body:
     """The body as ``model``: only ``application/json`` is read, and it is checked in full."""
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != "application/json":
-        raise ApiError(
-            415,
-            f"Content-Type {media or 'none'!r} is not accepted here; send the body as JSON "
-            "with Content-Type: application/json.",
-            code="unsupported_media_type",
-        )
+    if media_type(request) != "application/json":
+        raise unsupported(media_type(request), "the body as JSON, Content-Type: application/json")
     raw = await request.body()
     return await run_in_threadpool(parse, model, raw)
 
 
 def no_body(request: Request) -> None:
     """Body-less POSTs (cancel) take no form a web page could send without asking first."""
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media not in ("", "application/json"):
-        raise ApiError(415, f"Content-Type {media!r} is not accepted here.", code="unsupported_media_type")
+    if media_type(request) not in ("", "application/json"):
+        raise unsupported(media_type(request), "no body, or a JSON one")
 
 
 def int_query(request: Request, key: str, default: int) -> int:
@@ -113,7 +118,11 @@ class Routes:
             ("/v1/files", "POST", self.upload),
             ("/v1/files", "GET", self.list_files),
             ("/v1/files/{file_id}", "GET", self._call(lambda a, p: a.files.retrieve(p["file_id"]))),
-            ("/v1/files/{file_id}", "DELETE", self._call(lambda a, p: a.files.delete(p["file_id"]))),
+            (
+                "/v1/files/{file_id}",
+                "DELETE",
+                self._call(lambda a, p: a.files.delete(p["file_id"])),
+            ),
             ("/v1/files/{file_id}/content", "GET", self.file_content),
             ("/v1/fine_tuning/jobs", "POST", self.create_job),
             ("/v1/fine_tuning/jobs", "GET", self.list_jobs),
@@ -121,14 +130,29 @@ class Routes:
             (job + "/cancel", "POST", self.cancel_job),
             (job + "/events", "GET", self.job_events),
             (job + "/checkpoints", "GET", self.job_checkpoints),
-            ("/v1/models", "GET", self._call(lambda a, p: {"object": "list", "data": a.registry.bodies()})),
-            ("/v1/models/{model:path}", "GET", self._call(lambda a, p: a.registry.retrieve(p["model"]))),
-            ("/v1/models/{model:path}", "DELETE", self._call(lambda a, p: a.registry.delete(p["model"]))),
+            (
+                "/v1/models",
+                "GET",
+                self._call(lambda a, p: {"object": "list", "data": a.registry.bodies()}),
+            ),
+            (
+                "/v1/models/{model:path}",
+                "GET",
+                self._call(lambda a, p: a.registry.retrieve(p["model"])),
+            ),
+            (
+                "/v1/models/{model:path}",
+                "DELETE",
+                self._call(lambda a, p: a.registry.delete(p["model"])),
+            ),
         ]
         paths: dict[str, dict[str, Handler]] = {}
         for path, method, handler in table:
             paths.setdefault(path, {})[method] = handler
-        return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in paths.items()]
+        return [
+            Route(path, _by_method(handlers), methods=list(handlers))
+            for path, handlers in paths.items()
+        ]
 
     def _call(self, fn: Callable[[App, dict[str, str]], Any]) -> Handler:
         async def handler(request: Request) -> Any:
@@ -166,20 +190,22 @@ class Routes:
         return await run_in_threadpool(self.app.chat.messages, *args)
 
     async def upload(self, request: Request) -> Any:
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "multipart/form-data":
-            raise ApiError(415, f"Content-Type {media or 'none'!r} is not accepted here; upload with multipart/form-data.", code="unsupported_media_type")
-        async with request.form(max_files=1, max_fields=16, max_part_size=_FORM_FIELD_LIMIT) as form:
+        if media_type(request) != "multipart/form-data":
+            raise unsupported(media_type(request), "the file as multipart/form-data")
+        limits = {"max_files": 1, "max_fields": 16, "max_part_size": _FORM_FIELD_LIMIT}
+        async with request.form(**limits) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile) or not isinstance(purpose, str):
-                raise bad_request("A multipart upload needs a `file` part and a `purpose` field.", "file")
+                raise bad_request("A multipart upload needs a `file` part and a `purpose`.", "file")
             name = upload.filename or "upload.jsonl"
             return await run_in_threadpool(self.app.files.create, name, purpose, upload.file)
 
     async def list_files(self, request: Request) -> Any:
         limit, order = int_query(request, "limit", 10000), order_query(request, "desc")
         q = request.query_params
-        return await run_in_threadpool(self.app.files.list, q.get("purpose"), q.get("after"), limit, order)
+        return await run_in_threadpool(
+            self.app.files.list, q.get("purpose"), q.get("after"), limit, order
+        )
 
     async def file_content(self, request: Request) -> Response:
         path = await run_in_threadpool(self.app.files.path, request.path_params["file_id"])
@@ -196,15 +222,27 @@ class Routes:
         return await run_in_threadpool(self.app.jobs.cancel, request.path_params["job_id"])
 
     async def list_jobs(self, request: Request) -> Any:
-        args = (request.query_params.get("after"), int_query(request, "limit", 20), metadata_query(request))
+        args = (
+            request.query_params.get("after"),
+            int_query(request, "limit", 20),
+            metadata_query(request),
+        )
         return await run_in_threadpool(self.app.jobs.list, *args)
 
     async def job_events(self, request: Request) -> Any:
-        args = (request.path_params["job_id"], request.query_params.get("after"), int_query(request, "limit", 20))
+        args = (
+            request.path_params["job_id"],
+            request.query_params.get("after"),
+            int_query(request, "limit", 20),
+        )
         return await run_in_threadpool(self.app.jobs.events, *args)
 
     async def job_checkpoints(self, request: Request) -> Any:
-        args = (request.path_params["job_id"], request.query_params.get("after"), int_query(request, "limit", 10))
+        args = (
+            request.path_params["job_id"],
+            request.query_params.get("after"),
+            int_query(request, "limit", 10),
+        )
         return await run_in_threadpool(self.app.jobs.checkpoints, *args)
 
 
@@ -216,7 +254,7 @@ def _by_method(handlers: dict[str, Handler]) -> Callable[[Request], Awaitable[Re
 
     async def dispatch(request: Request) -> Response:
         # Starlette answers HEAD on every GET route; it is the GET without its body.
-        return await wrapped.get(request.method, wrapped["GET"])(request)
+        return await (wrapped.get(request.method) or wrapped["GET"])(request)
 
     return dispatch
 
@@ -236,8 +274,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(error, headers)
 
 
+async def _crash(request: Request, exc: Exception) -> Response:
+    # Starlette's last resort (a bug outside any endpoint) still answers in OpenAI's shape.
+    message = f"Internal error: {type(exc).__name__}: {exc}"
+    return error_response(ApiError(500, message, type="server_error"))
+
+
 def asgi_app(app: App) -> Starlette:
     """The Starlette application serving ``app``'s endpoints under ``/v1``."""
-    starlette = Starlette(routes=Routes(app).table(), exception_handlers={HTTPException: _http_error})
+    handlers = {HTTPException: _http_error, Exception: _crash}
+    starlette = Starlette(routes=Routes(app).table(), exception_handlers=handlers)
     starlette.router.redirect_slashes = False
     return starlette
