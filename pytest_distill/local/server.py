@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -12,7 +13,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pytest_distill.local.api.guard import is_loopback
 from pytest_distill.local.models import base_sources
 from pytest_distill.local.owner import Owner, Ownership
 
@@ -24,6 +24,15 @@ clients must wait, not be reset."""
 KEEP_ALIVE_S = 30
 """An idle keep-alive connection is closed after this long."""
 API_KEY_ENV = "DISTILL_SERVER_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class UnsafeBind(ValueError):

@@ -15,7 +15,6 @@ through untouched). It refuses, in OpenAI's error shape:
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from pytest_distill.local.errors import ApiError
+from pytest_distill.local.server import is_loopback
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,15 +51,6 @@ class BodyTooLarge(ApiError):
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The ``{"error": {...}}`` body of ``error`` with its status."""
     return JSONResponse(error.body(), error.status, headers=headers)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
