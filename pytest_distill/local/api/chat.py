@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,8 @@ class Prepared:
     model: str
     resolved: Resolved
     generation: GenRequest
+    streamed: bool
+    """The engine hands the answer's pieces to ``on_text`` as they decode."""
     messages: tuple[dict[str, str], ...]
     store: bool
     metadata: dict[str, str] | None
@@ -68,8 +71,13 @@ class Chat:
         self._registry = registry
         self._serving = serving
 
-    def prepare(self, request: ChatRequest) -> Prepared:
-        """Resolve the model and check what the schema cannot (``n``, the context)."""
+    def prepare(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Prepared:
+        """Resolve the model and check what the schema cannot (``n``, the context).
+
+        ``on_text`` receives the answer's pieces as they decode, on the decoding thread, when
+        the engine streams them (``Prepared.streamed`` says whether it does)."""
         resolved = self._registry.resolve(request.model)
         if request.n not in (None, 1):
             raise bad_request("Only n=1 is supported by the local server.", "n")
@@ -83,10 +91,12 @@ class Chat:
                 "invalid_value",
             )
         messages = tuple({"role": m.role, "content": m.text()} for m in request.messages)
+        generation, streamed = _generation(request, messages, on_text)
         return Prepared(
             model=request.model,
             resolved=resolved,
-            generation=_generation(request, messages),
+            generation=generation,
+            streamed=streamed,
             messages=messages,
             store=bool(request.store),
             metadata=dict(request.metadata) if request.metadata is not None else None,
@@ -180,18 +190,32 @@ def usage(result: GenResult) -> dict[str, int]:
     }
 
 
-def _generation(request: ChatRequest, messages: tuple[dict[str, str], ...]) -> GenRequest:
+def _generation(
+    request: ChatRequest,
+    messages: tuple[dict[str, str], ...],
+    on_text: Callable[[str], None] | None,
+) -> tuple[GenRequest, bool]:
     from pytest_distill.local.engine.decode import GenRequest
 
     template = [
         {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
         for m in messages
     ]
-    return GenRequest(
-        messages=tuple(template),
-        max_tokens=request.limit,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        seed=request.seed,
-        stop=request.stops,
-    )
+    fields: dict[str, Any] = {
+        "messages": tuple(template),
+        "max_tokens": request.limit,
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "seed": request.seed,
+        "stop": request.stops,
+    }
+    # Engines that stream pieces of text take an ``on_text`` callback; without one, the text
+    # is sent in one piece when the decode ends.
+    streamed = on_text is not None and "on_text" in _field_names(GenRequest)
+    if streamed:
+        fields["on_text"] = on_text
+    return GenRequest(**fields), streamed
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from pytest_distill.local.api.app import App
 from pytest_distill.local.api.guard import error_response
 from pytest_distill.local.api.schemas import ChatRequest, JobRequest, UpdateCompletion, parse
-from pytest_distill.local.api.streaming import event_stream, wait_unless_gone
+from pytest_distill.local.api.streaming import Deltas, event_stream, wait_unless_gone
 from pytest_distill.local.errors import ApiError, bad_request
 
 log = logging.getLogger("pytest_distill.local")
@@ -163,10 +163,11 @@ class Routes:
     async def create_completion(self, request: Request) -> Response:
         body = await json_body(request, ChatRequest)
         chat = self.app.chat
-        prepared = await run_in_threadpool(chat.prepare, body)
-        if body.stream:
+        deltas = Deltas() if body.stream else None
+        prepared = await run_in_threadpool(chat.prepare, body, deltas)
+        if deltas is not None:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = event_stream(chat, prepared, include_usage=usage)
+            chunks = event_stream(chat, prepared, deltas, include_usage=usage)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=_NO_CACHE)
         result = await wait_unless_gone(request, chat, prepared)
         answer = await run_in_threadpool(chat.completion, prepared, result)

@@ -3,8 +3,8 @@
 A streamed request is queued like any other, so it still joins a batch. Its events follow
 OpenAI's ``chat.completion.chunk`` format: a first chunk with the role, content deltas, a
 chunk with ``finish_reason``, the usage chunk when ``stream_options.include_usage`` asks for
-it, then ``data: [DONE]``. The engine hands back a request's text when it finishes, so the
-content arrives as one delta at the end of the decode.
+it, then ``data: [DONE]``. Content deltas are sent as the engine decodes them when it streams
+text (``GenRequest.on_text``); otherwise the text is one delta when the decode ends.
 
 When the client goes away (its socket closes), the request's future is cancelled: a request
 still queued never decodes.
@@ -66,28 +66,57 @@ async def wait_unless_gone(request: Request, chat: Chat, prepared: Prepared) -> 
     return waiter.result()
 
 
+class Deltas:
+    """Pieces of an answer handed over from the decoding thread to the event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def __call__(self, piece: str) -> None:  # on the decoding thread
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+
 async def event_stream(
-    chat: Chat, prepared: Prepared, *, include_usage: bool
+    chat: Chat, prepared: Prepared, deltas: Deltas, *, include_usage: bool
 ) -> AsyncIterator[str]:
     """The SSE lines of one streamed completion. Starlette cancels this generator when the
     client disconnects; the ``finally`` then withdraws the request."""
     future = chat.submit(prepared)
+    waiter = asyncio.ensure_future(decoded(future))
     chunk = _Chunks(prepared.model)
     try:
         yield chunk.event({"role": "assistant", "content": "", "refusal": None})
+        async for piece in _pieces(deltas.queue, waiter):
+            yield chunk.event({"content": piece})
         try:
-            result = await decoded(future)
+            result = waiter.result()
         except ApiError as error:
             yield _sse(error.body())
             return
-        if result.text:
+        if not prepared.streamed and result.text:
             yield chunk.event({"content": result.text})
         yield chunk.event({}, finish_reason=result.finish_reason)
         if include_usage:
             yield _sse({**chunk.base(), "choices": [], "usage": usage(result)})
         yield "data: [DONE]\n\n"
     finally:
+        waiter.cancel()
         future.cancel()
+
+
+async def _pieces(queue: asyncio.Queue[str], waiter: asyncio.Future[Any]) -> AsyncIterator[str]:
+    """Each piece as it arrives, until the decode is over (and every piece handed on)."""
+    while not waiter.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    # Pieces are queued before the result is set, on the same loop: none is left behind.
+    while not queue.empty():
+        yield queue.get_nowait()
 
 
 class _Chunks:
