@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ API key any local program may use it; with --api-key (or ${API_KEY_ENV}) every
 request needs `Authorization: Bearer KEY`, and only then may it bind another address.
 One server owns a DATA_DIR: a second one on the same directory exits naming the PID
 and address of the first (pytest-distill uses that server instead of starting one).
-Ctrl-C stops it within seconds; a job it was training is queued again.
+Ctrl-C (or SIGTERM) stops it within seconds; a job it was training is queued again.
 """
 
 _EPILOG = f"""\
@@ -88,6 +89,10 @@ def _models(specs: Sequence[str], p: argparse.ArgumentParser) -> dict[str, str] 
     return models
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -102,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"distill-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     print(f"distill-server: serving on {server.base_url} (data in {args.data_dir})", flush=True)
+    # A service manager's stop (SIGTERM) ends it as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

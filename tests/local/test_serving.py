@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -131,6 +132,19 @@ def test_streamed_chat_yields_the_unstreamed_text(server: Any) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+
+
+def test_stream_sends_the_answer_in_pieces_when_the_engine_streams(server: Any) -> None:
+    from pytest_distill.local.engine.decode import GenRequest
+
+    if "on_text" not in {f.name for f in dataclasses.fields(GenRequest)}:
+        pytest.skip("this engine hands back whole answers; they are streamed as one delta")
+    with openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0) as client:
+        stream = client.chat.completions.create(
+            model="tiny", messages=QUESTION, temperature=0, max_tokens=12, stream=True
+        )
+        pieces = [c.choices[0].delta.content for c in stream if c.choices]
+    assert len([p for p in pieces if p]) > 1, pieces
 
 
 def test_stream_ends_with_done_and_omits_usage_unless_asked(server: Any) -> None:
