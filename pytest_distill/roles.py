@@ -110,6 +110,8 @@ REMOTE_TIMEOUT = 120.0
 # A CPU batch of long few-shot prompts can keep a request queued for minutes; a client that
 # gives up and retries only adds work to the queue.
 LOCAL_TIMEOUT = 900.0
+LOCAL_API_KEY_ENV = "DISTILL_SERVER_API_KEY"
+"""The embedded server's API key, when it (or the distill-server it shares) requires one."""
 
 
 def make_openai(
@@ -126,7 +128,7 @@ def make_openai(
     if role.endpoint.kind == "local":
         if local_url is None:
             raise RuntimeError("the embedded server is not available in this session")
-        base_url, key = local_url(), "local"
+        base_url, key = local_url(), os.environ.get(LOCAL_API_KEY_ENV) or "local"
     elif role.endpoint.kind == "url":
         base_url, key = role.endpoint.base_url, role.api_key() or "unused"
     else:

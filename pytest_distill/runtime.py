@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_distill.options import Settings
-from pytest_distill.roles import CallRecord, Endpoint, RoleConfig, make_openai
+from pytest_distill.roles import LOCAL_API_KEY_ENV, CallRecord, Endpoint, RoleConfig, make_openai
 
 if TYPE_CHECKING:
     import openai
@@ -80,14 +81,15 @@ class Runtime:
         if self.replaying:  # served from cassettes: no server, no model
             return LOCAL_PLACEHOLDER
         if self._local is None:
-            from pytest_distill.local import LocalServer
+            from pytest_distill.local.shared import shared_server
 
-            server = LocalServer(
-                data_dir=self.settings.rootpath / ".distill" / "server",
-                models=dict(self.settings.local_models) or None,
+            # Started here, or the one another process (an xdist worker, a concurrent session,
+            # a distill-server) already runs on this data directory: one model in memory.
+            self._local = shared_server(
+                self.settings.rootpath / ".distill" / "server",
+                dict(self.settings.local_models) or None,
+                os.environ.get(LOCAL_API_KEY_ENV) or None,
             )
-            server.start()
-            self._local = server
         return str(self._local.base_url)
 
     # --- concurrent prefetch of data-file calls ---------------------------------------------

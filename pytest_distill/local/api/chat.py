@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import CancelledError
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_distill.local.api.files import new_id
-from pytest_distill.local.api.jobs import check_metadata, matches
+from pytest_distill.local.api.jobs import matches
+from pytest_distill.local.api.schemas import ChatRequest
 from pytest_distill.local.engine.batcher import Batcher
-from pytest_distill.local.errors import ApiError, bad_request, not_found
-from pytest_distill.local.models import ModelSource, Registry
+from pytest_distill.local.errors import bad_request, not_found
+from pytest_distill.local.models import ModelSource, Registry, Resolved
 from pytest_distill.local.store import Record, Store, paginate
-from pytest_distill.training.rules import ROLES
 
 if TYPE_CHECKING:
-    from pytest_distill.local.engine.decode import Engine, GenRequest
+    from pytest_distill.local.engine.decode import Engine, GenRequest, GenResult
 
 
 class Serving:
@@ -46,6 +48,21 @@ def _load(source: ModelSource) -> Engine:
     return Engine(source)
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A checked chat request, ready for the batcher: nothing about it can fail later but
+    decoding itself (and the prompt's length, which only the tokenizer knows)."""
+
+    model: str
+    resolved: Resolved
+    generation: GenRequest
+    streamed: bool
+    """The engine hands the answer's pieces to ``on_text`` as they decode."""
+    messages: tuple[dict[str, str], ...]
+    store: bool
+    metadata: dict[str, str] | None
+
+
 class Chat:
     """``/chat/completions`` and its stored-completion endpoints."""
 
@@ -54,24 +71,44 @@ class Chat:
         self._registry = registry
         self._serving = serving
 
-    def create(self, request: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-        """The completion body, and the size of the batch it was decoded in."""
-        model = request.get("model")
-        if not isinstance(model, str):
-            raise bad_request("`model` is required.", "model", "missing_required")
-        resolved = self._registry.resolve(model)
-        messages = _messages(request.get("messages"))
-        generation = _generation(request, messages)
-        future = self._serving.batcher(resolved.base).submit(resolved.adapter, generation)
-        try:
-            result = future.result()
-        except CancelledError:  # a BaseException: the server is stopping under this request
-            raise ApiError(503, "The server is shutting down.", type="server_error") from None
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
+    def prepare(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Prepared:
+        """Resolve the model and check what the schema cannot (``n``, the context).
+
+        ``on_text`` receives the answer's pieces as they decode, on the decoding thread, when
+        the engine streams them (``Prepared.streamed`` says whether it does)."""
+        resolved = self._registry.resolve(request.model)
+        if request.n not in (None, 1):
+            raise bad_request("Only n=1 is supported by the local server.", "n")
+        context = resolved.base.context_length()
+        if request.limit is not None and request.limit > context:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise bad_request(
+                f"`{param}` is too large: {request.limit}. The model {request.model!r} has a "
+                f"context of {context} tokens, prompt included; ask for at most that many.",
+                param,
+                "invalid_value",
+            )
+        messages = tuple({"role": m.role, "content": m.text()} for m in request.messages)
+        generation, streamed = _generation(request, messages, on_text)
+        return Prepared(
+            model=request.model,
+            resolved=resolved,
+            generation=generation,
+            streamed=streamed,
+            messages=messages,
+            store=bool(request.store),
+            metadata=dict(request.metadata) if request.metadata is not None else None,
+        )
+
+    def submit(self, prepared: Prepared) -> Future[GenResult]:
+        """Queue the request; cancelling the returned future withdraws it."""
+        batcher = self._serving.batcher(prepared.resolved.base)
+        return batcher.submit(prepared.resolved.adapter, prepared.generation)
+
+    def completion(self, prepared: Prepared, result: GenResult) -> dict[str, Any]:
+        """The ``chat.completion`` body of a finished request (stored when asked)."""
         message: dict[str, Any] = {
             "role": "assistant",
             "content": result.text,
@@ -83,16 +120,17 @@ class Chat:
             "id": new_id("chatcmpl-"),
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model,
+            "model": prepared.model,
             "choices": [{**choice, "logprobs": None}],
-            "usage": usage,
+            "usage": usage(result),
             "service_tier": "default",
             "system_fingerprint": "fp_local",
-            "metadata": check_metadata(request.get("metadata")),
+            "metadata": prepared.metadata,
         }
-        if request.get("store"):
-            self._store.put(Record("completion", body["id"], body, {"messages": messages}))
-        return body, result.batch_size
+        if prepared.store:
+            extra = {"messages": list(prepared.messages)}
+            self._store.put(Record("completion", body["id"], body, extra))
+        return body
 
     def list(
         self,
@@ -110,11 +148,9 @@ class Chat:
     def retrieve(self, completion_id: str) -> dict[str, Any]:
         return self._record(completion_id).body
 
-    def update(self, completion_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    def update(self, completion_id: str, metadata: Mapping[str, str] | None) -> dict[str, Any]:
         record = self._record(completion_id)
-        if "metadata" not in request:
-            raise bad_request("`metadata` is required.", "metadata", "missing_required")
-        body = {**record.body, "metadata": check_metadata(request["metadata"])}
+        body = {**record.body, "metadata": None if metadata is None else dict(metadata)}
         self._store.put(Record("completion", completion_id, body, record.extra))
         return body
 
@@ -146,45 +182,40 @@ class Chat:
         return record
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise bad_request("`messages` must be a non-empty list.", "messages")
-    out = []
-    for index, item in enumerate(value):
-        role = item.get("role") if isinstance(item, dict) else None
-        if role not in ROLES:
-            allowed = ", ".join(sorted(ROLES))
-            raise bad_request(f"Unknown role {role!r}; known: {allowed}.", f"messages[{index}]")
-        out.append({"role": role, "content": _text(item.get("content"))})
-    return out
+def usage(result: GenResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
-
-def _generation(request: Mapping[str, Any], messages: list[dict[str, str]]) -> GenRequest:
+def _generation(
+    request: ChatRequest,
+    messages: tuple[dict[str, str], ...],
+    on_text: Callable[[str], None] | None,
+) -> tuple[GenRequest, bool]:
     from pytest_distill.local.engine.decode import GenRequest
 
-    if request.get("n", 1) != 1:
-        raise bad_request("Only n=1 is supported by the local server.", "n")
-    if request.get("stream"):
-        raise bad_request("Streaming is not supported by the local server.", "stream")
-    stop = request.get("stop")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    limit = request.get("max_completion_tokens") or request.get("max_tokens")
     template = [
         {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
         for m in messages
     ]
-    temperature = request.get("temperature")
-    return GenRequest(
-        messages=tuple(template),
-        max_tokens=int(limit) if limit else None,
-        temperature=float(1.0 if temperature is None else temperature),
-        top_p=float(request.get("top_p") or 1.0),
-        seed=request.get("seed"),
-        stop=tuple(str(s) for s in stops),
-    )
+    fields: dict[str, Any] = {
+        "messages": tuple(template),
+        "max_tokens": request.limit,
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "seed": request.seed,
+        "stop": request.stops,
+    }
+    # Engines that stream pieces of text take an ``on_text`` callback; without one, the text
+    # is sent in one piece when the decode ends.
+    streamed = on_text is not None and "on_text" in _field_names(GenRequest)
+    if streamed:
+        fields["on_text"] = on_text
+    return GenRequest(**fields), streamed
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))

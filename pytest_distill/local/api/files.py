@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pytest_distill.local.errors import bad_request, not_found
 from pytest_distill.local.store import Record, Store, paginate
 
+PARTIAL = ".partial-"
+"""Infix of an upload being written; what a killed process left is removed at start-up."""
 PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
 
 
@@ -25,20 +30,34 @@ class Files:
         self._root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def create(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+    def create(self, filename: str, purpose: str, data: IO[bytes]) -> dict[str, Any]:
+        """An upload: checked, then streamed to disk (a temporary name, renamed when whole)."""
         if purpose not in PURPOSES:
             allowed = ", ".join(sorted(PURPOSES))
             raise bad_request(f"Invalid purpose {purpose!r}; allowed: {allowed}.", "purpose")
-        return self.add(filename, purpose, data)
+        return self._put(filename, purpose, lambda out: shutil.copyfileobj(data, out, 1 << 20))
 
     def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         """Store a file without checking ``purpose`` (the server's own result files)."""
+        return self._put(filename, purpose, lambda out: out.write(data))
+
+    def _put(
+        self, filename: str, purpose: str, write: Callable[[IO[bytes]], object]
+    ) -> dict[str, Any]:
         file_id = new_id("file-")
-        (self._root / file_id).write_bytes(data)
+        target = self._root / file_id
+        partial = target.with_name(f"{file_id}{PARTIAL}{os.getpid()}")
+        try:
+            with partial.open("wb") as out:
+                write(out)
+            size = partial.stat().st_size
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         body = {
             "id": file_id,
             "object": "file",
-            "bytes": len(data),
+            "bytes": size,
             "created_at": int(time.time()),
             "filename": filename,
             "purpose": purpose,
@@ -54,8 +73,12 @@ class Files:
         return record.body
 
     def content(self, file_id: str) -> bytes:
+        return self.path(file_id).read_bytes()
+
+    def path(self, file_id: str) -> Path:
+        """Where an uploaded file's bytes are (404 for an unknown id)."""
         self.retrieve(file_id)
-        return (self._root / file_id).read_bytes()
+        return self._root / file_id
 
     def list(
         self, purpose: str | None, after: str | None, limit: int, order: str

@@ -1,0 +1,90 @@
+"""Property-based: requests generated from ``openapi.yaml`` for every operation the server
+implements, valid and invalid, never get a 5xx, and every error is OpenAI-shaped.
+
+Marked ``schemathesis`` (deselected by default; ``pytest -m schemathesis`` runs it, as CI does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import spec_path
+
+OPERATIONS = [
+    "createChatCompletion",
+    "listChatCompletions",
+    "getChatCompletion",
+    "updateChatCompletion",
+    "deleteChatCompletion",
+    "getChatCompletionMessages",
+    "createFile",
+    "listFiles",
+    "retrieveFile",
+    "deleteFile",
+    "downloadFile",
+    "createFineTuningJob",
+    "listPaginatedFineTuningJobs",
+    "retrieveFineTuningJob",
+    "cancelFineTuningJob",
+    "listFineTuningEvents",
+    "listFineTuningJobCheckpoints",
+    "listModels",
+    "retrieveModel",
+    "deleteModel",
+]
+EXAMPLES = 40
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    schemathesis = pytest.importorskip("schemathesis")
+    path = spec_path()
+    if not path.is_file():
+        pytest.skip(f"OpenAI spec not found at {path}")
+    return schemathesis.openapi.from_path(str(path))
+
+
+def _tiny(case: Any) -> Any:
+    """Half the chats name the served model, with few tokens, so that they really decode."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("messages"), list) and len(str(body)) % 2:
+        body.update(model="tiny", max_completion_tokens=2)
+        body.pop("max_tokens", None)
+    return case
+
+
+@pytest.mark.schemathesis
+@pytest.mark.parametrize("operation_id", OPERATIONS)
+def test_generated_requests_never_get_a_5xx_and_errors_are_openai_shaped(
+    schema: Any, server: Any, operation_id: str
+) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    found = [r.ok() for r in schema.include(operation_id=operation_id).get_all_operations()]
+    assert len(found) == 1, operation_id
+    operation = found[0]
+    strategy = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
+        GenerationMode.NEGATIVE
+    )
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy.map(_tiny))
+    def check(case: Any) -> None:
+        response = case.call(base_url=server.base_url, timeout=60)
+        assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
+        if response.status_code >= 400:
+            ctype = response.headers.get("content-type") or [""]
+            assert ctype[0].startswith("application/json"), response.text
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}, error
+            assert isinstance(error["message"], str) and error["message"]
+
+    check()
