@@ -7,7 +7,9 @@ Prints the Markdown table (one row per role, holdout cases only: the cases the g
 or with ``--update`` (once per file) replaces the part of each file between the
 ``results:start`` and ``results:end`` markers. ``--log`` adds the session's wall time from
 pytest's last line.
-Every number comes from the report (schema ``pytest-distill/report/1``); none is typed by hand.
+Every number comes from the report (schema ``pytest-distill/report/2``); none is typed by hand.
+The "vs teacher" column is each role's paired difference to the teacher on the same holdout
+cases, with its interval (the report's ``paired`` section).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROLES = ("teacher", "student", "finetuned")
-SCHEMA = "pytest-distill/report/1"
+SCHEMA = "pytest-distill/report/2"
 
 
 def holdout_items(report: Mapping[str, Any], role: str, suite: str | None = None) -> list[Any]:
@@ -37,6 +39,15 @@ def pct(passed: int, cases: int) -> str:
     return f"{passed / cases:.0%} ({passed}/{cases})" if cases else "-"
 
 
+def versus_teacher(report: Mapping[str, Any], role: str) -> str:
+    """``+0.100 [+0.031, +0.169]``: the paired difference to the teacher and its interval."""
+    paired = report.get("paired") or {}
+    for pair in paired.get("pairs", ()):
+        if (pair["a"], pair["b"]) == (role, "teacher") and pair["low"] is not None:
+            return f"{pair['mean_difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}]"
+    return "-"
+
+
 def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
     scores = report["scores"][role]["holdout"]
     cases = scores["cases"]
@@ -49,6 +60,7 @@ def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
         f"**{role}**",
         f"`{report['items_model'][role]}`",
         f"**{scores['mean_score']:.3f}**",
+        versus_teacher(report, role),
         pct(scores["passed"], cases),
         *per_suite,
         f"{scores['prompt_tokens'] / cases:.0f}" if cases else "-",
@@ -85,6 +97,7 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
         "role",
         "model",
         "holdout score",
+        f"vs teacher ({(report.get('paired') or {}).get('confidence', 0.95):.0%} CI)",
         "passed",
         *suites,
         "prompt tokens / call",

@@ -22,6 +22,7 @@ from pytest_distill.options.settings import (
 )
 from pytest_distill.options.training import training
 from pytest_distill.options.values import (
+    checked,
     cli_or_ini,
     ini_number,
     local_models,
@@ -78,4 +79,9 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
         rootpath=config.rootpath,
         record_mode=record_mode(config),
         cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
+        repeats=number(config, "repeats", int, low=1, high=100),
+        confidence=checked(
+            str(config.getini("distill_confidence")).strip(), float, 0.5, 0.999,
+            "ini distill_confidence",
+        ),
     )

@@ -53,3 +53,5 @@ class Settings:
     rootpath: Path = Path()
     record_mode: str | None = None  # None: live traffic, nothing recorded
     cassette_dir: Path = Path("cassettes")
+    repeats: int = 1  # times each case runs per role
+    confidence: float = 0.95  # of the gate's intervals and one-sided bounds

@@ -1,6 +1,6 @@
 """The terminal summary, the JSON report and the gate verdict at the end of a session.
 
-The JSON report's schema is ``pytest-distill/report/1``, documented in ``docs/report.md``.
+The JSON report's schema is ``pytest-distill/report/2``, documented in ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
+from pytest_distill.verdict import evidence as paired
 from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
     GATE_FAILED_EXIT_CODE,
@@ -27,7 +28,7 @@ from pytest_distill.verdict.gate import (
 )
 from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggregate, group_by_suite
 
-SCHEMA = "pytest-distill/report/1"
+SCHEMA = "pytest-distill/report/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Outcome:
     gate: GateResult | None
     gate_split: str
     report_path: Path | None
+    evidence: paired.Evidence | None = None  # the gate's cases, pairs and exclusions
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +87,34 @@ def _stats(agg: Aggregate) -> RoleStats:
         latency_p50=percentile(agg.latencies, 50) if agg.latencies else 0.0,
         latency_p95=percentile(agg.latencies, 95) if agg.latencies else 0.0,
         cost=agg.cost,
+        pass_k=agg.pass_k,
+        pass_at_k=agg.pass_at_k,
     )
 
 
 def finish(run: Run) -> Outcome:
     settings = run.settings
     split = gate_split(run)
-    result = Gate.parse(settings.gate).evaluate(role_stats(run, split)) if settings.gate else None
-    outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
+    found = gather(run, split)
+    gate = Gate.parse(settings.gate) if settings.gate else None
+    stats = found.role_stats(lambda items: _stats(aggregate(items, settings.prices)))
+    result = gate.evaluate(stats, found.pair) if gate else None
+    outcome = Outcome(result, split, settings.report_path, found)
     if settings.report_path is not None:
         write_json(settings.report_path, to_json(run, outcome))
     return outcome
+
+
+def gather(run: Run, split: str) -> paired.Evidence:
+    """The gate's split, less the cases a fine-tuned model trained on (verdict/leakage.py)."""
+    settings = run.settings
+    return paired.Evidence.gather(
+        run.results.select(split=None if split == "all" else split),
+        confidence=settings.confidence,
+        rootpath=settings.rootpath,
+        finetuned_model=getattr(settings.role_configs.get("finetuned"), "model", None),
+        repeats=settings.repeats,
+    )
 
 
 def exit_status(
@@ -133,6 +152,7 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
         },
         "holdout": run.settings.holdout,
         "gate": _gate_json(outcome),
+        "paired": paired.to_json(outcome.evidence, _gate(run)) if outcome.evidence else None,
         "scores": {
             role: {
                 split: _agg_json(aggregate(results.select(role=role, split=sel), prices))
@@ -149,6 +169,10 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
         },
         "items": [_item_json(r) for r in results.items],
     }
+
+
+def _gate(run: Run) -> Gate | None:
+    return Gate.parse(run.settings.gate) if run.settings.gate else None
 
 
 def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
@@ -201,6 +225,7 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "prompt_tokens": call.prompt_tokens if call else 0,
         "completion_tokens": call.completion_tokens if call else 0,
         "latency_s": round(call.latency_s, 4) if call else None,
+        "attempts": [paired.attempt_json(a) for a in result.attempts],
     }
 
 
@@ -233,7 +258,11 @@ def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome) -> None:
             if any(r.role == role for r in items)
         ]
         _table(tr, "by suite", rows)
-    _gate_lines(tr, outcome)
+    if outcome.evidence is not None:
+        for line in paired.summary_lines(outcome.evidence, _gate(run)):
+            tr.write_line(line)
+    power = paired.power_lines(outcome.evidence, _gate(run)) if outcome.evidence else []
+    _gate_lines(tr, outcome, power)
     if run.distill_error:
         tr.write_line(f"{run.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
 
@@ -263,12 +292,14 @@ def _table(tr: pytest.TerminalReporter, title: str, rows: Sequence[Sequence[str]
         tr.write_line("  " + "  ".join(cells))
 
 
-def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome) -> None:
+def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome, power: Sequence[str] = ()) -> None:
     gate = outcome.gate
     if gate is None:
         return
     for clause in gate.clauses:
         tr.write_line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
+    for line in power if gate.passed is not None else ():
+        tr.write_line(line)  # what the holdout can detect, under the clauses it is about
     if gate.passed is None:
         tr.write_line(f"gate not evaluated: {gate.reason}", yellow=True)
     elif gate.passed:
