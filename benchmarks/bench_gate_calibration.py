@@ -65,7 +65,9 @@ def graded(correlation: float, spread: float = 1.0) -> Draw:
     return draw
 
 
-def pass_rate(draw: Draw, n: int, delta: float, margin: float, gates: int, seed: int) -> tuple[float, float]:
+def pass_rate(
+    draw: Draw, n: int, delta: float, margin: float, gates: int, seed: int
+) -> tuple[float, float]:
     """The share of simulated gates whose noninferior clause passed, and the mean correlation."""
     rng = np.random.default_rng(seed)
     passed, correlations = 0, []
@@ -97,15 +99,19 @@ def main() -> int:
     }
     sizes = (50, 100, 200, 500)
     started = time.perf_counter()
-    print(f"noninferior(finetuned, teacher, margin={args.margin}), confidence 0.95, "
-          f"{args.gates} simulated gates per cell; teacher at {TEACHER_PASS}")
+    print(
+        f"noninferior(finetuned, teacher, margin={args.margin}), confidence 0.95, "
+        f"{args.gates} simulated gates per cell; teacher at {TEACHER_PASS}"
+    )
     print("\nwith the true difference at -margin (should pass at most 5%):")
     for name, draw in kinds.items():
         for n in sizes:
             rate, corr = pass_rate(draw, n, -args.margin, args.margin, args.gates, args.seed + n)
             low, high = wilson(rate, args.gates)
-            print(f"  {name:17} n={n:3}  observed corr {corr:.2f}  passed {rate:6.1%}  "
-                  f"95% CI [{low:.1%}, {high:.1%}]")
+            print(
+                f"  {name:17} n={n:3}  observed corr {corr:.2f}  passed {rate:6.1%}  "
+                f"95% CI [{low:.1%}, {high:.1%}]"
+            )
     print("\nwith a true difference of 0 (power):")
     for name, draw in kinds.items():
         cells = []

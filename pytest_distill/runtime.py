@@ -27,6 +27,7 @@ LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while
 
 T = TypeVar("T")
 
+
 class DistillWarning(pytest.PytestWarning):
     """A warning from pytest-distill (for example: a role's model retires soon)."""
 

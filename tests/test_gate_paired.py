@@ -43,7 +43,9 @@ def test_noninferior_passes_when_the_one_sided_bound_clears_minus_margin_and_say
 
 
 def test_superior_needs_the_bound_above_plus_margin():
-    gate = Gate.parse("superior(finetuned, teacher, margin=0.05) and superior(finetuned, student, margin=0.2)")
+    gate = Gate.parse(
+        "superior(finetuned, teacher, margin=0.05) and superior(finetuned, student, margin=0.2)"
+    )
     result = gate.evaluate(STATS, PAIRS)
     assert result.passed is False
     assert [c.passed for c in result.clauses] == [False, True]
@@ -53,7 +55,9 @@ def test_superior_needs_the_bound_above_plus_margin():
 
 def test_difference_operand_reads_its_interval_ends():
     low, high = sp.ttest_rel(FINETUNED, TEACHER).confidence_interval(0.95)
-    result = Gate.parse("(finetuned - teacher).low >= -0.05 and (finetuned - teacher).high < 0.1").evaluate(STATS, PAIRS)
+    result = Gate.parse(
+        "(finetuned - teacher).low >= -0.05 and (finetuned - teacher).high < 0.1"
+    ).evaluate(STATS, PAIRS)
     assert [c.passed for c in result.clauses] == [True, False]
     assert result.clauses[0].explanation == (
         f"(finetuned - teacher).low >= -0.05: {low:+.3f} (finetuned - teacher +0.100 95% CI "
@@ -63,20 +67,34 @@ def test_difference_operand_reads_its_interval_ends():
 
 def test_bare_difference_stays_a_difference_of_means():
     result = Gate.parse("finetuned - teacher >= 0.05").evaluate(STATS, PAIRS)
-    assert result.clauses[0].explanation == "finetuned - teacher >= 0.05: 0.920 - 0.820 = 0.100 >= 0.05 -> True"
+    assert (
+        result.clauses[0].explanation
+        == "finetuned - teacher >= 0.05: 0.920 - 0.820 = 0.100 >= 0.05 -> True"
+    )
 
 
 def test_suite_clauses_read_that_suites_figures_and_fail_closed_without_them():
     stats = {**STATS, "finetuned[meetings]": role(0.05, n=20), "finetuned[triage]": role(0.95)}
-    result = Gate.parse("finetuned >= 0.9 and finetuned[meetings].pass_rate >= 0.8").evaluate(stats, PAIRS)
+    result = Gate.parse("finetuned >= 0.9 and finetuned[meetings].pass_rate >= 0.8").evaluate(
+        stats, PAIRS
+    )
     assert result.passed is False
-    assert result.clauses[1].explanation == "finetuned[meetings].pass_rate >= 0.8: 0.050 >= 0.8 -> False"
+    assert (
+        result.clauses[1].explanation
+        == "finetuned[meetings].pass_rate >= 0.8: 0.050 >= 0.8 -> False"
+    )
     missing = Gate.parse("finetuned['due-dates'] >= 0.5").evaluate(stats, PAIRS)
     assert missing.passed is None and missing.missing_roles == ("finetuned[due-dates]",)
 
 
 def test_suite_pairs_are_looked_up_by_label():
-    pairs = pairs_from({("finetuned[triage]", "teacher[triage]"): compare("finetuned[triage]", "teacher[triage]", FINETUNED, TEACHER, 0.95)})
+    pairs = pairs_from(
+        {
+            ("finetuned[triage]", "teacher[triage]"): compare(
+                "finetuned[triage]", "teacher[triage]", FINETUNED, TEACHER, 0.95
+            )
+        }
+    )
     stats = {**STATS, "finetuned[triage]": role(0.92), "teacher[triage]": role(0.82)}
     gate = Gate.parse("noninferior(finetuned[triage], teacher[triage], margin=0.05)")
     assert gate.roles == frozenset({"finetuned[triage]", "teacher[triage]"})
@@ -84,7 +102,9 @@ def test_suite_pairs_are_looked_up_by_label():
 
 
 def test_a_clause_without_paired_cases_fails():
-    result = Gate.parse("noninferior(finetuned, student, margin=0.05) and (student - teacher).low > 0").evaluate(STATS, pairs_from({}))
+    result = Gate.parse(
+        "noninferior(finetuned, student, margin=0.05) and (student - teacher).low > 0"
+    ).evaluate(STATS, pairs_from({}))
     assert result.passed is False
     assert result.clauses[0].explanation.endswith("0 paired cases, at least 2 are needed -> False")
     assert "no cases that both student and teacher ran" in result.clauses[1].explanation
@@ -113,5 +133,7 @@ def test_pass_k_and_pass_at_k_are_attributes():
     ],
 )
 def test_statistical_clauses_outside_the_grammar_are_syntax_errors(expression, problem):
-    with pytest.raises(GateSyntaxError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+    with pytest.raises(
+        GateSyntaxError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
+    ):
         Gate.parse(expression)

@@ -81,7 +81,10 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
         cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
         repeats=number(config, "repeats", int, low=1, high=100),
         confidence=checked(
-            str(config.getini("distill_confidence")).strip(), float, 0.5, 0.999,
+            str(config.getini("distill_confidence")).strip(),
+            float,
+            0.5,
+            0.999,
             "ini distill_confidence",
         ),
     )

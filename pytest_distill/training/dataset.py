@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_distill.atomic import write_atomic
-from pytest_distill.training.rules import MIN_EXAMPLES, parse_training_file
 from pytest_distill.roles import CallRecord
+from pytest_distill.training.rules import MIN_EXAMPLES, parse_training_file
 from pytest_distill.verdict.results import ItemResult
 
 MANIFEST_SCHEMA = "pytest-distill/manifest/1"

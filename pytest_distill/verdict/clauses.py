@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from pytest_distill.verdict.stats import Pair
+from pytest_distill.verdict.stats import Pair, signed
 
 TESTS: Final = {"noninferior": -1, "superior": +1}  # the sign of the margin to clear
 DIFFERENCE_ATTRIBUTES: Final = ("low", "high", "mean", "se", "n")
@@ -90,7 +90,9 @@ def parse_test(node: ast.Call, fail: Fail) -> Test:
         raise fail(margin, "margin must not be negative", "a margin is a distance, e.g. 0.05")
     if not (isinstance(margin, ast.Constant) and type(margin.value) in (int, float)):
         raise fail(margin, "margin must be a number", usage)
-    return Test(name, label(node.args[0]), label(node.args[1]), float(margin.value))
+    value = margin.value
+    assert isinstance(value, int | float)
+    return Test(name, label(node.args[0]), label(node.args[1]), float(value))
 
 
 def evaluate(test: Test, pairs: Pairs) -> tuple[bool, str]:
@@ -102,8 +104,8 @@ def evaluate(test: Test, pairs: Pairs) -> tuple[bool, str]:
         return False, f"{head}: {n} paired cases, at least 2 are needed -> False"
     passed = pair.lower_bound > test.threshold
     return passed, (
-        f"{head}: {pair.label} = {pair.mean:+.3f}, one-sided {pair.confidence:.0%} lower "
-        f"bound {pair.lower_bound:+.3f} {'>' if passed else '<='} {test.threshold:+.3f} "
+        f"{head}: {pair.label} = {signed(pair.mean)}, one-sided {pair.confidence:.0%} lower "
+        f"bound {signed(pair.lower_bound)} {'>' if passed else '<='} {signed(test.threshold)} "
         f"(n={pair.n} paired, {pair.better} better, {pair.worse} worse) -> {passed}"
     )
 
@@ -125,10 +127,10 @@ def render_difference(node: ast.Attribute, pairs: Pairs) -> str:
     if pair is None:
         return "?"
     value = getattr(pair, node.attr)
-    shown = str(value) if node.attr == "n" else f"{value:+.3f}"
+    shown = str(value) if node.attr == "n" else signed(value)
     return (
-        f"{shown} ({pair.label} {pair.mean:+.3f} {pair.confidence:.0%} CI "
-        f"[{pair.low:+.3f}, {pair.high:+.3f}] n={pair.n})"
+        f"{shown} ({pair.label} {signed(pair.mean)} {pair.confidence:.0%} CI "
+        f"[{signed(pair.low)}, {signed(pair.high)}] n={pair.n})"
     )
 
 
@@ -137,7 +139,8 @@ def used_labels(tree: ast.expr) -> set[str]:
     return {
         label(node)
         for node in ast.walk(tree)
-        if role_reference(node) is not None
+        if isinstance(node, ast.expr)
+        and role_reference(node) is not None
         and not (isinstance(node, ast.Name) and _is_part_of_subscript(node, tree))
         and not (isinstance(node, ast.Name) and node.id in TESTS)
     }

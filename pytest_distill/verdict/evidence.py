@@ -19,7 +19,8 @@ ORDER: Final = ("teacher", "student", "finetuned", "judge")
 
 
 def parse_label(label: str) -> tuple[str, str | None]:
-    """``finetuned[meetings]`` -> (``finetuned``, ``meetings``); ``teacher`` -> (``teacher``, None)."""
+    """``finetuned[meetings]`` -> (``finetuned``, ``meetings``); ``teacher`` -> (``teacher``,
+    None)."""
     if label.endswith("]") and "[" in label:
         role, suite = label[:-1].split("[", 1)
         return role, suite
@@ -74,11 +75,8 @@ class Evidence:
             left = {(r.suite, r.case_id): r.score for r in self.select(a)}
             right = {(r.suite, r.case_id): r.score for r in self.select(b)}
             shared = sorted(left.keys() & right.keys())
-            self._pairs[(a, b)] = (
-                compare(a, b, [left[k] for k in shared], [right[k] for k in shared], self.confidence)
-                if shared
-                else None
-            )
+            scores = [left[k] for k in shared], [right[k] for k in shared]
+            self._pairs[(a, b)] = compare(a, b, *scores, self.confidence) if shared else None
         return self._pairs[(a, b)]
 
     def pairs(self, gate: Gate | None = None) -> list[Pair]:
@@ -88,8 +86,8 @@ class Evidence:
         roles = [r for r in self.roles() if r != "judge"]
         scopes = [""] + ([f"[{s}]" for s in self.suites()] if len(self.suites()) > 1 else [])
         for scope in scopes:
-            for i, a in enumerate(roles):
-                for b in roles[:i][::-1]:
+            for i, a in reversed(list(enumerate(roles))):
+                for b in roles[:i]:
                     wanted[(a + scope, b + scope)] = None
         return [p for a, b in wanted if (p := self.pair(a, b)) is not None]
 
@@ -170,6 +168,6 @@ def _pair_json(pair: Pair) -> dict[str, Any]:
         "better": pair.better,
         "worse": pair.worse,
         "binary": pair.binary,
-        "exact_p": num(pair.exact_p),
+        "exact_p": pair.exact_p,  # unrounded: a p-value can be small
         "bootstrap": [num(v) for v in pair.bootstrap] if pair.bootstrap else None,
     }

@@ -154,7 +154,7 @@ class Gate:
         found: dict[tuple[str, str], None] = {}
         for clause in self._clauses:
             for node in ast.walk(clause):
-                sides = clauses.difference(node)
+                sides = clauses.difference(node) if isinstance(node, ast.expr) else None
                 if sides is not None:
                     found[(clauses.label(sides[0]), clauses.label(sides[1]))] = None
         for test in self.tests():

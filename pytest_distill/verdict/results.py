@@ -46,7 +46,9 @@ class Attempt:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:
         call = CallRecord.from_json(data["call"]) if data.get("call") else None
-        return cls(data["passed"], data["score"], call, tuple(GradeRecord(**g) for g in data["grades"]))
+        return cls(
+            data["passed"], data["score"], call, tuple(GradeRecord(**g) for g in data["grades"])
+        )
 
 
 @dataclass(frozen=True, slots=True)

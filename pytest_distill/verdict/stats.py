@@ -53,15 +53,21 @@ class Pair:
         """``finetuned - teacher: +0.100  95% CI [+0.031, +0.169]  n=100 paired  (12 better,
         2 worse)`` and the exact test or the bootstrap interval."""
         text = (
-            f"{self.label}: {self.mean:+.3f}  {self.confidence:.0%} CI "
-            f"[{self.low:+.3f}, {self.high:+.3f}]  n={self.n} paired  "
+            f"{self.label}: {signed(self.mean)}  {self.confidence:.0%} CI "
+            f"[{signed(self.low)}, {signed(self.high)}]  n={self.n} paired  "
             f"({self.better} better, {self.worse} worse)"
         )
         if self.exact_p is not None:
             text += f"  exact p={self.exact_p:.3g}"
         if self.bootstrap is not None:
-            text += f"  bootstrap [{self.bootstrap[0]:+.3f}, {self.bootstrap[1]:+.3f}]"
+            text += f"  bootstrap [{signed(self.bootstrap[0])}, {signed(self.bootstrap[1])}]"
         return text
+
+
+def signed(value: float) -> str:
+    """``+0.031``; a value that rounds to zero is ``+0.000``, never ``-0.000``."""
+    text = f"{value:+.3f}"
+    return "+0.000" if text == "-0.000" else text
 
 
 def compare(
@@ -154,9 +160,14 @@ class Power:
     def line(self) -> str:
         p = self.pair
         drop = self.drop_failed_80
-        change = f"a true drop of {drop:.3f} or more" if drop >= 0 else f"even a true gain of {-drop:.3f}"
+        change = (
+            f"a true drop of {drop:.3f} or more"
+            if drop >= 0
+            else f"even a true gain of {-drop:.3f}"
+        )
+        clause = f"noninferior({p.a}, {p.b}, margin={self.margin:g})"
         text = (
-            f"power: sd(d)={p.sd:.3f}, n={p.n}: {change} fails noninferior({p.a}, {p.b}, margin={self.margin:g}) {POWER:.0%} of the "
+            f"power: sd(d)={p.sd:.3f}, n={p.n}: {change} fails {clause} {POWER:.0%} of the "
             f"time; a model as good as {p.b} passes {self.pass_if_equal:.0%} of the time"
         )
         if self.cases_needed is not None:
