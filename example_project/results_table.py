@@ -3,6 +3,9 @@
     pytest --distill --distill-record-mode=all --distill-report=report.json 2>&1 | tee run.log
     python results_table.py report.json --log run.log --update README.md --update ../README.md
 
+With ``--replay`` (a report of ``pytest --distill --distill-record-mode=none``) the latency
+column is left out: a replay measures none, and its scores are the recorded run's.
+
 Prints the Markdown table (one row per role, holdout cases only: the cases the gate judges),
 or with ``--update`` (once per file) replaces the part of each file between the
 ``results:start`` and ``results:end`` markers. ``--log`` adds the session's wall time from
@@ -48,7 +51,7 @@ def versus_teacher(report: Mapping[str, Any], role: str) -> str:
     return "-"
 
 
-def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
+def role_row(report: Mapping[str, Any], role: str, suites: list[str], replay: bool = False) -> str:
     scores = report["scores"][role]["holdout"]
     cases = scores["cases"]
     per_suite = []
@@ -64,8 +67,9 @@ def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
         pct(scores["passed"], cases),
         *per_suite,
         f"{scores['prompt_tokens'] / cases:.0f}" if cases else "-",
-        f"{latency * 1000:.0f} ms" if latency is not None else "-",
     ]
+    if not replay:
+        cells.append(f"{latency * 1000:.0f} ms" if latency is not None else "-")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -87,7 +91,9 @@ def wall_time(log: Path) -> str | None:
     return f"{float(seconds):.0f} s" + (f" ({clock})" if clock else "")
 
 
-def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
+def table(
+    report: Mapping[str, Any], log: Path | None = None, *, replay: bool = False
+) -> Iterator[str]:
     if report.get("schema") != SCHEMA:
         raise SystemExit(f"not a {SCHEMA} report (schema {report.get('schema')!r})")
     report = {**report, "items_model": models_by_role(report)}
@@ -101,11 +107,11 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
         "passed",
         *suites,
         "prompt tokens / call",
-        "latency p50",
+        *(() if replay else ("latency p50",)),
     ]
     yield "| " + " | ".join(columns) + " |"
     yield "|" + "---|" * (len(columns))
-    yield from (role_row(report, role, suites) for role in roles)
+    yield from (role_row(report, role, suites, replay) for role in roles)
     yield ""
     gate = report.get("gate")
     if gate:
@@ -114,6 +120,12 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
         yield ""
         yield from (f"- `{c['explanation']}`" for c in gate["clauses"])
         yield ""
+    if replay:
+        yield (
+            f"Replayed from the recording in `cassettes/` on {report['created']}: the recorded "
+            "run's answers, hence its scores and tokens; a replay measures no latency."
+        )
+        return
     run = f"Measured by a run on {report['created']}"
     wall = wall_time(log) if log else None
     yield run + (f"; `pytest --distill` took {wall} in all." if wall else ".")
@@ -138,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update", type=Path, action="append", metavar="MARKDOWN", help="rewrite its marked part"
     )
+    parser.add_argument("--replay", action="store_true", help="the report is of a replay")
     args = parser.parse_args(argv)
-    lines = list(table(json.loads(args.report.read_text(encoding="utf-8")), args.log))
+    report = json.loads(args.report.read_text(encoding="utf-8"))
+    lines = list(table(report, args.log, replay=args.replay))
     for markdown in args.update or ():
         update(markdown, lines)
     if not args.update:

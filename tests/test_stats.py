@@ -44,8 +44,9 @@ def test_interval_se_and_correlation_match_scipy(make, confidence):
     assert pair.mean == pytest.approx(d.mean())
     assert pair.se == pytest.approx(sp.sem(d))
     assert (pair.low, pair.high) == pytest.approx((low, high))
-    one_sided = sp.ttest_rel(a, b, alternative="greater").confidence_interval(confidence)
-    assert pair.lower_bound == pytest.approx(one_sided.low)
+    if make is graded_pair:  # binary pairs use the score bound: the next test
+        one_sided = sp.ttest_rel(a, b, alternative="greater").confidence_interval(confidence)
+        assert pair.lower_bound == pytest.approx(one_sided.low)
     assert pair.correlation == pytest.approx(sp.pearsonr(a, b).statistic)
     assert pair.better == int((d > 0).sum()) and pair.worse == int((d < 0).sum())
 
@@ -59,6 +60,36 @@ def test_binary_scores_get_mcnemars_exact_test():
     # McNemar's exact test is the binomial test on the discordant cases: check the counts
     assert pair.better == sum(x == 1 and y == 0 for x, y in zip(a, b, strict=True))
     assert pair.worse == sum(x == 0 and y == 1 for x, y in zip(a, b, strict=True))
+
+
+def tango_z(better: int, worse: int, n: int, delta: float) -> float:
+    """The score statistic, with p01's restricted estimate found by maximising the likelihood
+    numerically (not by the closed form the module uses)."""
+    from scipy import optimize
+
+    same = n - better - worse
+
+    def minus_loglik(p01: float) -> float:
+        p10 = p01 + delta
+        return -(better * np.log(p10) + worse * np.log(p01) + same * np.log(1 - p10 - p01))
+
+    low, high = max(0.0, -delta) + 1e-12, (1 - delta) / 2 - 1e-12
+    p01 = optimize.minimize_scalar(
+        minus_loglik, bounds=(low, high), method="bounded", options={"xatol": 1e-12}
+    ).x
+    return ((better - worse) / n - delta) / math.sqrt((2 * p01 + delta * (1 - delta)) / n)
+
+
+@pytest.mark.parametrize("seed", [2, 6, 9])
+def test_binary_lower_bound_is_tangos_score_bound(seed):
+    a, b = binary_pair(80, seed)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    # at the bound the score test sits exactly at its critical value, and above it rejects
+    assert tango_z(pair.better, pair.worse, 80, pair.lower_bound) == pytest.approx(
+        sp.norm.ppf(0.95), abs=1e-4
+    )
+    assert tango_z(pair.better, pair.worse, 80, pair.lower_bound - 0.01) > sp.norm.ppf(0.95)
+    assert pair.lower_bound < pair.mean
 
 
 def test_graded_scores_get_a_seeded_paired_bootstrap_close_to_scipys():

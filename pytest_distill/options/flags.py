@@ -61,7 +61,7 @@ def addoption(parser: pytest.Parser) -> None:
         "--distill-report",
         default=None,
         metavar="PATH",
-        help="write the JSON report (schema pytest-distill/report/1) to PATH (ini distill_report).",
+        help="write the JSON report (schema pytest-distill/report/2) to PATH (ini distill_report).",
     )
     group.addoption(
         "--distill-gate",
