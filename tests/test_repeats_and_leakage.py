@@ -54,10 +54,14 @@ def _report(pytester: pytest.Pytester) -> dict[str, Any]:
     return json.loads((pytester.path / "report.json").read_text())
 
 
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_repeats_give_pass_k_and_pass_at_k_on_an_endpoint_right_two_times_in_three(
-    flaky_project: pytest.Pytester, flaky: ScriptedServer
+    flaky_project: pytest.Pytester, flaky: ScriptedServer, xdist: list[str]
 ) -> None:
+    if xdist:
+        pytest.importorskip("xdist")
     result = flaky_project.runpytest(
+        *xdist,
         "--distill-repeats=3",
         "--distill-report=report.json",
         "--distill-gate",
@@ -82,7 +86,8 @@ def test_repeats_give_pass_k_and_pass_at_k_on_an_endpoint_right_two_times_in_thr
     }
     assert all(i["score"] == pytest.approx(2 / 3) and i["passed"] is False for i in items)
     assert [len(i["attempts"]) for i in items] == [3] * 5
-    assert [a["passed"] for a in items[0]["attempts"]] == [True, True, False]
+    # each question's three askings: right, right, wrong (whichever worker asked them)
+    assert all([a["passed"] for a in i["attempts"]] == [True, True, False] for i in items)
     assert report["paired"]["repeats"] == 3
 
 
@@ -236,3 +241,25 @@ def test_after_renaming_the_eval_file_the_gate_leaves_out_the_cases_the_model_tr
     )
     [pair] = [p for p in report["paired"]["pairs"] if (p["a"], p["b"]) == ("finetuned", "teacher")]
     assert pair["n"] == len(held_out - leaked)
+
+
+def test_training_takes_every_passing_repeat_of_a_teacher_case_once() -> None:
+    from pytest_distill.roles import CallRecord
+    from pytest_distill.training.dataset import select
+    from pytest_distill.verdict.results import Attempt, ItemResult
+
+    def call(reply: str) -> CallRecord:
+        prompt = ({"role": "user", "content": "Capital of France?"},)
+        return CallRecord("teacher", "big", prompt, {}, reply, None, 3, 1, 0.1)
+
+    replies = [("Paris", True), ("Paris.", True), ("Lyon", False), ("Paris", True)]
+    attempts = tuple(Attempt(ok, float(ok), call(reply)) for reply, ok in replies)
+    result = ItemResult(
+        "c.eval.yaml::fr[teacher]", "c", "fr", "teacher", "train", False, 0.75,
+        call=attempts[0].call, attempts=attempts, case_sha256="abc",
+    )  # fmt: skip
+    selection = select([result], max_tokens=1000)
+    answers = [e.record["messages"][-1]["content"] for e in selection.examples]
+    assert answers == ["Paris", "Paris."]  # the failing repeat is left out, the repeat deduplicated
+    assert selection.passing == 1 and selection.duplicates == 1
+    assert {e.case_sha256 for e in selection.examples} == {"abc"}
