@@ -63,19 +63,6 @@ def gate_split(run: Run) -> str:
     return "holdout" if run.results.has_holdout() else "all"
 
 
-def role_stats(run: Run, split: str) -> dict[str, RoleStats]:
-    results = run.results
-    stats = {}
-    for role in results.roles():
-        agg = aggregate(
-            results.select(role=role, split=None if split == "all" else split),
-            run.settings.prices,
-        )
-        if agg.n:
-            stats[role] = _stats(agg)
-    return stats
-
-
 def _stats(agg: Aggregate) -> RoleStats:
     calls = max(agg.calls, 1)
     return RoleStats(
