@@ -3,11 +3,16 @@
     pytest --distill --distill-record-mode=all --distill-report=report.json 2>&1 | tee run.log
     python results_table.py report.json --log run.log --update README.md --update ../README.md
 
+With ``--replay`` (a report of ``pytest --distill --distill-record-mode=none``) the latency
+column is left out: a replay measures none, and its scores are the recorded run's.
+
 Prints the Markdown table (one row per role, holdout cases only: the cases the gate judges),
 or with ``--update`` (once per file) replaces the part of each file between the
 ``results:start`` and ``results:end`` markers. ``--log`` adds the session's wall time from
 pytest's last line.
-Every number comes from the report (schema ``pytest-distill/report/1``); none is typed by hand.
+Every number comes from the report (schema ``pytest-distill/report/2``); none is typed by hand.
+The "vs teacher" column is each role's paired difference to the teacher on the same holdout
+cases, with its interval (the report's ``paired`` section).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROLES = ("teacher", "student", "finetuned")
-SCHEMA = "pytest-distill/report/1"
+SCHEMA = "pytest-distill/report/2"
 
 
 def holdout_items(report: Mapping[str, Any], role: str, suite: str | None = None) -> list[Any]:
@@ -37,7 +42,16 @@ def pct(passed: int, cases: int) -> str:
     return f"{passed / cases:.0%} ({passed}/{cases})" if cases else "-"
 
 
-def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
+def versus_teacher(report: Mapping[str, Any], role: str) -> str:
+    """``+0.100 [+0.031, +0.169]``: the paired difference to the teacher and its interval."""
+    paired = report.get("paired") or {}
+    for pair in paired.get("pairs", ()):
+        if (pair["a"], pair["b"]) == (role, "teacher") and pair["low"] is not None:
+            return f"{pair['mean_difference']:+.3f} [{pair['low']:+.3f}, {pair['high']:+.3f}]"
+    return "-"
+
+
+def role_row(report: Mapping[str, Any], role: str, suites: list[str], replay: bool = False) -> str:
     scores = report["scores"][role]["holdout"]
     cases = scores["cases"]
     per_suite = []
@@ -49,11 +63,13 @@ def role_row(report: Mapping[str, Any], role: str, suites: list[str]) -> str:
         f"**{role}**",
         f"`{report['items_model'][role]}`",
         f"**{scores['mean_score']:.3f}**",
+        versus_teacher(report, role),
         pct(scores["passed"], cases),
         *per_suite,
         f"{scores['prompt_tokens'] / cases:.0f}" if cases else "-",
-        f"{latency * 1000:.0f} ms" if latency is not None else "-",
     ]
+    if not replay:
+        cells.append(f"{latency * 1000:.0f} ms" if latency is not None else "-")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -75,7 +91,9 @@ def wall_time(log: Path) -> str | None:
     return f"{float(seconds):.0f} s" + (f" ({clock})" if clock else "")
 
 
-def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
+def table(
+    report: Mapping[str, Any], log: Path | None = None, *, replay: bool = False
+) -> Iterator[str]:
     if report.get("schema") != SCHEMA:
         raise SystemExit(f"not a {SCHEMA} report (schema {report.get('schema')!r})")
     report = {**report, "items_model": models_by_role(report)}
@@ -85,14 +103,15 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
         "role",
         "model",
         "holdout score",
+        f"vs teacher ({(report.get('paired') or {}).get('confidence', 0.95):.0%} CI)",
         "passed",
         *suites,
         "prompt tokens / call",
-        "latency p50",
+        *(() if replay else ("latency p50",)),
     ]
     yield "| " + " | ".join(columns) + " |"
     yield "|" + "---|" * (len(columns))
-    yield from (role_row(report, role, suites) for role in roles)
+    yield from (role_row(report, role, suites, replay) for role in roles)
     yield ""
     gate = report.get("gate")
     if gate:
@@ -101,6 +120,12 @@ def table(report: Mapping[str, Any], log: Path | None = None) -> Iterator[str]:
         yield ""
         yield from (f"- `{c['explanation']}`" for c in gate["clauses"])
         yield ""
+    if replay:
+        yield (
+            f"Replayed from the recording in `cassettes/` on {report['created']}: the recorded "
+            "run's answers, hence its scores and tokens; a replay measures no latency."
+        )
+        return
     run = f"Measured by a run on {report['created']}"
     wall = wall_time(log) if log else None
     yield run + (f"; `pytest --distill` took {wall} in all." if wall else ".")
@@ -125,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update", type=Path, action="append", metavar="MARKDOWN", help="rewrite its marked part"
     )
+    parser.add_argument("--replay", action="store_true", help="the report is of a replay")
     args = parser.parse_args(argv)
-    lines = list(table(json.loads(args.report.read_text(encoding="utf-8")), args.log))
+    report = json.loads(args.report.read_text(encoding="utf-8"))
+    lines = list(table(report, args.log, replay=args.replay))
     for markdown in args.update or ():
         update(markdown, lines)
     if not args.update:

@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
 from pytest_distill.options import Settings
-from pytest_distill.roles import LOCAL_API_KEY_ENV, CallRecord, Endpoint, RoleConfig, make_openai
+from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_openai
 
 if TYPE_CHECKING:
     import openai
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 RUNTIME_KEY = pytest.StashKey["Runtime"]()
 RETIREMENT_WINDOW_DAYS = 60
 LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
+
+T = TypeVar("T")
 
 
 class DistillWarning(pytest.PytestWarning):
@@ -43,7 +45,7 @@ class Runtime:
     _local: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
-    _futures: dict[str, Future[CallRecord]] = field(default_factory=dict)
+    _futures: dict[str, Future[Any]] = field(default_factory=dict)
     _retirement_checked: set[str] = field(default_factory=set)
 
     def role(self, name: str) -> RoleConfig:
@@ -94,7 +96,7 @@ class Runtime:
 
     # --- concurrent prefetch of data-file calls ---------------------------------------------
 
-    def prefetch(self, key: str, call: Callable[[], CallRecord]) -> None:
+    def prefetch(self, key: str, call: Callable[[], Any]) -> None:
         with self._lock:
             if key in self._futures:
                 return
@@ -104,9 +106,9 @@ class Runtime:
                 )
             self._futures[key] = self._pool.submit(call)
 
-    def call(self, key: str, call: Callable[[], CallRecord]) -> CallRecord:
+    def call(self, key: str, call: Callable[[], T]) -> T:
         self.prefetch(key, call)
-        return self._futures.pop(key).result()
+        return cast(T, self._futures.pop(key).result())
 
     # --- model retirement ---------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# numpy refuses to load twice in one process, and pytester's in-process runs forget modules
+# first imported inside them: load the gate's statistics (scipy, numpy) once, up front.
+import scipy.stats  # noqa: F401
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from scripted_server import ScriptedServer

@@ -7,7 +7,18 @@ import sys
 
 import pytest
 
-HEAVY = ("openai", "deepdiff", "vcr", "torch", "transformers", "peft", "httpx2", "jinja2")
+HEAVY = (
+    "openai",
+    "deepdiff",
+    "vcr",
+    "torch",
+    "transformers",
+    "peft",
+    "httpx2",
+    "jinja2",
+    "scipy",
+    "numpy",
+)
 
 
 def test_importing_the_plugin_loads_no_heavy_library() -> None:

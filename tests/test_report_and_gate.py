@@ -36,7 +36,7 @@ def test_summary_shows_per_role_scores_tokens_latency_and_cost(project: pytest.P
 def test_json_report_has_schema_scores_and_items(project: pytest.Pytester) -> None:
     project.makefile(".eval.yaml", capitals=SUITE)
     _, report = _report(project)
-    assert report["schema"] == "pytest-distill/report/1"
+    assert report["schema"] == "pytest-distill/report/2"
     assert report["scores"]["teacher"]["all"]["pass_rate"] == 1.0
     assert report["scores"]["student"]["all"]["passed"] == 1
     assert report["roles"]["teacher"]["model"] == "big"

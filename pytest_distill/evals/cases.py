@@ -6,6 +6,7 @@ No pytest import; ``loaders`` reads the file formats into these values.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ class EvalCase:
     messages: tuple[Message, ...] | None = None
     graders: tuple[Mapping[str, Any], ...] = DEFAULT_GRADERS
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A hash of the case's content (variables, messages, reference), not of its file or
+        id: the gate knows a training case again after its eval file was renamed."""
+        content = {"vars": self.vars, "messages": self.messages, "reference": self.reference}
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def item(self) -> dict[str, Any]:
         """The case as graders see it: its variables, ``reference`` and ``id``."""

@@ -30,7 +30,7 @@ from pytest_distill.grading.registry import (
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
 from pytest_distill.text import shorten
-from pytest_distill.verdict.results import GradeRecord, ItemResult
+from pytest_distill.verdict.results import Attempt, GradeRecord, ItemResult
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -221,20 +221,34 @@ class DistillItem(pytest.Item):
         return {k[:64]: v[:512] for k, v in tags.items()}
 
     def prefetch(self) -> None:
-        self.runtime.prefetch(self.nodeid, self._routed_call)
+        self.runtime.prefetch(self.nodeid, self._routed_calls)
 
-    def _routed_call(self) -> CallRecord:
-        return in_item_route(self.nodeid, self.model_call)
+    def _routed_calls(self) -> tuple[CallRecord, ...]:
+        """The case's calls, one per repeat, one after another: identical requests then replay
+        in the order they were recorded, each repeat its own answer."""
+        repeats = self.runtime.settings.repeats
+        return in_item_route(self.nodeid, lambda: tuple(self.model_call() for _ in range(repeats)))
+
+    def _grade(self, call: CallRecord) -> tuple[tuple[Grade, ...], Attempt]:
+        grades = tuple(
+            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
+        )
+        score, passed = combine(grades)
+        records = tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades)
+        return grades, Attempt(passed, score, call, records)
 
     def runtest(self) -> None:
         warning = self.runtime.retirement_warning(self.role)
         if warning:
             self.warn(DistillWarning(warning))
-        call = self.runtime.call(self.nodeid, self._routed_call)
-        grades = tuple(
-            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
-        )
-        score, passed = combine(grades)
+        calls = self.runtime.call(self.nodeid, self._routed_calls)
+        graded = [self._grade(call) for call in calls]
+        attempts = [attempt for _, attempt in graded]
+        score = sum(a.score for a in attempts) / len(attempts)
+        passed = all(a.passed for a in attempts)
+        grades, first = next(((g, a) for g, a in graded if not a.passed), graded[0])
+        call = first.call
+        assert call is not None
         result = ItemResult(
             nodeid=self.nodeid,
             suite=self.suite.name,
@@ -244,7 +258,9 @@ class DistillItem(pytest.Item):
             passed=passed,
             score=score,
             call=call,
-            grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
+            grades=first.grades,
+            case_sha256=self.case.fingerprint(),
+            attempts=tuple(attempts) if len(attempts) > 1 else (),
             reference=self.case.reference,
             train_messages=(
                 tuple(self.suite.messages_for(self.case, "student"))

@@ -22,6 +22,7 @@ from pytest_distill.options.settings import (
 )
 from pytest_distill.options.training import training
 from pytest_distill.options.values import (
+    checked,
     cli_or_ini,
     ini_number,
     local_models,
@@ -80,4 +81,12 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
         cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
         html_path=path(config, "html"),
         summary_cases=bool(config.getini("distill_summary_cases")),
+        repeats=number(config, "repeats", int, low=1, high=100),
+        confidence=checked(
+            str(config.getini("distill_confidence")).strip(),
+            float,
+            0.5,
+            0.999,
+            "ini distill_confidence",
+        ),
     )

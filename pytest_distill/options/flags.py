@@ -61,7 +61,7 @@ def addoption(parser: pytest.Parser) -> None:
         "--distill-report",
         default=None,
         metavar="PATH",
-        help="write the JSON report (schema pytest-distill/report/1) to PATH (ini distill_report).",
+        help="write the JSON report (schema pytest-distill/report/2) to PATH (ini distill_report).",
     )
     group.addoption(
         "--distill-html",
@@ -84,6 +84,14 @@ def addoption(parser: pytest.Parser) -> None:
         "(default 0.2; ini distill_holdout).",
     )
     group.addoption(
+        "--distill-repeats",
+        default=None,
+        metavar="N",
+        help="run each case N times per role (one item records the N outcomes); the case's "
+        "score is their mean, and pass_k / pass_at_k join the gate's attributes "
+        "(default 1; ini distill_repeats).",
+    )
+    group.addoption(
         "--distill-record-mode",
         default=None,
         choices=RECORD_MODES,
@@ -104,6 +112,12 @@ def addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("distill_gate", "deploy gate expression over role scores", default="")
     parser.addini("distill_holdout", "share of cases held out from training", default="0.2")
+    parser.addini("distill_repeats", "times each case runs per role", default="1")
+    parser.addini(
+        "distill_confidence",
+        "confidence of the gate's intervals and non-inferiority bounds",
+        default="0.95",
+    )
     parser.addini(
         "distill_patterns", "glob patterns of eval files", type="args", default=DEFAULT_PATTERNS
     )

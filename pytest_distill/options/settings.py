@@ -55,3 +55,5 @@ class Settings:
     cassette_dir: Path = Path("cassettes")
     html_path: Path | None = None
     summary_cases: bool = False  # the CI job summary lists prompts and replies
+    repeats: int = 1  # times each case runs per role
+    confidence: float = 0.95  # of the gate's intervals and one-sided bounds

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_distill.atomic import write_atomic
+from pytest_distill.roles import CallRecord
 from pytest_distill.training.rules import MIN_EXAMPLES, parse_training_file
 from pytest_distill.verdict.results import ItemResult
 
@@ -31,6 +32,7 @@ class Example:
     completion_id: str | None
     stored: bool
     record: dict[str, Any]  # the chat fine-tune line: {"messages": [...]}
+    case_sha256: str = ""  # the case's content, so the gate knows it again (verdict/leakage)
 
     def line(self) -> str:
         return json.dumps(self.record, ensure_ascii=False, sort_keys=True)
@@ -64,16 +66,18 @@ def select(
 ) -> Selection:
     """Candidates: passing teacher calls on the train split, in the student's prompt."""
     teacher = [r for r in results if r.role == "teacher" and r.split == "train"]
-    passing = [r for r in teacher if r.passed and r.call is not None]
+    passing = [r for r in teacher if _passing_calls(r)]
     seen: set[str] = set()
     examples: list[Example] = []
     duplicates = too_long = dropped = 0
-    for result in sorted(passing, key=lambda r: (r.suite, r.case_id, r.nodeid)):
-        assert result.call is not None
-        prompt = result.train_messages or result.call.messages
-        record = {
-            "messages": [*map(dict, prompt), {"role": "assistant", "content": result.call.reply}]
-        }
+    answers = [
+        (result, call)
+        for result in sorted(passing, key=lambda r: (r.suite, r.case_id, r.nodeid))
+        for call in _passing_calls(result)
+    ]
+    for result, call in answers:
+        prompt = result.train_messages or call.messages
+        record = {"messages": [*map(dict, prompt), {"role": "assistant", "content": call.reply}]}
         case = f"{result.suite}::{result.case_id}"
         if keep is not None:
             verdict = keep(record, case)
@@ -82,7 +86,7 @@ def select(
                 continue
             if isinstance(verdict, dict):
                 record = verdict
-        example = Example(case, result.call.completion_id, result.call.stored, record)
+        example = Example(case, call.completion_id, call.stored, record, result.case_sha256)
         if example.line() in seen:
             duplicates += 1
             continue
@@ -92,6 +96,13 @@ def select(
         seen.add(example.line())
         examples.append(example)
     return Selection(tuple(examples), len(teacher), len(passing), duplicates, too_long, dropped)
+
+
+def _passing_calls(result: ItemResult) -> list[CallRecord]:
+    """A case's passing answers: each passing repeat's, or the one call of a passing case."""
+    if result.attempts:
+        return [a.call for a in result.attempts if a.passed and a.call is not None]
+    return [result.call] if result.passed and result.call is not None else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,7 @@ def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
             {
                 "line": number,
                 "case": example.case,
+                "case_sha256": example.case_sha256 or None,
                 "completion_id": example.completion_id,
                 "stored_completion_id": example.completion_id if example.stored else None,
             }

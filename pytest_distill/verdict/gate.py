@@ -4,7 +4,9 @@
 checked against a small grammar (never ``eval``): role names (a bare role means its mean
 ``score``), ``role.attribute``, numbers, ``+ - * /``, unary ``-``, comparisons (chained too),
 ``and``, ``or``, ``not`` and parentheses. Each operand of a top-level ``and`` is a clause,
-evaluated and explained on its own; the gate passes when every clause does.
+evaluated and explained on its own; the gate passes when every clause does. The statistical
+part of the grammar (``finetuned[suite]``, ``(finetuned - teacher).low``, ``noninferior(...)``,
+``superior(...)``) lives in :mod:`pytest_distill.verdict.clauses`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Final, Literal, get_args
 
 import pytest
 
+from pytest_distill.verdict import clauses
+
 GATE_FAILED_EXIT_CODE: Final = 6  # pytest's own exit codes are 0-5
 DISTILL_FAILED_EXIT_CODE: Final = 7  # --distill could not train or evaluate the student
 RoleName = Literal["teacher", "student", "finetuned", "judge"]
@@ -31,11 +35,14 @@ Attribute = Literal[
     "latency_p50",
     "latency_p95",
     "cost",
+    "pass_k",
+    "pass_at_k",
 ]
 ROLES: Final[tuple[str, ...]] = get_args(RoleName)
 ATTRIBUTES: Final[tuple[str, ...]] = get_args(Attribute)
 _ALLOWED = (
-    f"role names ({', '.join(ROLES)}), role.attribute ({', '.join(ATTRIBUTES)}), numbers, "
+    f"role names ({', '.join(ROLES)}), role.attribute ({', '.join(ATTRIBUTES)}), role[suite], "
+    "(role - role).low/.high, noninferior(a, b, margin=m), superior(a, b, margin=m), numbers, "
     "+ - * /, comparisons, and/or/not, parentheses"
 )
 _ARITHMETIC: Final[dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any], int]]] = {
@@ -64,6 +71,8 @@ class RoleStats:
     latency_p50: float  # seconds
     latency_p95: float  # seconds
     cost: float | None = None  # None: no price known for the model
+    pass_k: float | None = None  # share of cases whose every repeat passed (pass^k)
+    pass_at_k: float | None = None  # share of cases with at least one passing repeat
 
 
 class GateSyntaxError(ValueError):
@@ -101,16 +110,20 @@ class Gate:
 
     @classmethod
     def parse(cls, expression: str) -> Gate:
-        expression = expression.strip()  # ast columns then match what the messages show
+        # One line (an ini value may continue over several); ast columns then match the text
+        expression = " ".join(expression.split())
         tree = _parse(expression)
         _check_condition(tree, expression)
         nodes = (
             tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
         )
-        roles = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-        return cls(expression, frozenset(roles), tuple(nodes))
+        return cls(expression, frozenset(clauses.used_labels(tree)), tuple(nodes))
 
-    def evaluate(self, stats: Mapping[str, RoleStats]) -> GateResult:
+    def evaluate(
+        self, stats: Mapping[str, RoleStats], pairs: clauses.Pairs | None = None
+    ) -> GateResult:
+        """``stats`` by label (``finetuned``, ``finetuned[suite]``); ``pairs`` gives the paired
+        comparison of two labels on the cases both ran."""
         missing = tuple(sorted(r for r in self.roles if r not in stats or stats[r].n == 0))
         if missing:
             reason = f"gate not evaluated: no results for {', '.join(missing)}"
@@ -119,22 +132,55 @@ class Gate:
         if unpriced:
             reason = f"gate not evaluated: no cost known for {', '.join(unpriced)} (no price set)"
             return GateResult(self.expression, None, (), (), reason)
-        clauses = tuple(_clause(node, self.expression, stats) for node in self._clauses)
-        failed = next((clause for clause in clauses if not clause.passed), None)
+        facts = _Facts(stats, pairs or clauses.pairs_from({}))
+        results = tuple(_clause(node, self.expression, facts) for node in self._clauses)
+        failed = next((clause for clause in results if not clause.passed), None)
         reason = (
             f"gate failed: {failed.explanation}" if failed else f"gate passed: {self.expression}"
         )
-        return GateResult(self.expression, failed is None, clauses, (), reason)
+        return GateResult(self.expression, failed is None, results, (), reason)
+
+    def tests(self) -> tuple[clauses.Test, ...]:
+        """The ``noninferior`` / ``superior`` clauses, for the summary's power line."""
+        return tuple(
+            clauses.parse_test(node, lambda *_: ValueError())
+            for clause in self._clauses
+            for node in ast.walk(clause)
+            if isinstance(node, ast.Call)
+        )
+
+    def differences(self) -> tuple[tuple[str, str], ...]:
+        """Every paired comparison the gate reads, in the order it names them."""
+        found: dict[tuple[str, str], None] = {}
+        for clause in self._clauses:
+            for node in ast.walk(clause):
+                sides = clauses.difference(node) if isinstance(node, ast.expr) else None
+                if sides is not None:
+                    found[(clauses.label(sides[0]), clauses.label(sides[1]))] = None
+        for test in self.tests():
+            found[(test.a, test.b)] = None
+        return tuple(found)
 
     def _uses(self, attribute: str) -> set[str]:
         return {
-            node.value.id
+            clauses.label(node.value)
             for clause in self._clauses
             for node in ast.walk(clause)
             if isinstance(node, ast.Attribute)
             and node.attr == attribute
-            and isinstance(node.value, ast.Name)
+            and clauses.role_reference(node.value) is not None
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What clauses read: role figures by label, and paired comparisons."""
+
+    stats: Mapping[str, RoleStats]
+    pairs: clauses.Pairs
+
+    def __getitem__(self, label: str) -> RoleStats:
+        return self.stats[label]
 
 
 def _parse(expression: str) -> ast.expr:
@@ -160,6 +206,11 @@ def _check_condition(node: ast.expr, expression: str) -> None:
             _check_condition(value, expression)
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
         _check_condition(node.operand, expression)
+    elif isinstance(node, ast.Call):
+        for side in node.args:
+            if clauses.role_reference(side) is not None:
+                _check_role(side, expression)  # type: ignore[arg-type]
+        clauses.parse_test(node, lambda n, p, f: _fail(n, expression, p, f))
     elif isinstance(node, ast.Compare):
         for op in node.ops:
             if type(op) not in _COMPARISONS:
@@ -181,7 +232,10 @@ def _check_condition(node: ast.expr, expression: str) -> None:
 def _check_number(node: ast.expr, expression: str) -> None:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return
-    if isinstance(node, ast.Name | ast.Attribute):
+    if clauses.difference(node) is not None:
+        assert isinstance(node, ast.Attribute)
+        _check_difference(node, expression)
+    elif isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
         _check_role(node, expression)
     elif isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
         _check_number(node.left, expression)
@@ -208,8 +262,23 @@ def _describe(node: ast.expr) -> str:
     return {ast.Call: "a function call", ast.Subscript: "indexing"}.get(type(node), "this")
 
 
-def _check_role(node: ast.Name | ast.Attribute, expression: str) -> None:
-    name = node if isinstance(node, ast.Name) else node.value
+def _check_difference(node: ast.Attribute, expression: str) -> None:
+    sides = clauses.difference(node)
+    assert sides is not None
+    for side in sides:
+        _check_role(side, expression)  # type: ignore[arg-type]
+    if node.attr not in clauses.DIFFERENCE_ATTRIBUTES:
+        allowed = ", ".join(clauses.DIFFERENCE_ATTRIBUTES)
+        raise _fail(node, expression, f"unknown attribute {node.attr!r}", f"use one of {allowed}")
+
+
+def _check_role(node: ast.Name | ast.Attribute | ast.Subscript, expression: str) -> None:
+    target = node.value if isinstance(node, ast.Attribute) else node
+    reference = clauses.role_reference(target)
+    if reference is None and isinstance(target, ast.Subscript):
+        fix = "write the suite as a name or a string: finetuned[meetings], finetuned['due-dates']"
+        raise _fail(target, expression, "a role's suite is a name", fix)
+    name = reference[0] if reference is not None else target
     if not isinstance(name, ast.Name) or name.id not in ROLES:
         text = ast.get_source_segment(expression, name) or "?"
         close = difflib.get_close_matches(text, ROLES, n=1)
@@ -221,22 +290,35 @@ def _check_role(node: ast.Name | ast.Attribute, expression: str) -> None:
         raise _fail(node, expression, f"unknown attribute {node.attr!r}", fix)
 
 
-def _clause(node: ast.expr, expression: str, stats: Mapping[str, RoleStats]) -> ClauseResult:
+def _clause(node: ast.expr, expression: str, stats: _Facts) -> ClauseResult:
     text = ast.get_source_segment(expression, node) or ast.unparse(node)
+    if isinstance(node, ast.Call):
+        test = clauses.parse_test(node, lambda *_: ValueError())
+        return ClauseResult(text, *clauses.evaluate(test, stats.pairs))
     try:
         passed = bool(_value(node, stats))
     except ZeroDivisionError:
         return ClauseResult(text, False, f"{text}: divides by zero -> False")
+    except LookupError as exc:  # a difference with no paired cases, an unmeasured figure
+        return ClauseResult(text, False, f"{text}: {exc} -> False")
     return ClauseResult(text, passed, f"{text}: {_render(node, stats)} -> {passed}")
 
 
-def _value(node: ast.expr, stats: Mapping[str, RoleStats]) -> Any:
+def _value(node: ast.expr, stats: _Facts) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
-    if isinstance(node, ast.Name):
-        return stats[node.id].score
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        return getattr(stats[node.value.id], node.attr)
+    if isinstance(node, ast.Call):
+        return clauses.evaluate(clauses.parse_test(node, lambda *_: ValueError()), stats.pairs)[0]
+    if clauses.difference(node) is not None:
+        assert isinstance(node, ast.Attribute)
+        return clauses.difference_value(node, stats.pairs)
+    if isinstance(node, ast.Name | ast.Subscript):
+        return stats[clauses.label(node)].score
+    if isinstance(node, ast.Attribute):
+        value = getattr(stats[clauses.label(node.value)], node.attr)
+        if value is None:
+            raise LookupError(f"{clauses.label(node.value)}.{node.attr} was not measured")
+        return value
     if isinstance(node, ast.BinOp):
         return _ARITHMETIC[type(node.op)][1](_value(node.left, stats), _value(node.right, stats))
     if isinstance(node, ast.UnaryOp):
@@ -255,11 +337,16 @@ def _value(node: ast.expr, stats: Mapping[str, RoleStats]) -> Any:
     return all(op(a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
 
 
-def _render(node: ast.expr, stats: Mapping[str, RoleStats], parent: int = 0) -> str:
+def _render(node: ast.expr, stats: _Facts, parent: int = 0) -> str:
     """The expression with each role replaced by its number, e.g. ``0.620 >= 0.95 * 0.800``."""
     if isinstance(node, ast.Constant):
         return repr(node.value)
-    if isinstance(node, ast.Name | ast.Attribute):
+    if isinstance(node, ast.Call):
+        return ast.unparse(node)
+    if clauses.difference(node) is not None:
+        assert isinstance(node, ast.Attribute)
+        return clauses.render_difference(node, stats.pairs)
+    if isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
         return _fmt(_value(node, stats))
     if isinstance(node, ast.BinOp):
         symbol, _, precedence = _ARITHMETIC[type(node.op)]
@@ -285,7 +372,7 @@ def _render(node: ast.expr, stats: Mapping[str, RoleStats], parent: int = 0) -> 
     return " ".join(parts)
 
 
-def _side(node: ast.expr, stats: Mapping[str, RoleStats]) -> str:
+def _side(node: ast.expr, stats: _Facts) -> str:
     text = _render(node, stats)
     if isinstance(node, ast.BinOp | ast.UnaryOp):
         text += f" = {_fmt(_value(node, stats))}"

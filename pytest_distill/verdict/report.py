@@ -1,6 +1,6 @@
 """The terminal summary, the JSON report and the gate verdict at the end of a session.
 
-The JSON report's schema is ``pytest-distill/report/1``, documented in ``docs/report.md``.
+The JSON report's schema is ``pytest-distill/report/2``, documented in ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
+from pytest_distill.verdict import evidence as paired
 from pytest_distill.verdict import job_summary
 from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
@@ -30,7 +31,7 @@ from pytest_distill.verdict.gate import (
 from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggregate, group_by_suite
 from pytest_distill.verdict.scrub import scrub
 
-SCHEMA = "pytest-distill/report/1"
+SCHEMA = "pytest-distill/report/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Outcome:
     gate: GateResult | None
     gate_split: str
     report_path: Path | None
+    evidence: paired.Evidence | None = None  # the gate's cases, pairs and exclusions
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +67,6 @@ def gate_split(run: Run) -> str:
     return "holdout" if run.results.has_holdout() else "all"
 
 
-def role_stats(run: Run, split: str) -> dict[str, RoleStats]:
-    results = run.results
-    stats = {}
-    for role in results.roles():
-        agg = aggregate(
-            results.select(role=role, split=None if split == "all" else split),
-            run.settings.prices,
-        )
-        if agg.n:
-            stats[role] = _stats(agg)
-    return stats
-
-
 def _stats(agg: Aggregate) -> RoleStats:
     calls = max(agg.calls, 1)
     return RoleStats(
@@ -89,14 +78,19 @@ def _stats(agg: Aggregate) -> RoleStats:
         latency_p50=percentile(agg.latencies, 50) if agg.latencies else 0.0,
         latency_p95=percentile(agg.latencies, 95) if agg.latencies else 0.0,
         cost=agg.cost,
+        pass_k=agg.pass_k,
+        pass_at_k=agg.pass_at_k,
     )
 
 
 def finish(run: Run) -> Outcome:
     settings = run.settings
     split = gate_split(run)
-    result = Gate.parse(settings.gate).evaluate(role_stats(run, split)) if settings.gate else None
-    outcome = Outcome(gate=result, gate_split=split, report_path=settings.report_path)
+    found = gather(run, split)
+    gate = Gate.parse(settings.gate) if settings.gate else None
+    stats = found.role_stats(lambda items: _stats(aggregate(items, settings.prices)))
+    result = gate.evaluate(stats, found.pair) if gate else None
+    outcome = Outcome(result, split, settings.report_path, found)
     # Only a run with eval items summarises: `pytest -k other` in a gated project stays quiet.
     summary_path = job_summary.target() if run.results.items else None
     if settings.report_path is None and settings.html_path is None and summary_path is None:
@@ -119,6 +113,18 @@ def secrets(settings: Settings) -> list[str]:
         c.api_key_env for c in settings.role_configs.values() if c.api_key_env
     }
     return [os.environ[name] for name in sorted(names) if os.environ.get(name)]
+
+
+def gather(run: Run, split: str) -> paired.Evidence:
+    """The gate's split, less the cases a fine-tuned model trained on (verdict/leakage.py)."""
+    settings = run.settings
+    return paired.Evidence.gather(
+        run.results.select(split=None if split == "all" else split),
+        confidence=settings.confidence,
+        rootpath=settings.rootpath,
+        finetuned_model=getattr(settings.role_configs.get("finetuned"), "model", None),
+        repeats=settings.repeats,
+    )
 
 
 def exit_status(
@@ -156,6 +162,7 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
         },
         "holdout": run.settings.holdout,
         "gate": _gate_json(outcome),
+        "paired": paired.to_json(outcome.evidence, _gate(run)) if outcome.evidence else None,
         "scores": {
             role: {
                 split: _agg_json(aggregate(results.select(role=role, split=sel), prices))
@@ -174,6 +181,10 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
         "training": dict(run.training) if run.training is not None else None,
         "distill_error": run.distill_error,
     }
+
+
+def _gate(run: Run) -> Gate | None:
+    return Gate.parse(run.settings.gate) if run.settings.gate else None
 
 
 def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
@@ -228,6 +239,7 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "prompt_tokens": call.prompt_tokens if call else 0,
         "completion_tokens": call.completion_tokens if call else 0,
         "latency_s": round(call.latency_s, 4) if call else None,
+        "attempts": [paired.attempt_json(a) for a in result.attempts],
     }
 
 
@@ -260,7 +272,11 @@ def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome) -> None:
             if any(r.role == role for r in items)
         ]
         _table(tr, "by suite", rows)
-    _gate_lines(tr, outcome)
+    if outcome.evidence is not None:
+        for line in paired.summary_lines(outcome.evidence, _gate(run)):
+            tr.write_line(line)
+    power = paired.power_lines(outcome.evidence, _gate(run)) if outcome.evidence else []
+    _gate_lines(tr, outcome, power)
     if run.distill_error:
         tr.write_line(f"{run.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
 
@@ -290,12 +306,14 @@ def _table(tr: pytest.TerminalReporter, title: str, rows: Sequence[Sequence[str]
         tr.write_line("  " + "  ".join(cells))
 
 
-def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome) -> None:
+def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome, power: Sequence[str] = ()) -> None:
     gate = outcome.gate
     if gate is None:
         return
     for clause in gate.clauses:
         tr.write_line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
+    for line in power if gate.passed is not None else ():
+        tr.write_line(line)  # what the holdout can detect, under the clauses it is about
     if gate.passed is None:
         tr.write_line(f"gate not evaluated: {gate.reason}", yellow=True)
     elif gate.passed:

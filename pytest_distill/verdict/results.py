@@ -30,6 +30,28 @@ class GradeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One of a case's repeats (``--distill-repeats``): its own call and grades."""
+
+    passed: bool
+    score: float
+    call: CallRecord | None = None
+    grades: tuple[GradeRecord, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["call"] = self.call.to_json() if self.call else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        call = CallRecord.from_json(data["call"]) if data.get("call") else None
+        return cls(
+            data["passed"], data["score"], call, tuple(GradeRecord(**g) for g in data["grades"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ItemResult:
     nodeid: str
     suite: str
@@ -43,6 +65,19 @@ class ItemResult:
     calls: int = 1
     train_messages: tuple[dict[str, Any], ...] | None = None  # the student's prompt, if known
     reference: Any = None  # the case's reference answer, if it has one
+    case_sha256: str = ""  # the case's content (EvalCase.fingerprint), "" when unknown
+    # With --distill-repeats N > 1: every repeat; ``score`` is their mean, ``passed`` all of
+    # them passing, ``call`` and ``grades`` the first one's.
+    attempts: tuple[Attempt, ...] = ()
+
+    @property
+    def outcomes(self) -> tuple[bool, ...]:
+        return tuple(a.passed for a in self.attempts) or (self.passed,)
+
+    @property
+    def all_calls(self) -> tuple[CallRecord, ...]:
+        calls = tuple(a.call for a in self.attempts if a.call is not None)
+        return calls or ((self.call,) if self.call is not None else ())
 
     @property
     def graded_failure(self) -> bool:
@@ -62,6 +97,7 @@ class ItemResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["call"] = self.call.to_json() if self.call else None
+        data["attempts"] = [a.to_json() for a in self.attempts]
         return data
 
     @classmethod
@@ -75,6 +111,7 @@ class ItemResult:
                 "call": call,
                 "grades": grades,
                 "train_messages": tuple(train) if train is not None else None,
+                "attempts": tuple(Attempt.from_json(a) for a in data.get("attempts", ())),
             }
         )
 
@@ -102,10 +139,23 @@ class Aggregate:
     calls: int
     latencies: tuple[float, ...]
     cost: float | None
+    passes: float = 0.0  # the cases' shares of passing repeats, summed (= passed without repeats)
+    passed_any: int = 0  # cases with at least one passing repeat
 
     @property
     def pass_rate(self) -> float:
+        """The share of runs that passed: of cases, or with repeats of case x repeat."""
+        return self.passes / self.n if self.n else 0.0
+
+    @property
+    def pass_k(self) -> float:
+        """The share of cases whose every repeat passed (pass^k)."""
         return self.passed / self.n if self.n else 0.0
+
+    @property
+    def pass_at_k(self) -> float:
+        """The share of cases with at least one passing repeat (pass@k)."""
+        return self.passed_any / self.n if self.n else 0.0
 
 
 @dataclass
@@ -138,7 +188,7 @@ class Results:
 
 
 def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggregate:
-    calls = [r.call for r in results if r.call is not None]
+    calls = [c for r in results for c in r.all_calls]
     return Aggregate(
         n=len(results),
         passed=sum(r.passed for r in results),
@@ -148,6 +198,8 @@ def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggre
         calls=len(calls),
         latencies=tuple(sorted(c.latency_s for c in calls)),
         cost=_cost(calls, prices),
+        passes=sum(sum(r.outcomes) / len(r.outcomes) for r in results),
+        passed_any=sum(any(r.outcomes) for r in results),
     )
 
 

@@ -1,0 +1,257 @@
+"""Paired comparisons of two roles on the same cases, and what a holdout of n cases can detect.
+
+The method is Evan Miller's, "Adding Error Bars to Evals" (arXiv 2411.00640): compare two
+models case by case (d_i = score_A,i - score_B,i), report the mean difference with its standard
+error sd(d)/sqrt(n) and an interval, and size the test set by power. A case run several times
+contributes one difference, of its mean scores: the standard error is then clustered by case.
+
+With pass/fail scores the one-sided bound that ``noninferior`` and ``superior`` read is Tango's
+score bound for a difference of matched proportions (Tango 1998, Statistics in Medicine 17:891):
+the t bound is too generous when few cases are discordant (in simulation it passed 8% of
+gates whose true difference sat at -margin, at n=50 and a correlation of 0.7; the score bound
+passed 5%; ``benchmarks/bench_gate_calibration.py``).
+
+scipy gives the Student t quantiles (an interval that keeps its confidence at n = 20 as at
+n = 500; the normal quantile would not), the exact binomial test on the discordant cases
+(McNemar's exact test) and the paired bootstrap. It is imported here only, and only when a
+pair is compared: ``import pytest_distill.plugin`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+BOOTSTRAP_RESAMPLES: Final = 2000
+BOOTSTRAP_SEED: Final = 20241104  # fixed: the same data gives the same interval
+POWER: Final = 0.8  # the share of runs a real drop should fail, as sample-size tables use
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """``a - b`` on the cases both roles ran."""
+
+    a: str  # a label: ``finetuned`` or ``finetuned[meetings]``
+    b: str
+    n: int
+    mean: float
+    sd: float  # of the per-case differences
+    se: float  # sd / sqrt(n); infinite below two cases
+    low: float  # the two-sided interval at ``confidence``
+    high: float
+    lower_bound: float  # one-sided at ``confidence``: t, or Tango's score bound when binary
+    confidence: float
+    correlation: float | None  # of the two roles' scores; None when one is constant
+    better: int  # cases where a scored higher than b
+    worse: int
+    binary: bool  # every score was 0 or 1
+    exact_p: float | None  # binary: McNemar's exact test on the discordant cases, two-sided
+    bootstrap: tuple[float, float] | None  # graded: the seeded paired bootstrap interval
+
+    @property
+    def label(self) -> str:
+        return f"{self.a} - {self.b}"
+
+    def line(self) -> str:
+        """``finetuned - teacher: +0.100  95% CI [+0.031, +0.169]  n=100 paired  (12 better,
+        2 worse)`` and the exact test or the bootstrap interval."""
+        text = (
+            f"{self.label}: {signed(self.mean)}  {self.confidence:.0%} CI "
+            f"[{signed(self.low)}, {signed(self.high)}]  n={self.n} paired  "
+            f"({self.better} better, {self.worse} worse)"
+        )
+        if self.exact_p is not None:
+            text += f"  exact p={self.exact_p:.3g}"
+        if self.bootstrap is not None:
+            text += f"  bootstrap [{signed(self.bootstrap[0])}, {signed(self.bootstrap[1])}]"
+        return text
+
+
+def signed(value: float) -> str:
+    """``+0.031``; a value that rounds to zero is ``+0.000``, never ``-0.000``."""
+    text = f"{value:+.3f}"
+    return "+0.000" if text == "-0.000" else text
+
+
+def compare(
+    a: str,
+    b: str,
+    a_scores: Sequence[float],
+    b_scores: Sequence[float],
+    confidence: float,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Pair:
+    """Compare ``a`` and ``b`` on the same cases, in the same order (one score per case).
+    ``resamples=0`` leaves out the bootstrap (it informs the reader, no clause reads it)."""
+    if len(a_scores) != len(b_scores):
+        raise ValueError(f"{a} has {len(a_scores)} scores, {b} {len(b_scores)}: not paired")
+    d = [x - y for x, y in zip(a_scores, b_scores, strict=True)]
+    n = len(d)
+    mean = statistics.fmean(d) if d else 0.0
+    sd = statistics.stdev(d) if n > 1 else math.inf
+    se = sd / math.sqrt(n) if n > 1 else math.inf
+    binary = all(s in (0, 1) for s in (*a_scores, *b_scores))
+    better, worse = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    two_sided = t_quantile(1 - (1 - confidence) / 2, n) * se if n > 1 else math.inf
+    lower = mean - t_quantile(confidence, n) * se if n > 1 else -math.inf
+    if binary and n > 1:
+        lower = score_lower_bound(better, worse, n, confidence)
+    return Pair(
+        a=a,
+        b=b,
+        n=n,
+        mean=mean,
+        sd=sd,
+        se=se,
+        low=mean - two_sided,
+        high=mean + two_sided,
+        lower_bound=lower,
+        confidence=confidence,
+        correlation=_correlation(a_scores, b_scores),
+        better=better,
+        worse=worse,
+        binary=binary,
+        exact_p=exact_test(better, worse) if binary else None,
+        bootstrap=None if binary or n < 2 or not resamples else bootstrap(d, confidence, resamples),
+    )
+
+
+def t_quantile(p: float, n: int) -> float:
+    """The Student t quantile with n - 1 degrees of freedom (a mean's interval from n cases);
+    0 when the differences cannot vary (n below 2 is handled by the caller)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(p, max(n - 1, 1)))
+
+
+def exact_test(better: int, worse: int) -> float:
+    """McNemar's exact test: under no difference each discordant case is a fair coin."""
+    if better + worse == 0:
+        return 1.0
+    from scipy import stats
+
+    return float(stats.binomtest(better, better + worse, 0.5).pvalue)
+
+
+def bootstrap(
+    d: Sequence[float], confidence: float, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean difference, resampling cases (so the pairs
+    stay together), with a fixed seed."""
+    import numpy as np
+    from scipy import stats
+
+    if statistics.pstdev(d) == 0:
+        return d[0], d[0]  # every resample has the same mean
+    result = stats.bootstrap(
+        (np.asarray(d, dtype=float),),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def score_lower_bound(better: int, worse: int, n: int, confidence: float) -> float:
+    """Tango's one-sided lower confidence bound of p(a passed, b failed) - p(b passed, a
+    failed): the smallest difference delta0 that his score test does not reject."""
+    from scipy import optimize, stats
+
+    z = float(stats.norm.ppf(confidence))
+    observed = (better - worse) / n
+
+    def excess(delta: float) -> float:
+        return _score_z(better, worse, n, delta) - z
+
+    low = -1 + 1e-9
+    if excess(low) <= 0:
+        return -1.0
+    return float(optimize.brentq(excess, low, observed)) if observed > low else -1.0
+
+
+def _score_z(better: int, worse: int, n: int, delta: float) -> float:
+    """Tango's score statistic for H0: p10 - p01 = delta; p01 is its maximum likelihood
+    estimate under H0, the root in range of 2n x^2 - B x - n01 delta (1 - delta) = 0."""
+    same = n - better - worse
+    b = better * (1 - delta) + worse * (1 - 3 * delta) - 2 * same * delta
+    root = math.sqrt(max(b * b + 8 * n * worse * delta * (1 - delta), 0.0))
+    p01 = (b + root) / (4 * n)
+    if not (p01 + delta >= -1e-12 and 1 - 2 * p01 - delta >= -1e-12):
+        p01 = (b - root) / (4 * n)
+    variance = max((2 * p01 + delta * (1 - delta)) / n, 1e-300)
+    return ((better - worse) / n - delta) / math.sqrt(variance)
+
+
+def _correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    try:
+        return statistics.correlation(x, y)
+    except statistics.StatisticsError:  # fewer than two cases, or a constant role
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Power:
+    """What ``noninferior(a, b, margin)`` on this many cases can tell apart."""
+
+    pair: Pair
+    margin: float
+    drop_failed_80: float  # the smallest true drop that fails the clause 80% of the time
+    pass_if_equal: float  # how often a model exactly as good as b passes
+    cases_needed: int | None  # when pass_if_equal is under 80%: cases that would reach it
+
+    def line(self) -> str:
+        p = self.pair
+        drop = self.drop_failed_80
+        change = (
+            f"a true drop of {drop:.3f} or more"
+            if drop >= 0
+            else f"even a true gain of {-drop:.3f}"
+        )
+        clause = f"noninferior({p.a}, {p.b}, margin={self.margin:g})"
+        text = (
+            f"power: sd(d)={p.sd:.3f}, n={p.n}: {change} fails {clause} {POWER:.0%} of the "
+            f"time; a model as good as {p.b} passes {self.pass_if_equal:.0%} of the time"
+        )
+        if self.cases_needed is not None:
+            text += (
+                f"; too few cases for margin {self.margin:g}: about {self.cases_needed} "
+                f"holdout cases would make that {POWER:.0%}"
+            )
+        return text
+
+
+def power(pair: Pair, margin: float) -> Power:
+    """The clause fails when mean(d) <= -margin + q*se (q: the one-sided t quantile); with a
+    true difference delta, mean(d) is about normal around delta with sd se."""
+    from scipy import stats
+
+    q = t_quantile(pair.confidence, pair.n) if pair.n > 1 else math.inf
+    se, z = pair.se, float(stats.norm.ppf(POWER))
+    if not math.isfinite(se) or se == 0:
+        equal = 1.0 if se == 0 and margin > 0 else 0.0
+        drop = margin if se == 0 else math.inf
+        needed = None if equal >= POWER else _cases_needed(pair, margin)
+        return Power(pair, margin, drop, equal, needed)
+    equal = float(stats.norm.cdf(margin / se - q))
+    needed = None if equal >= POWER else _cases_needed(pair, margin)
+    return Power(pair, margin, margin - (q - z) * se, equal, needed)
+
+
+def _cases_needed(pair: Pair, margin: float) -> int | None:
+    """The smallest n at which a model as good as b passes 80% of the time, at this sd."""
+    from scipy import stats
+
+    if margin <= 0 or not math.isfinite(pair.sd):
+        return None
+    sd = max(pair.sd, 1e-9)
+    z = float(stats.norm.ppf(POWER))
+    n = max(2, math.ceil(((float(stats.norm.ppf(pair.confidence)) + z) * sd / margin) ** 2))
+    while (t_quantile(pair.confidence, n) + z) * sd / math.sqrt(n) > margin:
+        n += 1
+    return n

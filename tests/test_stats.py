@@ -1,0 +1,155 @@
+"""Each figure of a paired comparison, checked against scipy.stats on the same data."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from scipy import stats as sp
+
+from pytest_distill.verdict.stats import compare, power
+
+
+def binary_pair(n: int, seed: int) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    a, b = [], []
+    for _ in range(n):
+        base = rng.random() < 0.7
+        a.append(float(base if rng.random() < 0.8 else not base))
+        b.append(float(base if rng.random() < 0.8 else rng.random() < 0.5))
+    return a, b
+
+
+def graded_pair(n: int, seed: int) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    a, b = [], []
+    for _ in range(n):
+        z = rng.gauss(0, 1)
+        a.append(min(1.0, max(0.0, 0.6 + 0.2 * z + rng.gauss(0, 0.15))))
+        b.append(min(1.0, max(0.0, 0.55 + 0.2 * z + rng.gauss(0, 0.15))))
+    return a, b
+
+
+@pytest.mark.parametrize("make", [binary_pair, graded_pair])
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_interval_se_and_correlation_match_scipy(make, confidence):
+    a, b = make(120, 1)
+    pair = compare("finetuned", "teacher", a, b, confidence)
+    d = np.subtract(a, b)
+    t = sp.ttest_rel(a, b)
+    low, high = t.confidence_interval(confidence)
+    assert pair.n == 120
+    assert pair.mean == pytest.approx(d.mean())
+    assert pair.se == pytest.approx(sp.sem(d))
+    assert (pair.low, pair.high) == pytest.approx((low, high))
+    if make is graded_pair:  # binary pairs use the score bound: the next test
+        one_sided = sp.ttest_rel(a, b, alternative="greater").confidence_interval(confidence)
+        assert pair.lower_bound == pytest.approx(one_sided.low)
+    assert pair.correlation == pytest.approx(sp.pearsonr(a, b).statistic)
+    assert pair.better == int((d > 0).sum()) and pair.worse == int((d < 0).sum())
+
+
+def test_binary_scores_get_mcnemars_exact_test():
+    a, b = binary_pair(100, 2)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    assert pair.binary and pair.bootstrap is None
+    expected = sp.binomtest(pair.better, pair.better + pair.worse, 0.5).pvalue
+    assert pair.exact_p == pytest.approx(expected)
+    # McNemar's exact test is the binomial test on the discordant cases: check the counts
+    assert pair.better == sum(x == 1 and y == 0 for x, y in zip(a, b, strict=True))
+    assert pair.worse == sum(x == 0 and y == 1 for x, y in zip(a, b, strict=True))
+
+
+def tango_z(better: int, worse: int, n: int, delta: float) -> float:
+    """The score statistic, with p01's restricted estimate found by maximising the likelihood
+    numerically (not by the closed form the module uses)."""
+    from scipy import optimize
+
+    same = n - better - worse
+
+    def minus_loglik(p01: float) -> float:
+        p10 = p01 + delta
+        return -(better * np.log(p10) + worse * np.log(p01) + same * np.log(1 - p10 - p01))
+
+    low, high = max(0.0, -delta) + 1e-12, (1 - delta) / 2 - 1e-12
+    p01 = optimize.minimize_scalar(
+        minus_loglik, bounds=(low, high), method="bounded", options={"xatol": 1e-12}
+    ).x
+    return ((better - worse) / n - delta) / math.sqrt((2 * p01 + delta * (1 - delta)) / n)
+
+
+@pytest.mark.parametrize("seed", [2, 6, 9])
+def test_binary_lower_bound_is_tangos_score_bound(seed):
+    a, b = binary_pair(80, seed)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    # at the bound the score test sits exactly at its critical value, and above it rejects
+    assert tango_z(pair.better, pair.worse, 80, pair.lower_bound) == pytest.approx(
+        sp.norm.ppf(0.95), abs=1e-4
+    )
+    assert tango_z(pair.better, pair.worse, 80, pair.lower_bound - 0.01) > sp.norm.ppf(0.95)
+    assert pair.lower_bound < pair.mean
+
+
+def test_graded_scores_get_a_seeded_paired_bootstrap_close_to_scipys():
+    a, b = graded_pair(200, 3)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    assert not pair.binary and pair.exact_p is None and pair.bootstrap is not None
+    assert compare("finetuned", "teacher", a, b, 0.95).bootstrap == pair.bootstrap  # seeded
+    reference = sp.bootstrap(
+        (np.asarray(a), np.asarray(b)),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        paired=True,
+        n_resamples=9999,
+        method="percentile",
+        rng=np.random.default_rng(7),
+    ).confidence_interval
+    assert pair.bootstrap[0] == pytest.approx(reference.low, abs=0.004)
+    assert pair.bootstrap[1] == pytest.approx(reference.high, abs=0.004)
+
+
+def test_summary_line_shows_difference_interval_n_and_discordant_counts():
+    a = [1.0] * 12 + [0.0] * 2 + [1.0] * 80 + [0.0] * 6
+    b = [0.0] * 12 + [1.0] * 2 + [1.0] * 80 + [0.0] * 6
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    low, high = sp.ttest_rel(a, b).confidence_interval(0.95)
+    p = sp.binomtest(12, 14).pvalue
+    assert pair.line() == (
+        f"finetuned - teacher: +0.100  95% CI [{low:+.3f}, {high:+.3f}]  n=100 paired  "
+        f"(12 better, 2 worse)  exact p={p:.3g}"
+    )
+
+
+def exact_pass_rate(sd: float, n: int, margin: float, confidence: float) -> float:
+    """P(mean - t*s/sqrt(n) > -margin) when the true difference is 0: a noncentral t."""
+    q = sp.t.ppf(confidence, n - 1)
+    return float(sp.nct.sf(q, n - 1, margin * math.sqrt(n) / sd))
+
+
+def test_power_matches_the_noncentral_t():
+    a, b = graded_pair(100, 4)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    found = power(pair, 0.05)
+    assert found.pass_if_equal == pytest.approx(exact_pass_rate(pair.sd, 100, 0.05, 0.95), abs=0.01)
+    # the stated drop fails the clause 80% of the time: P(pass | delta = -drop) = 20%
+    shifted = 0.05 - found.drop_failed_80
+    q = sp.t.ppf(0.95, 99)
+    passes = sp.nct.sf(q, 99, shifted * 10 / pair.sd)
+    assert passes == pytest.approx(0.2, abs=0.01)
+
+
+def test_power_says_how_many_cases_a_small_holdout_would_need():
+    a, b = binary_pair(40, 5)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    found = power(pair, 0.05)
+    assert found.cases_needed is not None and found.cases_needed > 40
+    needed = found.cases_needed
+    assert exact_pass_rate(pair.sd, needed, 0.05, 0.95) == pytest.approx(0.8, abs=0.01)
+    assert exact_pass_rate(pair.sd, needed - 5, 0.05, 0.95) < 0.8
+    assert f"about {needed} holdout cases" in found.line()
+
+
+def test_fewer_than_two_cases_give_an_unbounded_interval():
+    pair = compare("finetuned", "teacher", [1.0], [0.0], 0.95)
+    assert pair.low == -math.inf and pair.lower_bound == -math.inf
