@@ -19,10 +19,12 @@ import pytest
 from pytest_distill.cassettes.routes import in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.loaders import load_file
+from pytest_distill.grading.references import grade_any, uses_reference
 from pytest_distill.grading.registry import (
     Grade,
     Grader,
     GraderConfigError,
+    Judge,
     Sample,
     combine,
     make_grader,
@@ -145,7 +147,7 @@ def build_graders(
     config: pytest.Config, runtime: Runtime, suite: Suite
 ) -> dict[str, tuple[Grader, ...]]:
     """Graders per case, built at collection so a bad spec is a collection error."""
-    judge = _judge(runtime) if runtime.role("judge").model else None
+    judge = judge_for(runtime)
     cache: dict[str, Grader] = {}
     built: dict[str, tuple[Grader, ...]] = {}
     for case in suite.cases:
@@ -156,11 +158,29 @@ def build_graders(
                 cache[key] = _make(config, spec, judge, suite.path, case)
             graders.append(cache[key])
         built[case.id] = tuple(graders)
+        _check_reference(suite, case, built[case.id])
     return built
 
 
+def _check_reference(suite: Suite, case: EvalCase, graders: tuple[Grader, ...]) -> None:
+    """A case without a reference is an error when a grader's templates name the reference."""
+    using = [g.name for g in graders if uses_reference(g)]
+    if case.reference is None and using:
+        raise CaseFileError(
+            case.source or suite.path,
+            case.line,
+            f"case {case.id!r} has no reference; its grader(s) {', '.join(using)} compare with "
+            "{{item.reference}}; add 'reference: ...' to the case, or grade it with graders "
+            "that do not use the reference (e.g. python, or a 'reference' set in the spec)",
+        )
+
+
 def _make(
-    config: pytest.Config, spec: Mapping[str, Any], judge: Any, path: Path, case: EvalCase
+    config: pytest.Config,
+    spec: Mapping[str, Any],
+    judge: Judge | None,
+    path: Path,
+    case: EvalCase,
 ) -> Grader:
     def extra(s: Mapping[str, Any]) -> Grader | None:
         return config.hook.pytest_distill_make_grader(spec=s, config=config)  # type: ignore[no-any-return]
@@ -172,7 +192,11 @@ def _make(
         raise CaseFileError(path, line, str(exc)) from None
 
 
-def _judge(runtime: Runtime) -> Any:
+def judge_for(runtime: Runtime) -> Judge | None:
+    """What ``score_model`` and ``label_model`` graders ask: the judge role, when it has a model."""
+    if not runtime.role("judge").model:
+        return None
+
     def judge(messages: list[dict[str, str]]) -> str:
         return call_chat(runtime.client("judge"), runtime.role("judge"), messages).reply
 
@@ -231,9 +255,8 @@ class DistillItem(pytest.Item):
         if warning:
             self.warn(DistillWarning(warning))
         call = self.runtime.call(self.nodeid, self._routed_call)
-        grades = tuple(
-            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
-        )
+        cases = self.case.items()
+        grades = tuple(grade_any(g, Sample(output_text=call.reply), cases) for g in self.graders)
         score, passed = combine(grades)
         result = ItemResult(
             nodeid=self.nodeid,
@@ -246,6 +269,7 @@ class DistillItem(pytest.Item):
             call=call,
             grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
             reference=self.case.reference,
+            location=self.case_location,
             train_messages=(
                 tuple(self.suite.messages_for(self.case, "student"))
                 if self.role == "teacher"
@@ -261,15 +285,31 @@ class DistillItem(pytest.Item):
     ) -> str | TerminalRepr:
         error = excinfo.value
         if isinstance(error, DistillCaseFailure):
-            return format_failure(error.grades, error.reply)
+            return f"case {self.case.id} at {self.case_location}\n" + format_failure(
+                error.grades, error.reply
+            )
         if isinstance(error, MissingApiKey):
             return str(error)
         if type(error).__module__.startswith("openai"):
             return f"{self.role} model call failed: {describe_error(error)}"
         return super().repr_failure(excinfo)
 
+    @property
+    def case_location(self) -> str:
+        """Where the case is written, ``cases.jsonl:17``, relative to the rootdir."""
+        source = self.case.source or self.suite.path
+        return f"{_relative(source, self.config.rootpath)}:{self.case.line}"
+
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.case.line - 1, f"{self.suite.name}::{self.name}"
+        source = self.case.source or self.path
+        return source, self.case.line - 1, f"{self.suite.name}::{self.name} ({self.case_location})"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def format_failure(grades: tuple[Grade, ...], reply: str) -> str:
