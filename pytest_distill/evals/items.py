@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +18,14 @@ import pytest
 
 from pytest_distill.cassettes.routes import in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
+from pytest_distill.evals.graders import build_graders
 from pytest_distill.evals.loaders import load_file
-from pytest_distill.grading.references import grade_any, uses_reference
+from pytest_distill.grading.references import grade_any
 from pytest_distill.grading.registry import (
     Grade,
     Grader,
-    GraderConfigError,
-    Judge,
     Sample,
     combine,
-    make_grader,
 )
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
@@ -141,66 +139,6 @@ def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:
             "ini distill_store = true, or widen the filter",
         )
     return dataclasses.replace(suite, cases=tuple(cases))
-
-
-def build_graders(
-    config: pytest.Config, runtime: Runtime, suite: Suite
-) -> dict[str, tuple[Grader, ...]]:
-    """Graders per case, built at collection so a bad spec is a collection error."""
-    judge = judge_for(runtime)
-    cache: dict[str, Grader] = {}
-    built: dict[str, tuple[Grader, ...]] = {}
-    for case in suite.cases:
-        graders = []
-        for spec in case.graders:
-            key = repr(sorted(spec.items(), key=str))
-            if key not in cache:
-                cache[key] = _make(config, spec, judge, suite.path, case)
-            graders.append(cache[key])
-        built[case.id] = tuple(graders)
-        _check_reference(suite, case, built[case.id])
-    return built
-
-
-def _check_reference(suite: Suite, case: EvalCase, graders: tuple[Grader, ...]) -> None:
-    """A case without a reference is an error when a grader's templates name the reference."""
-    using = [g.name for g in graders if uses_reference(g)]
-    if case.reference is None and using:
-        raise CaseFileError(
-            case.source or suite.path,
-            case.line,
-            f"case {case.id!r} has no reference; its grader(s) {', '.join(using)} compare with "
-            "{{item.reference}}; add 'reference: ...' to the case, or grade it with graders "
-            "that do not use the reference (e.g. python, or a 'reference' set in the spec)",
-        )
-
-
-def _make(
-    config: pytest.Config,
-    spec: Mapping[str, Any],
-    judge: Judge | None,
-    path: Path,
-    case: EvalCase,
-) -> Grader:
-    def extra(s: Mapping[str, Any]) -> Grader | None:
-        return config.hook.pytest_distill_make_grader(spec=s, config=config)  # type: ignore[no-any-return]
-
-    try:
-        return make_grader(spec, judge=judge, extra=extra)
-    except GraderConfigError as exc:
-        line = getattr(spec, "line", case.line)
-        raise CaseFileError(path, line, str(exc)) from None
-
-
-def judge_for(runtime: Runtime) -> Judge | None:
-    """What ``score_model`` and ``label_model`` graders ask: the judge role, when it has a model."""
-    if not runtime.role("judge").model:
-        return None
-
-    def judge(messages: list[dict[str, str]]) -> str:
-        return call_chat(runtime.client("judge"), runtime.role("judge"), messages).reply
-
-    return judge
 
 
 class DistillItem(pytest.Item):

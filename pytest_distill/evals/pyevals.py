@@ -14,7 +14,8 @@ import pytest
 
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.fixtures import CLIENTS_KEY
-from pytest_distill.evals.items import format_failure, judge_for
+from pytest_distill.evals.graders import judge_for
+from pytest_distill.evals.items import format_failure
 from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.roles import CallRecord
 from pytest_distill.runtime import RUNTIME_KEY
