@@ -76,8 +76,9 @@ def test_a_tests_roles_share_one_case_key_and_split(project: pytest.Pytester) ->
             distill_client.complete(f"Capital of {country}?")
         """
     )
-    for holdout in ("0.5", "0.2", "0.9"):
-        project.runpytest("--distill-report=r.json", f"--distill-holdout={holdout}")
+    pytest.importorskip("xdist")
+    for args in (["--distill-holdout=0.5"], ["--distill-holdout=0.2", "-n", "2"]):
+        project.runpytest("--distill-report=r.json", *args)
         items = json.loads((project.path / "r.json").read_text())["items"]
         keys = {(i["role"], i["case_id"], i["split"]) for i in items}
         by_role = {
