@@ -20,7 +20,10 @@ def pytest_distill_make_grader(spec: Mapping[str, Any], config: pytest.Config) -
 
     Called at collection for each grader spec with an unknown ``type``. Return an object with a
     ``name`` attribute and a ``grade(sample, item) -> Grade`` method, or ``None`` to let another
-    implementation answer. The first non-``None`` result wins.
+    implementation answer. The first non-``None`` result wins. A case without a reference is
+    a collection error when one of its graders uses the reference: give the grader a boolean
+    ``uses_reference`` attribute to say whether it does (without one, its dataclass fields are
+    searched for templates naming ``{{item.reference}}``).
 
     Example::
 

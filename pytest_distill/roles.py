@@ -261,16 +261,25 @@ class RoleClient:
         return f"<RoleClient {self.role} model={self.model!r} endpoint={self.config.endpoint}>"
 
 
-def check_params(params: Mapping[str, Any], where: str) -> None:
-    """Raise ValueError naming the first parameter the chat API does not take."""
-    unknown = sorted(set(params) - SAMPLING_PARAMS)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], SAMPLING_PARAMS, n=1)
+class UnknownParam(ValueError):
+    """A sampling parameter the chat API does not take; ``name`` is the parameter."""
+
+    def __init__(self, name: str, where: str) -> None:
+        close = difflib.get_close_matches(name, SAMPLING_PARAMS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(
-            f"{where}: unknown sampling parameter {unknown[0]!r}; {hint}allowed: "
+        self.name = name
+        self.problem = (
+            f"unknown sampling parameter {name!r}; {hint}allowed: "
             f"{', '.join(sorted(SAMPLING_PARAMS))}"
         )
+        super().__init__(f"{where}: {self.problem}" if where else self.problem)
+
+
+def check_params(params: Mapping[str, Any], where: str = "") -> None:
+    """Raise :class:`UnknownParam` naming the first parameter the chat API does not take."""
+    unknown = sorted(set(params) - SAMPLING_PARAMS)
+    if unknown:
+        raise UnknownParam(unknown[0], where)
 
 
 def describe_error(error: BaseException) -> str:

@@ -32,6 +32,9 @@ class ScriptedServer:
         self.answer = answer
         self.delay = delay
         self.model_info: dict[str, dict[str, Any]] = {}
+        # The model name answered for a requested one, as the API answers an alias with its
+        # dated snapshot (``gpt-4.1`` -> ``gpt-4.1-2025-04-14``).
+        self.answered_as: dict[str, str] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
@@ -90,7 +93,7 @@ class ScriptedServer:
             "id": f"chatcmpl-{number:06d}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": body["model"],
+            "model": self.answered_as.get(body["model"], body["model"]),
             "choices": [
                 {
                     "index": 0,

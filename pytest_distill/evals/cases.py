@@ -52,6 +52,9 @@ class EvalCase:
     messages: tuple[Message, ...] | None = None
     graders: tuple[Mapping[str, Any], ...] = DEFAULT_GRADERS
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Other accepted answers (an OpenAI-evals ``ideal`` list): the output may match any of them.
+    alternatives: tuple[Any, ...] = ()
+    source: Path | None = None  # the file the case is written in, when not the suite's own
 
     def fingerprint(self) -> str:
         """A hash of the case's content (variables, messages, reference), not of its file or
@@ -63,6 +66,10 @@ class EvalCase:
     def item(self) -> dict[str, Any]:
         """The case as graders see it: its variables, ``reference`` and ``id``."""
         return {**self.vars, "reference": self.reference, "id": self.id}
+
+    def items(self) -> tuple[dict[str, Any], ...]:
+        """The case once per accepted reference: the first is :meth:`item`."""
+        return (self.item(), *({**self.item(), "reference": r} for r in self.alternatives))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,14 +18,14 @@ import pytest
 
 from pytest_distill.cassettes.routes import in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
+from pytest_distill.evals.graders import build_graders
 from pytest_distill.evals.loaders import load_file
+from pytest_distill.grading.references import grade_any
 from pytest_distill.grading.registry import (
     Grade,
     Grader,
-    GraderConfigError,
     Sample,
     combine,
-    make_grader,
 )
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
@@ -141,44 +141,6 @@ def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:
     return dataclasses.replace(suite, cases=tuple(cases))
 
 
-def build_graders(
-    config: pytest.Config, runtime: Runtime, suite: Suite
-) -> dict[str, tuple[Grader, ...]]:
-    """Graders per case, built at collection so a bad spec is a collection error."""
-    judge = _judge(runtime) if runtime.role("judge").model else None
-    cache: dict[str, Grader] = {}
-    built: dict[str, tuple[Grader, ...]] = {}
-    for case in suite.cases:
-        graders = []
-        for spec in case.graders:
-            key = repr(sorted(spec.items(), key=str))
-            if key not in cache:
-                cache[key] = _make(config, spec, judge, suite.path, case)
-            graders.append(cache[key])
-        built[case.id] = tuple(graders)
-    return built
-
-
-def _make(
-    config: pytest.Config, spec: Mapping[str, Any], judge: Any, path: Path, case: EvalCase
-) -> Grader:
-    def extra(s: Mapping[str, Any]) -> Grader | None:
-        return config.hook.pytest_distill_make_grader(spec=s, config=config)  # type: ignore[no-any-return]
-
-    try:
-        return make_grader(spec, judge=judge, extra=extra)
-    except GraderConfigError as exc:
-        line = getattr(spec, "line", case.line)
-        raise CaseFileError(path, line, str(exc)) from None
-
-
-def _judge(runtime: Runtime) -> Any:
-    def judge(messages: list[dict[str, str]]) -> str:
-        return call_chat(runtime.client("judge"), runtime.role("judge"), messages).reply
-
-    return judge
-
-
 class DistillItem(pytest.Item):
     def __init__(
         self,
@@ -230,9 +192,8 @@ class DistillItem(pytest.Item):
         return in_item_route(self.nodeid, lambda: tuple(self.model_call() for _ in range(repeats)))
 
     def _grade(self, call: CallRecord) -> tuple[tuple[Grade, ...], Attempt]:
-        grades = tuple(
-            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
-        )
+        cases = self.case.items()
+        grades = tuple(grade_any(g, Sample(output_text=call.reply), cases) for g in self.graders)
         score, passed = combine(grades)
         records = tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades)
         return grades, Attempt(passed, score, call, records)
@@ -262,6 +223,7 @@ class DistillItem(pytest.Item):
             case_sha256=self.case.fingerprint(),
             attempts=tuple(attempts) if len(attempts) > 1 else (),
             reference=self.case.reference,
+            location=self.case_location,
             train_messages=(
                 tuple(self.suite.messages_for(self.case, "student"))
                 if self.role == "teacher"
@@ -277,15 +239,31 @@ class DistillItem(pytest.Item):
     ) -> str | TerminalRepr:
         error = excinfo.value
         if isinstance(error, DistillCaseFailure):
-            return format_failure(error.grades, error.reply)
+            return f"case {self.case.id} at {self.case_location}\n" + format_failure(
+                error.grades, error.reply
+            )
         if isinstance(error, MissingApiKey):
             return str(error)
         if type(error).__module__.startswith("openai"):
             return f"{self.role} model call failed: {describe_error(error)}"
         return super().repr_failure(excinfo)
 
+    @property
+    def case_location(self) -> str:
+        """Where the case is written, ``cases.jsonl:17``, relative to the rootdir."""
+        source = self.case.source or self.suite.path
+        return f"{_relative(source, self.config.rootpath)}:{self.case.line}"
+
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.case.line - 1, f"{self.suite.name}::{self.name}"
+        source = self.case.source or self.path
+        return source, self.case.line - 1, f"{self.suite.name}::{self.name} ({self.case_location})"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def format_failure(grades: tuple[Grade, ...], reply: str) -> str:

@@ -27,6 +27,7 @@ from pytest_distill.evals.cases import (
     Suite,
 )
 from pytest_distill.evals.yamlines import LineDict, LineList, YamlSyntaxError, load_yaml
+from pytest_distill.roles import UnknownParam, check_params
 
 _SUITE_KEYS = {"name", "prompt", "roles", "graders", "params", "cases", "cases_file", "source"}
 _CASE_KEYS = {"id", "vars", "reference", "messages", "graders", "metadata"}
@@ -56,7 +57,7 @@ def _load_suite(path: Path) -> Suite:
     prompt = _prompt(path, doc.get("prompt"), doc.line)
     roles = _mapping(path, doc, "roles")
     role_prompts = {r: _prompt(path, v.get("prompt"), v.line) for r, v in roles.items()}
-    role_params = {r: dict(_mapping(path, v, "params")) for r, v in roles.items()}
+    role_params = {r: _params(path, v) for r, v in roles.items()}
     graders = _graders(path, doc.get("graders"), doc.line, DEFAULT_GRADERS)
     source = doc.get("source")
     if source is not None and (
@@ -73,7 +74,7 @@ def _load_suite(path: Path) -> Suite:
         prompt=prompt,
         role_prompts=role_prompts,
         role_params=role_params,
-        params=dict(_mapping(path, doc, "params")),
+        params=_params(path, doc),
         cases=cases,
         source=_plain(source["stored_completions"]) if source is not None else None,
         graders=graders,
@@ -120,6 +121,7 @@ def _yaml_case(
         reference=_plain(data.get("reference")),
         graders=_graders(source, data.get("graders"), line, graders),
         metadata=dict(data.get("metadata") or {}),
+        source=source,
     )
 
 
@@ -206,6 +208,17 @@ def _mapping(path: Path, doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
+def _params(path: Path, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A suite's or a role's ``params``, checked against the chat API's sampling parameters."""
+    params = _mapping(path, doc, "params")
+    try:
+        check_params(params)
+    except UnknownParam as exc:
+        where = params.line_of(exc.name) if isinstance(params, LineDict) else 1
+        raise CaseFileError(path, where, f"'params': {exc.problem}") from None
+    return _plain(params)  # type: ignore[no-any-return]
+
+
 def _no_unknown(
     path: Path, data: Mapping[str, Any], allowed: set[str], what: str, line: int | None = None
 ) -> None:
@@ -256,10 +269,11 @@ def _jsonl_case(
 ) -> EvalCase:
     if not isinstance(data, Mapping):
         raise CaseFileError(path, line, f"a case line is a JSON object, got {data!r}")
+    alternatives: list[Any] = []
     if "input" in data:
         messages, reference = data["input"], data.get("ideal")
-        if isinstance(reference, list):  # evals allow several ideals; the first is canonical
-            reference = reference[0] if reference else None
+        if isinstance(reference, list):  # several ideals: the output may match any of them
+            reference, *alternatives = reference or [None]
     elif "messages" in data:
         messages, reference = _split_chat(path, line, data)
     else:
@@ -283,6 +297,8 @@ def _jsonl_case(
         messages=tuple(messages),
         graders=_graders(path, data.get("graders"), line, graders),
         metadata=dict(data.get("metadata") or {}),
+        alternatives=tuple(_plain(a) for a in alternatives),
+        source=path,
     )
     if (
         isinstance(case.reference, (dict, list))

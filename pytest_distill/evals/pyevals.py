@@ -14,6 +14,7 @@ import pytest
 
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.fixtures import CLIENTS_KEY
+from pytest_distill.evals.graders import judge_for
 from pytest_distill.evals.items import format_failure
 from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.roles import CallRecord
@@ -67,8 +68,9 @@ def _grader(item: pytest.Item, spec: Mapping[str, Any]) -> Any:
     def extra(s: Mapping[str, Any]) -> Any:
         return config.hook.pytest_distill_make_grader(spec=s, config=config)
 
+    judge = judge_for(config.stash[RUNTIME_KEY])
     try:
-        return make_grader(spec, extra=extra)
+        return make_grader(spec, judge=judge, extra=extra)
     except GraderConfigError as exc:
         raise pytest.UsageError(f"{item.nodeid}: distill marker grader: {exc}") from None
 
@@ -113,4 +115,26 @@ def _role(item: pytest.Item, calls: list[CallRecord]) -> str | None:
 
 
 def _case_id(item: pytest.Item) -> str:
-    return str(marker_options(item).get("case_id") or item.name)
+    """The marker's ``case_id``, else the test's name without the role it ran as, so a test's
+    teacher and student items share a key, hence a split, and pair up in the gate."""
+    explicit = marker_options(item).get("case_id")
+    if explicit:
+        return str(explicit)
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "distill_role" not in callspec.params:
+        return item.name
+    role = str(callspec.params["distill_role"])  # its id: the plugin parametrizes ids=roles
+    ids = _without_part(str(callspec.id), role)
+    base = getattr(item, "originalname", item.name)
+    return f"{base}[{ids}]" if ids else base
+
+
+def _without_part(ids: str, part: str) -> str:
+    """``ids`` (pytest joins parameter ids with ``-``) less the one id ``part``."""
+    if ids == part:
+        return ""
+    if ids.startswith(f"{part}-"):
+        return ids[len(part) + 1 :]
+    if ids.endswith(f"-{part}"):
+        return ids[: -len(part) - 1]
+    return ids.replace(f"-{part}-", "-", 1)

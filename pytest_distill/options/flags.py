@@ -180,8 +180,9 @@ def addoption(parser: pytest.Parser) -> None:
         )
         parser.addini(
             f"distill_{role}_params",
-            f"sampling parameters of the {role} role, as KEY=VALUE (JSON values)",
-            type="args",
+            f"sampling parameters of the {role} role: KEY=VALUE pairs with JSON values, "
+            "separated by spaces or new lines",
+            type="linelist",
             default=[],
         )
         parser.addini(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -51,24 +51,59 @@ def role_config(
     )
 
 
-def params(items: Sequence[str], key: str) -> dict[str, Any]:
+def params(lines: Sequence[str], key: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, several on a line or one a line; a value is read as JSON when it is
+    JSON (``stop=["END"]``, ``response_format={"type": "json_object"}``, spaces allowed
+    inside), else it is the text up to the next space."""
     params: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise pytest.UsageError(
-                f"ini {key}: {item!r} is not KEY=VALUE; write e.g. {key} = temperature=0 "
-                "max_tokens=64"
-            )
-        try:
-            params[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[name] = raw
+    for line in lines:
+        for name, value in _pairs(line, key):
+            params[name] = value
     try:
         check_params(params, f"ini {key}")
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     return params
+
+
+_JSON = json.JSONDecoder()
+
+
+def _pairs(line: str, key: str) -> Iterator[tuple[str, Any]]:
+    at = _skip_space(line, 0)
+    while at < len(line):
+        name, sep, _ = line[at:].partition("=")
+        if not sep or not name or any(c.isspace() for c in name):
+            word = line[at:].split(None, 1)[0]
+            raise pytest.UsageError(
+                f"ini {key}: {word!r} is not KEY=VALUE; write e.g. {key} = temperature=0 "
+                'max_tokens=64 stop=["END"] (values are JSON)'
+            )
+        value, at = _value(line, at + len(name) + 1)
+        yield name, value
+        at = _skip_space(line, at)
+
+
+def _value(line: str, start: int) -> tuple[Any, int]:
+    """The value starting at ``start`` and where it ends: JSON when it parses up to a space."""
+    try:
+        value, end = _JSON.raw_decode(line, start)
+    except json.JSONDecodeError:
+        pass
+    else:
+        if end == len(line) or line[end].isspace():
+            return value, end
+    if line.startswith("'", start) and "'" in line[start + 1 :]:  # shell-style 'quoted text'
+        end = line.index("'", start + 1)
+        return line[start + 1 : end], end + 1
+    word = "" if start == len(line) or line[start].isspace() else line[start:].split(None, 1)[0]
+    return word, start + len(word)
+
+
+def _skip_space(line: str, at: int) -> int:
+    while at < len(line) and line[at].isspace():
+        at += 1
+    return at
 
 
 def run_roles(config: pytest.Config, role_configs: Mapping[str, RoleConfig]) -> tuple[str, ...]:

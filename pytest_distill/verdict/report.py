@@ -223,6 +223,7 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "nodeid": result.nodeid,
         "suite": result.suite,
         "case_id": result.case_id,
+        "location": result.location,
         "role": result.role,
         "split": result.split,
         "passed": result.passed,

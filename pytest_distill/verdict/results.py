@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pytest_distill.options.pricing import price_for
 from pytest_distill.roles import CallRecord
 
 RECORD_PROPERTY = "distill_record"
@@ -63,6 +64,7 @@ class ItemResult:
     grades: tuple[GradeRecord, ...] = ()
     call: CallRecord | None = None
     calls: int = 1
+    location: str | None = None  # where the case is written, ``cases.jsonl:17``
     train_messages: tuple[dict[str, Any], ...] | None = None  # the student's prompt, if known
     reference: Any = None  # the case's reference answer, if it has one
     case_sha256: str = ""  # the case's content (EvalCase.fingerprint), "" when unknown
@@ -206,16 +208,11 @@ def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggre
 def _cost(calls: Iterable[CallRecord], prices: Mapping[str, Any]) -> float | None:
     total = 0.0
     for call in calls:
-        price = prices.get(call.model) or prices.get(_base_model(call.model))
+        price = price_for(call.model, prices)
         if price is None:
             return None
         total += call.prompt_tokens * price.prompt + call.completion_tokens * price.completion
     return total / 1e6
-
-
-def _base_model(model: str) -> str:
-    """``ft:gpt-4.1-mini:org::id`` is priced as its base model unless listed itself."""
-    return model.split(":")[1] if model.startswith("ft:") and ":" in model[3:] else model
 
 
 def group_by_suite(results: Sequence[ItemResult]) -> dict[str, list[ItemResult]]:
