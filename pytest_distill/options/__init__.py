@@ -24,6 +24,7 @@ from pytest_distill.options.training import training
 from pytest_distill.options.values import (
     cli_or_ini,
     ini_number,
+    local_device,
     local_models,
     number,
     optional_timeout,
@@ -72,6 +73,7 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
         patterns=tuple(config.getini("distill_patterns")),
         prices=prices(config.getini("distill_prices")),
         local_models=local_models(config),
+        local_device=local_device(config),
         training=training(config),
         timeout=optional_timeout(config),
         max_retries=ini_number(config, "distill_max_retries", int, low=0),

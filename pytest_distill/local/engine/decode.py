@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from pytest_distill.local.architectures import context_limit
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.models import ModelSource
@@ -64,7 +65,8 @@ class Engine:
         self.tokenizer, self.base = load_pretrained(source)
         self._peft: Any = None
         self._eos = _eos_ids(self.tokenizer, self.base)
-        self._context = int(getattr(self.base.config, "max_position_embeddings", 2048))
+        self._context = context_limit(self.base.config)
+        self.device = self.base.device
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
@@ -142,13 +144,17 @@ class Engine:
             # that prefix is run once and its KV cache copied to every row, so a batch pays for
             # it once instead of once per row. The rest of each prompt is left-padded after
             # it; the mask hides the padding wherever it sits.
-            model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
+            prefix = torch.tensor([shared], device=self.device)
+            model(input_ids=prefix, cache=past, use_cache=True, logits_to_keep=1)
             past.batch_repeat_interleave(len(rows))
         rests = [row.prompt[len(shared) :] for row in rows]
         width = max(len(rest) for rest in rests)
-        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests])
+        ids = torch.tensor(
+            [[pad] * (width - len(rest)) + rest for rest in rests], device=self.device
+        )
         mask = torch.tensor(
-            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests],
+            device=self.device,
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
         for _ in range(max(row.limit for row in rows)):
@@ -170,18 +176,19 @@ class Engine:
             if len(keep) < len(rows):
                 # Finished rows leave the batch (and the KV cache): decoding them on until the
                 # longest answer ends would waste most of a batch with uneven lengths.
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, device=self.device)
                 past.batch_select_indices(index)
                 rows, chosen = [rows[k] for k in keep], [chosen[k] for k in keep]
                 mask, positions = mask[index], positions[index]
-            ids = torch.tensor(chosen).unsqueeze(1)
+            ids = torch.tensor(chosen, device=self.device).unsqueeze(1)
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
             positions = positions[:, -1:] + 1
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
         return [
-            int(token) if row.generator is None else _sample(logit, row)
+            # Sampling runs on the CPU: a row's seeded generator is a CPU one.
+            int(token) if row.generator is None else _sample(logit.cpu(), row)
             for row, token, logit in zip(rows, greedy, logits, strict=True)
         ]
 

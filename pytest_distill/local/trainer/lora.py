@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pytest_distill.local.architectures import lora_targets
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
 from pytest_distill.training.rules import Example
@@ -21,7 +22,8 @@ from pytest_distill.training.rules import Example
 BASE_LEARNING_RATE = 5e-4
 MAX_TOKENS = 1024
 _IGNORE = -100
-_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_RANK = 16
+"""vLLM's default ``--max-lora-rank``: an adapter of this rank serves without extra flags."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,11 @@ class Hyperparameters:
     batch_size: int
     learning_rate_multiplier: float
     seed: int
+    lora_rank: int = DEFAULT_RANK
+    lora_alpha: int | None = None
+    """None: twice the rank."""
+    lora_target_modules: tuple[str, ...] | list[str] | None = None
+    """None: chosen from the model's architecture (``architectures.lora_targets``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +121,12 @@ def train_lora(
     # The trainer loads its own copy of the base: the server keeps serving the loaded one,
     # and gradients or injected LoRA layers must never touch the weights being served.
     tokenizer, base = load_pretrained(source)
-    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(_TARGETS))
+    config = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha or 2 * hp.lora_rank,
+        lora_dropout=0.0,
+        target_modules=lora_targets(base.config, hp.lora_target_modules),
+    )
     with quiet_peft():
         model = get_peft_model(base, config)
     train = [_Encoded(*tokenize_example(tokenizer, e)) for e in examples]
@@ -165,7 +177,7 @@ class _Loop:
         return True
 
     def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
-        ids, labels, mask = _collate(batch, self.pad)
+        ids, labels, mask = _collate(batch, self.pad, self.model.get_base_model().device)
         loss, accuracy = _loss(self.model, ids, labels, mask)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -174,12 +186,18 @@ class _Loop:
         return float(loss.detach()), accuracy
 
 
-def _collate(batch: list[_Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(
+    batch: list[_Encoded], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(e.ids) for e in batch)
-    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in batch])
-    labels = torch.tensor([e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch])
-    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
-    return ids, labels, mask
+    ids = [e.ids + [pad] * (width - len(e.ids)) for e in batch]
+    labels = [e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch]
+    mask = [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch]
+
+    def tensor(rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, device=device)
+
+    return tensor(ids), tensor(labels), tensor(mask)
 
 
 def _loss(
@@ -208,7 +226,8 @@ def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) 
     model.eval()
     losses = []
     for start in range(0, len(examples), batch_size):
-        ids, labels, mask = _collate(examples[start : start + batch_size], pad)
+        batch = examples[start : start + batch_size]
+        ids, labels, mask = _collate(batch, pad, model.get_base_model().device)
         losses.append(float(_loss(model, ids, labels, mask)[0]))
     return sum(losses) / len(losses)
 
