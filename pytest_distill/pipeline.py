@@ -154,7 +154,7 @@ def trainer_role(runtime: Runtime) -> RoleConfig:
 
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
-    runtime.use_finetuned(model, trainer.endpoint)
+    runtime.use_finetuned(model, trainer.endpoint, trainer.api_key_env)
     suites = collected(session.config)
     if not suites:  # the xdist controller collects nothing
         _progress(session.config)(
