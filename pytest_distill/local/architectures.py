@@ -72,7 +72,3 @@ def context_limit(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return DEFAULT_CONTEXT
-
-
-def model_type(config: Any) -> str:
-    return str(getattr(config, "model_type", "") or "unknown")

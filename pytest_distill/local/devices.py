@@ -47,15 +47,6 @@ class Placement:
 CPU = Placement("cpu", "float32")
 
 
-def parse_device(text: str) -> DeviceChoice:
-    """``auto``, ``cpu`` or ``cuda``; anything else is a ``ValueError`` naming the choices."""
-    value = text.strip().lower() or "auto"
-    for choice in DEVICE_CHOICES:
-        if value == choice:
-            return choice
-    raise ValueError(f"device {text!r} is not one of {', '.join(DEVICE_CHOICES)}")
-
-
 def choose(requested: DeviceChoice = "auto") -> Placement:
     """The placement for ``requested``; ``cuda`` without a GPU is ``DeviceUnavailable``."""
     if requested == "cpu":

@@ -48,12 +48,6 @@ def test_help_lists_the_device_flag_and_the_export_subcommand(
     assert "--device {auto,cpu,cuda}" in text and "distill-server export MODEL_ID" in text
 
 
-def test_parse_device_names_the_choices() -> None:
-    assert devices.parse_device(" CUDA ") == "cuda" and devices.parse_device("") == "auto"
-    with pytest.raises(ValueError, match="'tpu' is not one of auto, cpu, cuda"):
-        devices.parse_device("tpu")
-
-
 def test_the_estimate_is_the_weights_size_in_the_dtype(tiny_model: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 

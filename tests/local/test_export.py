@@ -231,3 +231,29 @@ def test_serving_name_is_short_and_engine_safe() -> None:
 
     assert serving_name("ft:SmolLM2-135M-Instruct:local:distill:1a2B3c4d") == "distill-1a2b3c4d"
     assert [vllm_max_rank(r) for r in (8, 16, 17, 64, 300)] == [None, None, 32, 64, 320]
+
+
+def _old_record(data_dir: Path, base: str) -> None:
+    """A model registered before the base's path was kept in the registry."""
+    from pytest_distill.local.store import Record, Store
+
+    store = Store(data_dir / "state.sqlite3")
+    body = {"id": "ft:old", "object": "model", "created": 0, "owned_by": "local"}
+    store.put(Record("model", "ft:old", body, {"base": base, "adapter": str(data_dir / "a")}))
+    store.close()
+
+
+def test_an_older_record_finds_the_default_base_or_the_one_named_on_the_command_line(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from pytest_distill.local.export import ExportError, find
+    from pytest_distill.local.models import DEFAULT_MODEL_ID, default_gguf
+
+    _old_record(tmp_path, DEFAULT_MODEL_ID)
+    assert find(tmp_path, "ft:old").base.path == default_gguf()
+    other = tmp_path / "other"
+    other.mkdir()
+    _old_record(other, "mine")
+    with pytest.raises(ExportError, match=r"the base 'mine' .*--model mine=PATH"):
+        find(other, "ft:old")
+    assert find(other, "ft:old", {"mine": str(tiny_model)}).base.path == tiny_model
