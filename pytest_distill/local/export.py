@@ -239,8 +239,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parser().parse_args(argv)
-    models = dict(spec.partition("=")[::2] for spec in args.model)
+    p = parser()
+    args = p.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--model {spec!r}: expected ID=PATH, e.g. --model student=./models/student")
+        models[name] = path
     try:
         model = find(args.data_dir, args.model_id, models)
         done = export(model, args.to.resolve(), args.format, args.name)
