@@ -5,6 +5,7 @@ fine-tuned student on the holdout, in the same session.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,13 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
         return None
     state.set_finetuned(outcome.model, str(trainer.endpoint), outcome.job_id)
     progress(f"distill: fine-tuned model {outcome.model} (job {outcome.job_id})")
+    if trainer.endpoint.kind == "local":
+        server_dir = runtime.settings.rootpath / ".distill" / "server"
+        progress(
+            f"distill: serve it elsewhere: distill-server export {shlex.quote(outcome.model)} "
+            f"--data-dir {shlex.quote(str(server_dir))} --to DIR --format peft (or merged, "
+            "ollama)"
+        )
     return outcome.model
 
 
@@ -132,18 +140,21 @@ def _job_settings(runtime: Runtime, base_model: str, trainer: RoleConfig) -> job
         poll_interval=0.0 if runtime.replaying else options.poll_interval,
         timeout=options.job_timeout,
         no_wait=runtime.settings.no_wait,
+        extra_body=options.extra_body,
     )
 
 
 def trainer_role(runtime: Runtime) -> RoleConfig:
     student = runtime.role("student")
-    endpoint = runtime.settings.training.trainer_endpoint or student.endpoint
-    return dataclasses.replace(student, name="trainer", endpoint=endpoint)
+    training = runtime.settings.training
+    endpoint = training.trainer_endpoint or student.endpoint
+    key_env = training.api_key_env or student.api_key_env
+    return dataclasses.replace(student, name="trainer", endpoint=endpoint, api_key_env=key_env)
 
 
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
-    runtime.use_finetuned(model, trainer.endpoint)
+    runtime.use_finetuned(model, trainer.endpoint, trainer.api_key_env)
     suites = collected(session.config)
     if not suites:  # the xdist controller collects nothing
         _progress(session.config)(

@@ -66,11 +66,13 @@ class Runtime:
                 )
             return self._clients[config.name]
 
-    def use_finetuned(self, model: str, endpoint: Endpoint) -> None:
-        """After training: the fine-tuned model becomes the ``finetuned`` role."""
+    def use_finetuned(self, model: str, endpoint: Endpoint, key_env: str | None = None) -> None:
+        """After training: the fine-tuned model becomes the ``finetuned`` role; it is served
+        where it trained, so it takes the trainer's key variable unless it names its own."""
         configs = dict(self.settings.role_configs)
+        own = configs["finetuned"].api_key_env
         configs["finetuned"] = dataclasses.replace(
-            configs["finetuned"], model=model, endpoint=endpoint
+            configs["finetuned"], model=model, endpoint=endpoint, api_key_env=own or key_env
         )
         self.settings = dataclasses.replace(self.settings, role_configs=configs)
         with self._lock:
@@ -91,6 +93,7 @@ class Runtime:
                 self.settings.rootpath / ".distill" / "server",
                 dict(self.settings.local_models) or None,
                 os.environ.get(LOCAL_API_KEY_ENV) or None,
+                device=self.settings.local_device,
             )
         return str(self._local.base_url)
 

@@ -38,6 +38,12 @@ class ScriptedServer:
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
+        # Fine-tuning, as a remote trainer (Azure OpenAI's v1 API takes OpenAI's shape): the
+        # job creates it saw, with their headers, and the model each job "trains".
+        self.job_creates: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self.uploads: list[dict[str, str]] = []
+        self.auth: list[tuple[str, str | None]] = []  # (path, Authorization) of every POST
+        self.trained_model = "ft:remote-model"
         self._lock = threading.Lock()
         self._count = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -119,6 +125,42 @@ class ScriptedServer:
         }
 
 
+def _file(size: int) -> dict[str, Any]:
+    return {
+        "id": "file-remote-1",
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": "train.jsonl",
+        "purpose": "fine-tune",
+        "status": "processed",
+    }
+
+
+def _job(server: ScriptedServer, job_id: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job that succeeded at once (the events endpoint answers an empty page)."""
+    if job_id == "events":
+        return {"object": "list", "data": [], "has_more": False}
+    return {
+        "object": "fine_tuning.job",
+        "id": job_id,
+        "model": (body or {}).get("model", "base"),
+        "created_at": int(time.time()),
+        "finished_at": int(time.time()),
+        "fine_tuned_model": server.trained_model,
+        "organization_id": "remote",
+        "result_files": [],
+        "status": "succeeded",
+        "training_file": (body or {}).get("training_file", "file-remote-1"),
+        "validation_file": None,
+        "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
+        "trained_tokens": 100,
+        "error": None,
+        "seed": 0,
+        "metadata": (body or {}).get("metadata"),
+    }
+
+
 def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -134,7 +176,12 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             server.requests.append(("GET", self.path, None))
-            if self.path.startswith("/v1/models/"):
+            path = self.path.split("?", 1)[0]
+            if path.endswith("/fine_tuning/jobs"):
+                self._send(200, {"object": "list", "data": [], "has_more": False})
+            elif "/fine_tuning/jobs/" in path:
+                self._send(200, _job(server, path.rsplit("/", 1)[1]))
+            elif self.path.startswith("/v1/models/"):
                 self._send(200, server.model(self.path.rsplit("/", 1)[1]))
             else:
                 self._send(
@@ -149,14 +196,24 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            server.auth.append((self.path, self.headers.get("authorization")))
+            if self.path.endswith("/files"):
+                server.uploads.append({k.lower(): v for k, v in self.headers.items()})
+                self._send(200, _file(len(raw)))
+                return
+            body = json.loads(raw or b"{}")
+            if self.path.endswith("/fine_tuning/jobs"):
+                server.job_creates.append((body, {k.lower(): v for k, v in self.headers.items()}))
+                self._send(200, _job(server, f"ftjob-{len(server.job_creates)}", body))
+                return
             server.requests.append(("POST", self.path, body))
             with server._lock:
                 failure = server.failures.pop(0) if server.failures else None
             if failure is not None:
                 self._send(failure.status, failure.body, failure.headers)
                 return
-            if self.path != "/v1/chat/completions":
+            if not self.path.endswith("/chat/completions"):
                 self._send(
                     404,
                     {

@@ -82,6 +82,19 @@ def local_api(root: Path, tiny: Path) -> Any:
     return LocalServer(root / ".distill" / "server", models={"tiny": tiny})
 
 
+def _run_the_printed_export_command(lines: list[str], target: Path) -> None:
+    import shlex
+
+    from pytest_distill.local import cli
+
+    [line] = [x for x in lines if x.startswith("distill: serve it elsewhere: ")]
+    command = shlex.split(line.split(": ", 2)[2].split(" (or ")[0])
+    assert command[0] == "distill-server"
+    argv = [str(target) if arg == "DIR" else arg for arg in command[1:]]
+    assert cli.main(argv) == 0
+    assert (target / "adapter_model.safetensors").is_file()
+
+
 def _train_split() -> tuple[int, int]:
     from pytest_distill.evals.cases import split_of
 
@@ -103,6 +116,8 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
             "distill: wrote * examples to *train.jsonl*",
             "distill: started job ftjob-* on local for tiny",
             "distill: fine-tuned model ft:tiny:local:distill:*",
+            "distill: serve it elsewhere: distill-server export ft:tiny:local:distill:* "
+            "--data-dir */.distill/server --to DIR --format peft (or merged, ollama)",
             "holdout (the gate's cases):",
             "*teacher*",
             "*student*",
@@ -111,6 +126,7 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
         ]
     )
     assert result.ret == 0, result.stdout.str()
+    _run_the_printed_export_command(result.stdout.lines, distill_project.path / "student")
     train_cases, passing = _train_split()
     [dataset] = (distill_project.path / ".distill" / "datasets").glob("*/train.jsonl")
     lines = [json.loads(x) for x in dataset.read_text().splitlines()]

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_distill.local.devices import DEVICE_CHOICES, DeviceUnavailable, choose
 from pytest_distill.local.models import DEFAULT_MODEL_ID, ModelUnavailable
 from pytest_distill.local.owner import DataDirBusy
 from pytest_distill.local.server import API_KEY_ENV, LocalServer, UnsafeBind
@@ -38,6 +39,7 @@ examples:
   distill-server --data-dir .distill/server --model student=./models/my-llama
   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_app.py
   {API_KEY_ENV}=s3cret distill-server --host 0.0.0.0   # clients send OPENAI_API_KEY=s3cret
+  distill-server export MODEL_ID --to DIR --format peft|merged|ollama   (see: export --help)
 """
 _STOP_WAIT_S = 5.0
 
@@ -74,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         help="require `Authorization: Bearer KEY` on every request (compared in constant "
         f"time); default: ${API_KEY_ENV}, else no key. Needed to bind a non-loopback --host.",
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="where models run and train: auto is CUDA when torch sees a GPU (bfloat16 where "
+        "supported, else float16), else the CPU in float32 (default: %(default)s)",
+    )
     return p
 
 
@@ -94,13 +103,21 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        from pytest_distill.local.export import main as export_main
+
+        return export_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
-        server = LocalServer(args.data_dir, _models(args.model, p), args.host, args.port, key)
+        if args.device == "cuda":
+            choose("cuda")  # fail now, not on the first request
+        models = _models(args.model, p)
+        server = LocalServer(args.data_dir, models, args.host, args.port, key, device=args.device)
         server.start()
-    except (ModelUnavailable, UnsafeBind, DataDirBusy) as exc:
+    except (ModelUnavailable, UnsafeBind, DataDirBusy, DeviceUnavailable) as exc:
         print(f"distill-server: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the port is taken, or the address is not this machine's

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_distill.local.devices import DeviceChoice
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.store import Record, Store
 
@@ -33,6 +34,8 @@ class ModelSource:
     path: Path
     cache: Path | None = None
     """Where a GGUF model may keep its converted copy (loading GGUF dequantizes every time)."""
+    device: DeviceChoice = "auto"
+    """Where it runs: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
 
     @property
     def gguf_file(self) -> str | None:
@@ -90,11 +93,13 @@ def default_gguf() -> Path:
     return path
 
 
-def base_sources(models: Mapping[str, str | Path] | None) -> dict[str, ModelSource]:
+def base_sources(
+    models: Mapping[str, str | Path] | None, device: DeviceChoice = "auto"
+) -> dict[str, ModelSource]:
     """Check the configured models exist; ``None`` means the default SmolLM2."""
     if models is None:
-        return {DEFAULT_MODEL_ID: ModelSource(DEFAULT_MODEL_ID, default_gguf())}
-    sources = {name: ModelSource(name, Path(path)) for name, path in models.items()}
+        return {DEFAULT_MODEL_ID: ModelSource(DEFAULT_MODEL_ID, default_gguf(), device=device)}
+    sources = {name: ModelSource(name, Path(path), device=device) for name, path in models.items()}
     for source in sources.values():
         if not source.path.exists():
             raise ModelUnavailable(
@@ -120,7 +125,9 @@ class Registry:
 
     def register(self, model_id: str, base: str, adapter: Path) -> None:
         body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
-        extra = {"base": base, "adapter": portable(self._root, adapter)}
+        # The base's path is kept too: `distill-server export` reads it without a server.
+        path = str(self._bases[base].path.resolve())
+        extra = {"base": base, "adapter": portable(self._root, adapter), "base_path": path}
         self._store.put(Record("model", model_id, body, extra))
 
     def migrate(self) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pytest_distill.local.devices import DeviceChoice
 from pytest_distill.local.models import base_sources
 from pytest_distill.local.owner import Owner, Ownership
 
@@ -51,6 +52,8 @@ class LocalServer:
     (``ModelUnavailable`` is raised here, at construction, when it is not installed).
     ``port=0`` picks a free port. ``api_key`` makes every request need
     ``Authorization: Bearer <api_key>``; binding an address other than loopback requires one.
+    ``device`` is where models run and train: ``auto`` (CUDA when torch sees a GPU, else the
+    CPU), ``cpu`` or ``cuda``.
 
     Models load lazily, on the first request that needs them, so ``start()`` is quick. Use::
 
@@ -65,6 +68,7 @@ class LocalServer:
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
+        device: DeviceChoice = "auto",
     ) -> None:
         if not is_loopback(host) and not api_key:
             raise UnsafeBind(
@@ -73,7 +77,7 @@ class LocalServer:
             )
         self.data_dir = Path(data_dir).resolve()
         self.api_key = api_key
-        self._bases = base_sources(models)
+        self._bases = base_sources(models, device)
         self._address = (host, port)
         self._ownership = Ownership(self.data_dir)
         self._app: Any = None

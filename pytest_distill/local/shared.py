@@ -48,12 +48,16 @@ class SharedServer:
 
 
 def shared_server(
-    data_dir: Path, models: Mapping[str, str | Path] | None, api_key: str | None
+    data_dir: Path,
+    models: Mapping[str, str | Path] | None,
+    api_key: str | None,
+    device: str = "auto",
 ) -> SharedServer:
-    """Start the server on ``data_dir``, or use the one that already serves it."""
+    """Start the server on ``data_dir``, or use the one that already serves it (on whichever
+    ``device`` that one chose)."""
     error: Exception | None = None
     for _ in range(_ATTEMPTS):
-        server = LocalServer(data_dir, models, api_key=api_key)
+        server = LocalServer(data_dir, models, api_key=api_key, device=device)  # type: ignore[arg-type]
         try:
             server.start()
             return SharedServer(server.base_url, server, None)

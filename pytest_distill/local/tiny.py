@@ -51,3 +51,80 @@ def create_tiny_model(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+_QWEN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def create_tiny_qwen2(
+    directory: Path, *, layers: int = 2, hidden_size: int = 64, seed: int = 0
+) -> Path:
+    """Save a tiny Qwen2 (biased attention projections, ChatML template, its own byte-level
+    BPE tokenizer trained here on a few sentences) as a Hugging Face directory.
+
+    A second architecture beside the SmolLM2-shaped model, built from nothing on disk: its
+    end-of-turn token (``<|im_end|>``), padding token (``<|endoftext|>``), template and
+    context limit (1024) all differ from SmolLM2's.
+    """
+    import torch
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=_train_bpe(),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        padding_side="right",  # Qwen2's own; the engine pads for itself whatever this says
+        chat_template=_QWEN_TEMPLATE,
+    )
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.2,  # as for the tiny Llama: room for a LoRA to learn
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _train_bpe() -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(_QWEN_SPECIAL),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        "You are a helpful assistant. Reply with the code.",
+        "Which code goes with item 1? Which code goes with item 2?",
+        "The quick brown fox jumps over the lazy dog. ZEBRA-7 CODE-42 system user assistant",
+        "Hello, how are you today? What is the capital of France? Paris.",
+    ] * 4
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    return bpe

@@ -134,6 +134,21 @@ def addoption(parser: pytest.Parser) -> None:
         default=[],
     )
     parser.addini(
+        "distill_local_device",
+        "where the embedded server runs and trains models: auto, cpu or cuda",
+        default="auto",
+    )
+    parser.addini(
+        "distill_trainer_extra_body",
+        "JSON object merged into the fine-tuning job create (e.g. Azure's trainingType)",
+        default="",
+    )
+    parser.addini(
+        "distill_trainer_api_key_env",
+        "name of the environment variable holding the trainer endpoint's API key",
+        default="",
+    )
+    parser.addini(
         "distill_trainer_endpoint",
         "endpoint that fine-tunes: openai, local or a base URL (default: the student's)",
         default="",

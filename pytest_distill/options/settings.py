@@ -32,6 +32,8 @@ class TrainingOptions:
     job_timeout: float = 3600.0
     max_example_tokens: int = 4096
     store: bool = False
+    extra_body: Mapping[str, Any] = field(default_factory=dict)  # merged into the job create
+    api_key_env: str | None = None  # the trainer's key variable; None: the student's rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class Settings:
     patterns: tuple[str, ...]
     prices: Mapping[str, Price] = field(default_factory=dict)
     local_models: Mapping[str, str] = field(default_factory=dict)
+    local_device: str = "auto"  # auto, cpu or cuda: where the embedded server runs models
     training: TrainingOptions = field(default_factory=lambda: TrainingOptions())
     timeout: float | None = None  # None: 120 s, or 900 s on the embedded server
     max_retries: int = 2

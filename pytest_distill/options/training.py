@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from pytest_distill.options.settings import TrainingOptions
@@ -30,4 +33,20 @@ def training(config: pytest.Config) -> TrainingOptions:
         job_timeout=ini_number(config, "distill_job_timeout", float, low=1.0),
         max_example_tokens=ini_number(config, "distill_max_example_tokens", int, low=16),
         store=bool(config.getini("distill_store")),
+        extra_body=_extra_body(config),
+        api_key_env=str(config.getini("distill_trainer_api_key_env")).strip() or None,
     )
+
+
+def _extra_body(config: pytest.Config) -> dict[str, Any]:
+    raw = str(config.getini("distill_trainer_extra_body")).strip()
+    try:
+        value = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise pytest.UsageError(
+            f"ini distill_trainer_extra_body: {raw!r} is not a JSON object; write e.g. "
+            'distill_trainer_extra_body = {"trainingType": "GlobalStandard"}'
+        )
+    return value

@@ -108,6 +108,15 @@ def local_models(config: pytest.Config) -> dict[str, str]:
     return models
 
 
+def local_device(config: pytest.Config) -> str:
+    text = str(config.getini("distill_local_device")).strip().lower() or "auto"
+    if text not in ("auto", "cpu", "cuda"):
+        raise pytest.UsageError(
+            f"ini distill_local_device: {text!r} is not a device; use auto, cpu or cuda"
+        )
+    return text
+
+
 def optional_timeout(config: pytest.Config) -> float | None:
     raw = str(config.getini("distill_timeout")).strip()
     return checked(raw, float, 0.1, 1e9, "ini distill_timeout") if raw else None

@@ -40,19 +40,22 @@ class TrainingSettings:
     poll_interval: float = 2.0
     timeout: float = 3600.0
     no_wait: bool = False
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    """Merged into the job create's body, nested objects key by key (Azure's ``trainingType``,
+    this server's ``lora_rank``)."""
 
     def key(self, dataset: Dataset) -> str:
-        material = json.dumps(
-            [
-                dataset.sha256,
-                self.base_model,
-                self.trainer,
-                dict(self.hyperparameters),
-                self.suffix,
-                self.seed,
-            ],
-            sort_keys=True,
-        )
+        parts: list[Any] = [
+            dataset.sha256,
+            self.base_model,
+            self.trainer,
+            dict(self.hyperparameters),
+            self.suffix,
+            self.seed,
+        ]
+        if self.extra_body:  # only when set, so that keys made before it existed stay valid
+            parts.append(dict(self.extra_body))
+        material = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
@@ -163,9 +166,12 @@ def _create(
     }
     if settings.seed is not None:
         body["seed"] = settings.seed
+    merged = merge_body(body, settings.extra_body)
+    known = {k: v for k, v in merged.items() if k in _CREATE_PARAMS}
+    extra = {k: v for k, v in merged.items() if k not in _CREATE_PARAMS}
     for attempt in range(3):
         try:
-            return once.fine_tuning.jobs.create(**body)
+            return once.fine_tuning.jobs.create(**known, extra_body=extra or None)
         except Exception as exc:
             if type(exc).__name__ not in ("APITimeoutError", "APIConnectionError") or attempt == 2:
                 raise
@@ -174,6 +180,32 @@ def _create(
                 return found
             time.sleep(2**attempt)
     raise AssertionError("unreachable")
+
+
+_CREATE_PARAMS = frozenset(
+    {
+        "model",
+        "training_file",
+        "hyperparameters",
+        "integrations",
+        "metadata",
+        "method",
+        "seed",
+        "suffix",
+        "validation_file",
+    }
+)
+
+
+def merge_body(body: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with ``extra`` merged in: objects merge key by key, anything else replaces."""
+    merged = dict(body)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_body(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def follow(

@@ -15,6 +15,7 @@ from typing import Any
 
 from pytest_distill.local.api.files import Files, new_id
 from pytest_distill.local.errors import ApiError, bad_request, not_found
+from pytest_distill.local.lora_settings import LORA_KEYS, check_lora
 from pytest_distill.local.models import Registry
 from pytest_distill.local.store import Record, Store, paginate
 from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
@@ -207,7 +208,7 @@ def _hyperparameters(request: Mapping[str, Any]) -> dict[str, Any]:
     lr = hyper["learning_rate_multiplier"]
     if lr != "auto" and not (isinstance(lr, int | float) and lr > 0):
         raise bad_request("`learning_rate_multiplier` must be 'auto' or a positive number.", "lr")
-    return hyper
+    return {**hyper, **check_lora(given)}
 
 
 def _resolve_auto(hyper: Mapping[str, Any], n_examples: int) -> dict[str, Any]:
@@ -216,7 +217,8 @@ def _resolve_auto(hyper: Mapping[str, Any], n_examples: int) -> dict[str, Any]:
         "batch_size": max(1, min(8, n_examples // 10)),
         "learning_rate_multiplier": 1.0,
     }
-    return {key: auto[key] if hyper[key] == "auto" else hyper[key] for key in _HYPER_KEYS}
+    resolved = {key: auto[key] if hyper[key] == "auto" else hyper[key] for key in _HYPER_KEYS}
+    return {**resolved, **{key: hyper[key] for key in LORA_KEYS if key in hyper}}
 
 
 def _method(hyper: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from pytest_distill.local.architectures import context_limit
 from pytest_distill.local.engine.cache import RoomyLayer, append_rows, drop_leading
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.engine.text import Answer
@@ -108,7 +109,8 @@ class Engine:
         self.tokenizer, self.base = load_pretrained(source)
         self._peft: Any = None
         self._eos = _eos_ids(self.tokenizer, self.base)
-        self.context = int(getattr(self.base.config, "max_position_embeddings", 2048))
+        self.context = context_limit(self.base.config)
+        self.device = self.base.device
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
@@ -207,11 +209,14 @@ class Engine:
             # that prefix is run once and its KV cache copied to every row, so a batch pays for
             # it once instead of once per row. The rest of each prompt is left-padded after
             # it; the mask hides the padding wherever it sits.
-            model(input_ids=torch.tensor([shared]), cache=past, use_cache=True, logits_to_keep=1)
+            prefix = torch.tensor([shared], device=self.device)
+            model(input_ids=prefix, cache=past, use_cache=True, logits_to_keep=1)
             past.batch_repeat_interleave(len(rows))
         rests = [row.prompt[len(shared) :] for row in rows]
         width = max(len(rest) for rest in rests)
-        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests])
+        ids = torch.tensor(
+            [[pad] * (width - len(rest)) + rest for rest in rests], device=self.device
+        )
         mask = torch.tensor(
             [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
         )
@@ -234,10 +239,14 @@ class Engine:
         for row, token, logit in zip(decoding.rows, greedy, logits, strict=True):
             row.batch_size = max(row.batch_size, len(decoding.rows))
             try:  # whatever goes wrong in one row (sampling, its stream) fails that row only
-                self._append(row, int(token) if row.generator is None else _sample(logit, row))
+                self._append(
+                    row, int(token) if row.generator is None else _sample(logit.cpu(), row)
+                )
             except Exception as error:
                 row.error = error
-        ids = torch.tensor([row.tokens[-1] if row.tokens else 0 for row in decoding.rows])
+        ids = torch.tensor(
+            [row.tokens[-1] if row.tokens else 0 for row in decoding.rows], device=self.device
+        )
         decoding.ids = ids.unsqueeze(1)
         decoding.mask = torch.cat([decoding.mask, torch.ones_like(decoding.ids)], dim=1)
         decoding.positions = decoding.positions + 1
@@ -264,7 +273,7 @@ class Engine:
         if not done:
             return []
         keep = [k for k, row in enumerate(decoding.rows) if not row.done]
-        index = torch.tensor(keep, dtype=torch.long)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
         decoding.rows = [decoding.rows[k] for k in keep]
         if keep:
             decoding.past.batch_select_indices(index)

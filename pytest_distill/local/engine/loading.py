@@ -15,47 +15,76 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from pytest_distill.local import devices
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.models import ModelSource
 
 _LOAD_LOCK = threading.Lock()
 
 
-def load_pretrained(source: ModelSource) -> tuple[Any, Any]:
-    """Tokenizer and fp32 causal LM for ``source``, from local files only.
+def load_pretrained(
+    source: ModelSource, placement: devices.Placement | None = None
+) -> tuple[Any, Any]:
+    """Tokenizer and causal LM for ``source``, from local files only, on its device.
 
-    A GGUF model is converted once and kept under ``source.cache``: dequantizing SmolLM2's GGUF
-    takes ~25 s on two cores, loading the converted copy well under one.
+    The device is ``source.device`` (``auto``: CUDA in bfloat16 or float16 when torch sees a
+    GPU, else the CPU in float32). A model whose weights would not fit raises the one-line
+    ``ApiError`` of ``ModelTooLarge`` before anything is allocated. A GGUF model is converted
+    once and kept under ``source.cache``: dequantizing SmolLM2's GGUF takes ~25 s on two cores,
+    loading the converted copy well under one. ``placement`` overrides the device and dtype.
     """
+    try:
+        placement = placement or devices.choose(source.device)
+    except devices.DeviceUnavailable as exc:
+        raise ApiError(400, str(exc), param="model", code="device_unavailable") from None
     # Serialised: transformers' GGUF converter is not thread-safe, and the serving and
     # training threads may both load the same base at once.
     with _LOAD_LOCK:
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         converted = _converted_dir(source)
         if converted is not None and not (converted / "config.json").is_file():
-            _save_converted(*_load(source.directory, source.gguf_file), converted)
+            _save_converted(*_load(source, source.directory, source.gguf_file), converted)
         if converted is not None:
             # Loaded back from the converted copy even the first time, so that the model
             # names a directory with a config.json (peft looks there when saving adapters).
-            tokenizer, model = _load(converted, None)
+            tokenizer, model = _load(source, converted, None, placement)
         else:
-            tokenizer, model = _load(source.directory, source.gguf_file)
+            tokenizer, model = _load(source, source.directory, source.gguf_file, placement)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.eval()
 
 
-def _load(directory: Path, gguf_file: str | None) -> tuple[Any, Any]:
+def _load(
+    source: ModelSource,
+    directory: Path,
+    gguf_file: str | None,
+    placement: devices.Placement = devices.CPU,
+) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kwargs)
+    config = AutoConfig.from_pretrained(directory, **kwargs)
+    needed = devices.estimated_bytes(config, placement)
+    try:
+        devices.check_fits(source.id, needed, placement)
+        with devices.out_of_memory_as_too_large(source.id, needed, placement):
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=placement.torch_dtype, **_placed(placement), **kwargs
+            )
+    except devices.ModelTooLarge as exc:
+        # A 400, not a 5xx: clients retry server errors, and loading again cannot help.
+        raise ApiError(400, str(exc), param="model", code="model_too_large") from None
     return tokenizer, model
+
+
+def _placed(placement: devices.Placement) -> dict[str, Any]:
+    # Straight onto the GPU: loading on the CPU first would need the model's size in RAM too.
+    return {"device_map": placement.device} if placement.device != "cpu" else {}
 
 
 def _converted_dir(source: ModelSource) -> Path | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pytest_distill.local.architectures import context_limit, lora_targets
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
 from pytest_distill.local.trainer import checkpoints
@@ -22,7 +23,8 @@ from pytest_distill.training.rules import Example, too_long
 
 BASE_LEARNING_RATE = 5e-4
 _IGNORE = -100
-_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_RANK = 16
+"""vLLM's default ``--max-lora-rank``: an adapter of this rank serves without extra flags."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,11 @@ class Hyperparameters:
     batch_size: int
     learning_rate_multiplier: float
     seed: int
+    lora_rank: int = DEFAULT_RANK
+    lora_alpha: int | None = None
+    """None: twice the rank."""
+    lora_target_modules: tuple[str, ...] | list[str] | None = None
+    """None: chosen from the model's architecture (``architectures.lora_targets``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +138,10 @@ def train_lora(
     # The trainer loads its own copy of the base: the server keeps serving the loaded one,
     # and gradients or injected LoRA layers must never touch the weights being served.
     tokenizer, base = load_pretrained(source)
-    context = int(getattr(base.config, "max_position_embeddings", 2048))
+    context = context_limit(base.config)
     train = _encoded(tokenizer, examples, context)
     valid = _encoded(tokenizer, validation, context)
-    model = _lora(base, hp.seed)
+    model = _lora(base, hp)
     pad = int(tokenizer.pad_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=BASE_LEARNING_RATE * hp.learning_rate_multiplier)
@@ -152,8 +159,8 @@ def train_lora(
     return Outcome(checkpoints.save(model, out_dir / "final"), loop.tokens, loop.step)
 
 
-def _lora(base: Any, seed: int) -> Any:
-    """``base`` with fresh LoRA layers, drawn from a generator seeded with ``seed``.
+def _lora(base: Any, hp: Hyperparameters) -> Any:
+    """``base`` with fresh LoRA layers, drawn from a generator seeded with the job's seed.
 
     peft draws its initial weights from torch's global random state, which other threads
     (a server sampling answers, another job) draw from too: a job's seed would not
@@ -161,14 +168,21 @@ def _lora(base: Any, seed: int) -> Any:
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(_TARGETS))
+    config = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha or 2 * hp.lora_rank,
+        lora_dropout=0.0,
+        target_modules=lora_targets(base.config, hp.lora_target_modules),
+    )
     with quiet_peft():
         model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(hp.seed)  # a CPU generator, whatever the device
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):
             if ".lora_A." in name:
-                torch.nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)
+                drawn = torch.empty(parameter.shape, dtype=parameter.dtype)
+                torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)
+                parameter.copy_(drawn)
             elif ".lora_B." in name:
                 torch.nn.init.zeros_(parameter)
     return model
@@ -216,7 +230,7 @@ class _Loop:
         return True
 
     def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
-        ids, labels, mask = _collate(batch, self.pad)
+        ids, labels, mask = _collate(batch, self.pad, self.model.get_base_model().device)
         loss, accuracy = _loss(self.model, ids, labels, mask)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -225,12 +239,18 @@ class _Loop:
         return float(loss.detach()), accuracy
 
 
-def _collate(batch: list[_Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(
+    batch: list[_Encoded], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(e.ids) for e in batch)
-    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in batch])
-    labels = torch.tensor([e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch])
-    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch])
-    return ids, labels, mask
+    ids = [e.ids + [pad] * (width - len(e.ids)) for e in batch]
+    labels = [e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch]
+    mask = [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch]
+
+    def tensor(rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, device=device)
+
+    return tensor(ids), tensor(labels), tensor(mask)
 
 
 def _loss(
@@ -259,7 +279,8 @@ def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) 
     model.eval()
     losses = []
     for start in range(0, len(examples), batch_size):
-        ids, labels, mask = _collate(examples[start : start + batch_size], pad)
+        batch = examples[start : start + batch_size]
+        ids, labels, mask = _collate(batch, pad, model.get_base_model().device)
         losses.append(float(_loss(model, ids, labels, mask)[0]))
     return sum(losses) / len(losses)
 
