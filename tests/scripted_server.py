@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from scripted_api import ScriptedApi
+
 Answer = Callable[[str, list[dict[str, Any]]], str]
 
 
@@ -34,6 +36,7 @@ class ScriptedServer:
         self.model_info: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
+        self.api = ScriptedApi()  # files, fine-tuning jobs, stored completions
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
         self._lock = threading.Lock()
         self._count = 0
@@ -131,7 +134,10 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             server.requests.append(("GET", self.path, None))
-            if self.path.startswith("/v1/models/"):
+            answer = server.api.get(self.path)
+            if answer is not None:
+                self._send(*answer)
+            elif self.path.startswith("/v1/models/"):
                 self._send(200, server.model(self.path.rsplit("/", 1)[1]))
             else:
                 self._send(
@@ -146,12 +152,18 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
+            raw = self.rfile.read(length)
+            multipart = self.headers.get("content-type", "").startswith("multipart/")
+            body = None if multipart else json.loads(raw or b"{}")
             server.requests.append(("POST", self.path, body))
             with server._lock:
                 failure = server.failures.pop(0) if server.failures else None
             if failure is not None:
                 self._send(failure.status, failure.body, failure.headers)
+                return
+            answer = server.api.post(self.path, body)
+            if answer is not None:
+                self._send(*answer)
                 return
             if self.path != "/v1/chat/completions":
                 self._send(

@@ -32,6 +32,7 @@ class TrainingOptions:
     job_timeout: float = 3600.0
     max_example_tokens: int = 4096
     store: bool = False
+    allow_subset: bool = False  # train when a selection left train-split teacher cases out
 
 
 @dataclass(frozen=True, slots=True)
