@@ -93,7 +93,9 @@ class ScriptedApi:
             s
             for s in self.stored
             if query.get("model") in (None, s["model"])
-            and all(s["metadata"].get(k[9:-1]) == v for k, v in query.items() if k[:9] == "metadata[")
+            and all(
+                s["metadata"].get(k[9:-1]) == v for k, v in query.items() if k[:9] == "metadata["
+            )
         ]
         if query.get("order") == "desc":
             chosen.reverse()

@@ -19,6 +19,8 @@ import pytest
 from scripted_server import ScriptedServer
 from test_distill import ANSWER, suite
 
+RUN_ARGS = ("--distill", "--distill-record-mode=once", "-p", "no:cacheprovider")
+
 
 def _answer(model: str, messages: list[dict[str, Any]]) -> str:
     return "no idea" if model == "small" else ANSWER  # the student fails, the teacher passes
@@ -64,7 +66,9 @@ def test_distill_without_a_student_model_stops_before_any_model_call(
     result = codes.runpytest("--distill")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: --distill: the student role has no model to fine-tune; set ini distill_student_model*"]
+        [
+            "ERROR: --distill: the student role has no model to fine-tune; set ini distill_student_model*"
+        ]
     )
     assert trainer.requests == []
 
@@ -87,7 +91,9 @@ def test_distill_with_an_unwritable_output_folder_stops_before_any_model_call(
     (codes.path / ".distill").write_text("a file where the folder goes")
     result = codes.runpytest("--distill")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: --distill: cannot write to *.distill (*); make it writable"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: --distill: cannot write to *.distill (*); make it writable"]
+    )
     assert trainer.requests == []
 
 
@@ -121,7 +127,9 @@ def test_training_settings_inside_the_apis_ranges_reach_the_job(
     codes: pytest.Pytester, trainer: ScriptedServer
 ) -> None:
     codes.makeini(
-        _ini(trainer.base_url, n_epochs="50", batch_size="auto", seed="2147483647", suffix="ci-run_1")
+        _ini(
+            trainer.base_url, n_epochs="50", batch_size="auto", seed="2147483647", suffix="ci-run_1"
+        )
     )
     result = codes.runpytest("--distill")
     result.stdout.fnmatch_lines(["distill: fine-tuned model ft:small:scripted:ci-run_1:*"])
@@ -135,7 +143,11 @@ def test_training_settings_inside_the_apis_ranges_reach_the_job(
 
 @pytest.mark.parametrize(
     "selection",
-    [["-k", "i0"], ["--deselect", "codes.eval.yaml::i05[teacher]"], ["codes.eval.yaml::i05[teacher]"]],
+    [
+        ["-k", "i0"],
+        ["--deselect", "codes.eval.yaml::i05[teacher]"],
+        ["codes.eval.yaml::i05[teacher]"],
+    ],
 )
 def test_a_selection_that_leaves_teacher_cases_out_stops_before_the_upload(
     codes: pytest.Pytester, trainer: ScriptedServer, selection: list[str]
@@ -162,8 +174,12 @@ def test_distill_roles_without_the_teacher_is_a_subset_too(
 
 
 def test_allow_subset_trains_on_what_ran(codes: pytest.Pytester, trainer: ScriptedServer) -> None:
-    result = codes.runpytest("--distill", "--deselect", "codes.eval.yaml::i05[teacher]", "--distill-allow-subset")
-    result.stdout.fnmatch_lines(["distill: fine-tuned model ft:small:scripted:distill:ftjob-* (job *)"])
+    result = codes.runpytest(
+        "--distill", "--deselect", "codes.eval.yaml::i05[teacher]", "--distill-allow-subset"
+    )
+    result.stdout.fnmatch_lines(
+        ["distill: fine-tuned model ft:small:scripted:distill:ftjob-* (job *)"]
+    )
     assert len(_paths(trainer, "POST", "/v1/files")) == 1
 
 
@@ -248,8 +264,7 @@ def test_ctrl_c_with_calls_in_flight_stops_within_seconds_and_leaves_no_temporar
         log = tmp_path / "run.log"
         with log.open("w") as output:
             run = pytester.popen(
-                [sys.executable, "-m", "pytest", "--distill", "--distill-record-mode=once"]
-                + ["-p", "no:cacheprovider"],
+                [sys.executable, "-m", "pytest", *RUN_ARGS],
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

@@ -77,7 +77,8 @@ def whole(raw: str, low: int, high: int, where: str) -> int:
     if value is None or not low <= value <= high:
         raise pytest.UsageError(
             f"{where}: {raw!r} is not valid; the fine-tuning API takes a whole number "
-            f"from {low} to {high}" + (", or auto" if where.endswith(tuple(HYPERPARAMETERS)) else "")
+            f"from {low} to {high}"
+            + (", or auto" if where.endswith(tuple(HYPERPARAMETERS)) else "")
         )
     return value
 
