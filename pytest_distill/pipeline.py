@@ -26,12 +26,12 @@ def preflight(runtime: Runtime) -> None:
     :class:`pytest.UsageError` saying what to set. (The training settings were checked when
     the options were read.)"""
     settings = runtime.settings
-    student = runtime.role("student")
-    if not student.model:
-        raise pytest.UsageError(
-            "--distill: the student role has no model to fine-tune; set ini distill_student_model "
-            "(or --distill-model student=MODEL)"
-        )
+    for role, why in (("teacher", "whose outputs to train on"), ("student", "to fine-tune")):
+        if not runtime.role(role).model:
+            raise pytest.UsageError(
+                f"--distill: the {role} role has no model {why}; set ini distill_{role}_model "
+                f"(or --distill-model {role}=MODEL)"
+            )
     trainer = trainer_role(runtime)
     if trainer.endpoint.kind == "openai" and not trainer.api_key():
         where = f"ini {trainer.api_key_env}" if trainer.api_key_env else "OPENAI_API_KEY"
@@ -54,7 +54,7 @@ def run(session: pytest.Session, runtime: Runtime) -> None:
     """Build the training set, train (or resume), then evaluate ``finetuned``; never raises
     for an expected failure: it is kept on the runtime and ends the session with exit code 7."""
     progress = _progress(session.config)
-    left_out = _left_out(session.config, runtime)
+    left_out = _left_out(session, runtime)
     if left_out and not runtime.settings.training.allow_subset:
         runtime.distill_error = (
             f"distill: {left_out[0]} of {left_out[1]} train-split teacher cases did not run "
@@ -72,18 +72,23 @@ def run(session: pytest.Session, runtime: Runtime) -> None:
         _evaluate_finetuned(session, runtime, model)
 
 
-def _left_out(config: pytest.Config, runtime: Runtime) -> tuple[int, int] | None:
-    """(left out, all) train-split teacher cases of the collected eval files; None when every
-    one ran (or nothing was collected here: an xdist controller)."""
+def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | None:
+    """(left out, all) train-split teacher cases of the collected eval files that the
+    selection did not keep; None when it kept every one (or nothing was collected here: an
+    xdist controller). A kept case whose item errored shows as an error already."""
     holdout = runtime.settings.holdout
     wanted = {
         (s.suite.name, case.id)
-        for s in collected(config)
+        for s in collected(session.config)
         for case in s.suite.cases
         if split_of(f"{s.suite.name}::{case.id}", holdout) == "train"
     }
-    ran = {(r.suite, r.case_id) for r in results_of(config).select(role="teacher")}
-    missing = len(wanted - ran)
+    kept = {
+        (item.suite.name, item.case.id)
+        for item in session.items
+        if isinstance(item, DistillItem) and item.role == "teacher"
+    }
+    missing = len(wanted - kept)
     return (missing, len(wanted)) if missing else None
 
 
