@@ -279,6 +279,7 @@ def test_ctrl_c_with_calls_in_flight_stops_within_seconds_and_leaves_no_temporar
         finally:
             run.kill()
         took = time.monotonic() - interrupted
+    print(f"\nstopped {took:.1f} s after SIGINT")  # -s shows it
     assert took < 10, f"took {took:.1f} s:\n{log.read_text()}"
     assert "KeyboardInterrupt" in log.read_text()
     left = [p for p in pytester.path.rglob(".*.*") if p.is_file() and p.name[1:].count(".") > 1]
