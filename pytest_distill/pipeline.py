@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,48 @@ from pytest_distill.training.state import STATE_FILE, State, StateError
 from pytest_distill.verdict.results import results_of
 
 
+def preflight(runtime: Runtime) -> None:
+    """At session start, before any model call: what ``--distill`` needs to train, else a
+    :class:`pytest.UsageError` saying what to set. (The training settings were checked when
+    the options were read.)"""
+    settings = runtime.settings
+    for role, why in (("teacher", "whose outputs to train on"), ("student", "to fine-tune")):
+        if not runtime.role(role).model:
+            raise pytest.UsageError(
+                f"--distill: the {role} role has no model {why}; set ini distill_{role}_model "
+                f"(or --distill-model {role}=MODEL)"
+            )
+    trainer = trainer_role(runtime)
+    if trainer.endpoint.kind == "openai" and not trainer.api_key():
+        where = f"ini {trainer.api_key_env}" if trainer.api_key_env else "OPENAI_API_KEY"
+        raise pytest.UsageError(
+            f"--distill: no API key for the trainer endpoint openai; set {where} or "
+            "DISTILL_TRAINER_API_KEY (or ini distill_trainer_endpoint for another trainer)"
+        )
+    folder = settings.rootpath / ".distill"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"--distill: cannot write to {folder} ({exc.strerror or exc}); make it writable"
+        ) from None
+
+
 def run(session: pytest.Session, runtime: Runtime) -> None:
     """Build the training set, train (or resume), then evaluate ``finetuned``; never raises
     for an expected failure: it is kept on the runtime and ends the session with exit code 7."""
     progress = _progress(session.config)
+    left_out = _left_out(session, runtime)
+    if left_out and not runtime.settings.training.allow_subset:
+        runtime.distill_error = (
+            f"distill: {left_out[0]} of {left_out[1]} train-split teacher cases did not run "
+            "(-k, --lf, --deselect, node ids or --distill-roles left them out), and training "
+            "on a subset starts a new job; run them all, or pass --distill-allow-subset "
+            "(ini distill_allow_subset)"
+        )
+        return
     try:
         model = _train(session.config, runtime, progress)
     except (dataset.DatasetError, jobs.DistillError, StateError) as exc:
@@ -32,6 +71,26 @@ def run(session: pytest.Session, runtime: Runtime) -> None:
         return
     if model is not None:
         _evaluate_finetuned(session, runtime, model)
+
+
+def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | None:
+    """(left out, all) train-split teacher cases of the collected eval files that the
+    selection did not keep; None when it kept every one (or nothing was collected here: an
+    xdist controller). A kept case whose item errored shows as an error already."""
+    holdout = runtime.settings.holdout
+    wanted = {
+        (s.suite.name, case.id)
+        for s in collected(session.config)
+        for case in s.suite.cases
+        if split_of(f"{s.suite.name}::{case.id}", holdout) == "train"
+    }
+    kept = {
+        (item.suite.name, item.case.id)
+        for item in session.items
+        if isinstance(item, DistillItem) and item.role == "teacher"
+    }
+    missing = len(wanted - kept)
+    return (missing, len(wanted)) if missing else None
 
 
 def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> str | None:
@@ -70,9 +129,11 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
         "hyperparameters": dict(runtime.settings.training.hyperparameters),
     }
     if outcome.status != "succeeded" or outcome.model is None:
+        runtime.distill_deferred = True
         progress(
-            f"distill: job {outcome.job_id} is {outcome.status}; run `pytest --distill` again to "
-            "follow it and evaluate the fine-tuned student"
+            f"distill: job {outcome.job_id} is {outcome.status}; the gate is deferred: run "
+            "`pytest --distill` again to follow the job, evaluate the fine-tuned student and "
+            "apply the gate"
         )
         return None
     state.set_finetuned(outcome.model, str(trainer.endpoint), outcome.job_id)
@@ -162,10 +223,19 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
             "controller holds no items); run pytest again"
         )
         return
+    # The cases the selection kept (-k, --deselect, node ids): pytest's own hooks chose them
+    # once; calling every plugin's pytest_collection_modifyitems again would run theirs twice.
+    chosen = {
+        (item.parent.nodeid, item.case.id)
+        for item in session.items
+        if isinstance(item, DistillItem) and item.parent is not None
+    }
     items: list[pytest.Item] = []
     for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):
         for case in suite.cases:
             split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
+            if (file.nodeid, case.id) not in chosen:
+                continue
             if split == "holdout" or runtime.settings.holdout == 0:
                 items.append(
                     DistillItem.from_parent(
@@ -178,8 +248,6 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
                         graders=graders[case.id],
                     )
                 )
-    config = session.config
-    config.hook.pytest_collection_modifyitems(session=session, config=config, items=items)
     start = len(session.items)
     session.items.extend(items)
     session.testscollected += len(items)

@@ -33,6 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.resolve(config, trained=trained_model(config.rootpath))
     check_gate(settings.gate)
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
+    if settings.distill and not hasattr(config, "workerinput"):
+        from pytest_distill import pipeline
+
+        pipeline.preflight(runtime)  # before the first paid call
     recorder.start(config, runtime)
     from pytest_distill.evals import fixtures
 
@@ -152,6 +156,7 @@ class Controller:
             session.exitstatus,
             other_failures=self.other_failures,
             distill_failed=self.runtime.distill_error is not None,
+            deferred=self.runtime.distill_deferred,
         )
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

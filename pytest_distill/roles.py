@@ -120,8 +120,10 @@ def make_openai(
     local_url: Callable[[], str] | None,
     timeout: float | None,
     max_retries: int,
+    transport: Any = None,
 ) -> openai.OpenAI:
-    """The SDK client for a role's endpoint. ``local_url`` starts the embedded server on demand."""
+    """The SDK client for a role's endpoint. ``local_url`` starts the embedded server on demand;
+    ``transport`` (an httpx2 transport) is the one cassettes record and replay through."""
     import openai
 
     base_url: str | None
@@ -140,8 +142,9 @@ def make_openai(
             )
     if timeout is None:
         timeout = LOCAL_TIMEOUT if role.endpoint.kind == "local" else REMOTE_TIMEOUT
+    extra = {"transport": transport} if transport is not None else {}
     http_client = openai.DefaultHttpx2Client(
-        timeout=timeout, event_hooks={"response": [_no_retry_when_out_of_quota]}
+        timeout=timeout, event_hooks={"response": [_no_retry_when_out_of_quota]}, **extra
     )
     return openai.OpenAI(
         api_key=key,

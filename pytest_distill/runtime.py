@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import queue
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -22,11 +23,10 @@ from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_o
 if TYPE_CHECKING:
     import openai
 
+T = TypeVar("T")
 RUNTIME_KEY = pytest.StashKey["Runtime"]()
 RETIREMENT_WINDOW_DAYS = 60
 LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
-
-T = TypeVar("T")
 
 
 class DistillWarning(pytest.PytestWarning):
@@ -39,12 +39,14 @@ class Runtime:
     order: dict[str, int] = field(default_factory=dict)
     distill_error: str | None = None
     training: dict[str, Any] | None = None  # the distill step's lineage, for the report
+    distill_deferred: bool = False  # --distill-no-wait left a job running: the gate waits
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
+    transport: Callable[[], Any] | None = None  # the cassettes' transport (set by recording)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
     _local: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _pool: ThreadPoolExecutor | None = None
+    _pool: CallPool | None = None
     _futures: dict[str, Future[Any]] = field(default_factory=dict)
     _retirement_checked: set[str] = field(default_factory=set)
 
@@ -63,6 +65,7 @@ class Runtime:
                     local_url=self._local_url,
                     timeout=self.settings.timeout,
                     max_retries=self.settings.max_retries,
+                    transport=self.transport() if self.transport is not None else None,
                 )
             return self._clients[config.name]
 
@@ -104,9 +107,7 @@ class Runtime:
             if key in self._futures:
                 return
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self.settings.concurrency, thread_name_prefix="distill-call"
-                )
+                self._pool = CallPool(self.settings.concurrency)
             self._futures[key] = self._pool.submit(call)
 
     def call(self, key: str, call: Callable[[], T]) -> T:
@@ -142,12 +143,62 @@ class Runtime:
         )
 
     def close(self) -> None:
+        """Calls not started are cancelled and calls in flight abandoned (their answer would
+        come to no item): Ctrl-C ends the session within seconds, not after the calls' timeout."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        for client in self._clients.values():
+            self._pool.shutdown()
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
             client.close()
         if self._local is not None:
             self._local.stop()
+
+
+class CallPool:
+    """A fixed set of daemon threads running model calls, each answering a Future.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit, so an
+    interrupted session would wait for every call in flight (up to the request timeout);
+    these threads are abandoned instead, and the calls not yet started are cancelled.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"distill-call-{n}", daemon=True)
+            for n in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, call))
+        return future
+
+    def shutdown(self) -> None:
+        while True:
+            try:
+                waiting = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                waiting[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (task := self._queue.get()) is not None:
+            future, call = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
 
 
 def _as_date(value: Any) -> dt.date | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from scripted_api import ScriptedApi
+
 Answer = Callable[[str, list[dict[str, Any]]], str]
 
 
@@ -37,6 +39,7 @@ class ScriptedServer:
         self.answered_as: dict[str, str] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
+        self.api = ScriptedApi()  # files, fine-tuning jobs, stored completions
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
         # Fine-tuning, as a remote trainer (Azure OpenAI's v1 API takes OpenAI's shape): the
         # job creates it saw, with their headers, and the model each job "trains".
@@ -177,10 +180,14 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             server.requests.append(("GET", self.path, None))
             path = self.path.split("?", 1)[0]
-            if path.endswith("/fine_tuning/jobs"):
+            azure = path.startswith("/openai/")  # the Azure-shaped trainer of the remote tests
+            answer = None if azure else server.api.get(self.path)
+            if azure and path.endswith("/fine_tuning/jobs"):
                 self._send(200, {"object": "list", "data": [], "has_more": False})
-            elif "/fine_tuning/jobs/" in path:
+            elif azure and "/fine_tuning/jobs/" in path:
                 self._send(200, _job(server, path.rsplit("/", 1)[1]))
+            elif answer is not None:
+                self._send(*answer)
             elif self.path.startswith("/v1/models/"):
                 self._send(200, server.model(self.path.rsplit("/", 1)[1]))
             else:
@@ -198,12 +205,14 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             server.auth.append((self.path, self.headers.get("authorization")))
-            if self.path.endswith("/files"):
+            azure = self.path.startswith("/openai/")
+            if azure and self.path.endswith("/files"):
                 server.uploads.append({k.lower(): v for k, v in self.headers.items()})
                 self._send(200, _file(len(raw)))
                 return
-            body = json.loads(raw or b"{}")
-            if self.path.endswith("/fine_tuning/jobs"):
+            multipart = self.headers.get("content-type", "").startswith("multipart/")
+            body = None if multipart else json.loads(raw or b"{}")
+            if azure and self.path.endswith("/fine_tuning/jobs"):
                 server.job_creates.append((body, {k.lower(): v for k, v in self.headers.items()}))
                 self._send(200, _job(server, f"ftjob-{len(server.job_creates)}", body))
                 return
@@ -212,6 +221,10 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 failure = server.failures.pop(0) if server.failures else None
             if failure is not None:
                 self._send(failure.status, failure.body, failure.headers)
+                return
+            answer = None if azure else server.api.post(self.path, body)
+            if answer is not None:
+                self._send(*answer)
                 return
             if not self.path.endswith("/chat/completions"):
                 self._send(

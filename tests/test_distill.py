@@ -197,7 +197,9 @@ def test_no_wait_starts_the_job_and_the_next_run_finishes_it(
     first = distill_project.runpytest(
         "--distill", "--distill-no-wait", "--distill-gate=teacher >= 0.5"
     )
-    first.stdout.fnmatch_lines(["*run `pytest --distill` again to follow it*"])
+    first.stdout.fnmatch_lines(
+        ["*the gate is deferred: run `pytest --distill` again to follow the job*"]
+    )
     assert first.ret == pytest.ExitCode.OK
     state = json.loads((distill_project.path / ".distill" / "state.json").read_text())
     [job] = state["jobs"].values()

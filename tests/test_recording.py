@@ -156,21 +156,37 @@ def test_a_python_test_replays_from_its_own_cassette(
     assert len(server.requests) == sent
 
 
-def test_no_httpx2_request_slips_past_the_cassette_in_replay(
-    project: pytest.Pytester, server: ScriptedServer
+def test_in_ci_the_users_own_httpx2_and_openai_calls_pass_beside_replayed_items(
+    capitals: pytest.Pytester, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project.makepyfile(
-        test_raw=f"""
+    capitals.runpytest("--distill-record-mode=once").assert_outcomes(passed=6, failed=4)
+    capitals.makepyfile(
+        test_theirs=f"""
         import httpx2
+        import openai
 
-        def test_raw_call():
-            httpx2.get("{server.base_url}/models/big")
+        def test_their_httpx2_call():
+            assert httpx2.get("{server.base_url}/models/big").json()["id"] == "big"
+
+        def test_their_openai_client():
+            client = openai.OpenAI(base_url="{server.base_url}", api_key="theirs")
+            reply = client.chat.completions.create(
+                model="big", messages=[{{"role": "user", "content": "Capital of Peru?"}}]
+            )
+            assert reply.choices[0].message.content == "Lima"
         """
     )
-    result = project.runpytest("--distill-record-mode=none")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["GET /v1/models/big has no recorded response; no cassette *"])
-    assert server.requests == []
+    sent = len(server.requests)
+    monkeypatch.setenv("CI", "true")  # no record mode set: CI replays, offline
+    result = capitals.runpytest("-p", "no:randomly")
+    result.stdout.fnmatch_lines(["distill cassettes: cassettes/ (record mode none)"])
+    result.assert_outcomes(passed=8, failed=4)
+    # Only the user's two tests reached the server; the eval items replayed.
+    assert [(m, p) for m, p, _ in server.requests[sent:]] == [
+        ("GET", "/v1/models/big"),
+        ("POST", "/v1/chat/completions"),
+    ]
+    assert not (capitals.path / "cassettes" / "test_theirs.py").exists()
 
 
 def test_secrets_and_account_headers_never_reach_a_cassette(

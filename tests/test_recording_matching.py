@@ -180,14 +180,17 @@ def polls(tmp_path: Path) -> Iterator[openai.OpenAI]:
     recorder = recording.Recorder(
         recording.SessionCassette(tmp_path / "cassettes", "none", tmp_path)
     )
-    recorder.start()
-    client = openai.OpenAI(base_url="http://local.invalid/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(
+        base_url="http://local.invalid/v1",
+        api_key="x",
+        max_retries=0,
+        http_client=openai.DefaultHttpx2Client(transport=recorder.transport()),
+    )
     try:
         with recording.route(recording.Route("poll", "pytest --distill-record-mode=all")):
             yield client
     finally:
         client.close()
-        recorder.stop()
 
 
 def test_identical_requests_replay_in_recorded_order_then_miss(polls: openai.OpenAI) -> None:

@@ -1,12 +1,15 @@
 """Record and replay the session's model traffic with vcrpy; the only module that imports vcr.
 
-One patch of httpx2's transports (vcrpy's own stubs) is active for the whole session, talking
-to a :class:`SessionCassette` instead of a vcr ``Cassette``: data-file items make their calls
-on a thread pool, so a per-test ``use_cassette`` could not tell whose request is whose. Each
-request goes to the cassette file of the *route* active in its thread (a context variable):
-the test item's node id, or ``distill/<dataset hash>`` for the fine-tuning step. One file per
-item keeps xdist workers from ever writing the same file, and a dict index keyed by the
-normalised request keeps replay linear in the number of items.
+Nothing is patched: the SDK clients the plugin makes (role clients, the role fixtures, the
+judge, stored-completion collection, the trainer) get a transport of their own whose
+``handle_request`` is vcrpy's stub, talking to a :class:`SessionCassette` instead of a vcr
+``Cassette``. Every other request in the process (the user's own tests, their OpenAI clients)
+goes through httpx2's ordinary transport, untouched, in every record mode. Data-file items make
+their calls on a thread pool, so a per-test ``use_cassette`` could not tell whose request is
+whose: each request goes to the cassette file of the *route* active in its thread (a context
+variable): the test item's node id, or ``distill/<dataset hash>`` for the fine-tuning step.
+One file per item keeps xdist workers from ever writing the same file, and a dict index keyed
+by the normalised request keeps replay linear in the number of items.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_distill.atomic import write_atomic
 from pytest_distill.runtime import LOCAL_PLACEHOLDER
 from pytest_distill.cassettes.session import SessionCassette, relative
 from pytest_distill.cassettes.routes import (
@@ -50,28 +54,20 @@ RECORDER_KEY = pytest.StashKey["Recorder"]()
 
 
 class Recorder:
-    """The patch, the session cassette and the hooks that route each test's traffic."""
+    """The session cassette, the transport of the plugin's clients and the hooks that route
+    each test's traffic."""
 
     def __init__(self, cassette: SessionCassette) -> None:
         self.cassette = cassette
-        self._patches = contextlib.ExitStack()
+        self._transport: type[Any] | None = None
 
-    def start(self) -> None:
-        import httpcore2  # noqa: F401  # httpx2 imports it lazily; keep the two paired
-        import httpx2
-        from vcr.stubs.httpx_stubs import vcr_handle_async_request, vcr_handle_request
+    def transport(self) -> Any:
+        """A new httpx2 transport whose requests record to / replay from the cassettes."""
+        if self._transport is None:
+            self._transport = _transport_class(self.cassette)
+        from openai._constants import DEFAULT_CONNECTION_LIMITS
 
-        sync = vcr_handle_request(self.cassette, httpx2.HTTPTransport.handle_request, httpx2)
-        async_ = vcr_handle_async_request(
-            self.cassette, httpx2.AsyncHTTPTransport.handle_async_request, httpx2
-        )
-        self._patches.enter_context(_patched(httpx2.HTTPTransport, "handle_request", sync))
-        self._patches.enter_context(
-            _patched(httpx2.AsyncHTTPTransport, "handle_async_request", async_)
-        )
-
-    def stop(self) -> None:
-        self._patches.close()
+        return self._transport(limits=DEFAULT_CONNECTION_LIMITS)
 
     def pytest_report_header(self) -> str:
         where = relative(self.cassette.directory, self.cassette.rootdir)
@@ -111,14 +107,16 @@ class Recorder:
         self.cassette.save()
 
 
-@contextlib.contextmanager
-def _patched(owner: type, name: str, replacement: Any) -> Iterator[None]:
-    original = owner.__dict__[name]
-    setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
+def _transport_class(cassette: SessionCassette) -> type[Any]:
+    import httpx2
+    from vcr.stubs.httpx_stubs import vcr_handle_request
+
+    class CassetteTransport(httpx2.HTTPTransport):
+        """httpx2's transport, with vcrpy's stub in front of it: for this session's clients only."""
+
+    stub = vcr_handle_request(cassette, httpx2.HTTPTransport.handle_request, httpx2)
+    CassetteTransport.handle_request = stub  # type: ignore[method-assign]
+    return CassetteTransport
 
 
 def _miss_in(error: BaseException | None) -> CassetteMiss | None:
@@ -130,21 +128,12 @@ def _miss_in(error: BaseException | None) -> CassetteMiss | None:
     return None
 
 
-# The patch is process-wide. A session started inside another one (pytester's in-process
-# runs) pauses the outer patch and decides for itself, as it would in a process of its own.
-_SESSIONS: list[Recorder | None] = []
-STARTED_KEY = pytest.StashKey[bool]()
-
-
 def start(config: pytest.Config, runtime: Runtime) -> None:
-    """Patch the session's HTTP traffic when a record mode is set (or CI defaults to none)."""
-    if _SESSIONS and _SESSIONS[-1] is not None:
-        _SESSIONS[-1].stop()
+    """Route the plugin's clients through cassettes when a record mode is set (or CI defaults
+    to none); nothing else in the process is touched."""
     recorder = _recorder(config, runtime)
-    _SESSIONS.append(recorder)
-    config.stash[STARTED_KEY] = True
     if recorder is not None:
-        recorder.start()
+        runtime.transport = recorder.transport
         config.stash[RECORDER_KEY] = recorder
         config.pluginmanager.register(recorder, "distill-recording")
 
@@ -153,7 +142,6 @@ def _recorder(config: pytest.Config, runtime: Runtime) -> Recorder | None:
     settings = runtime.settings
     if settings.record_mode is None:
         return None
-    import vcr  # noqa: F401  # vcr.patch keeps the unpatched transports: import it first
     from vcr.filters import decode_response
 
     runtime.replaying = settings.record_mode == "none"
@@ -169,13 +157,9 @@ def _recorder(config: pytest.Config, runtime: Runtime) -> Recorder | None:
 
 
 def stop(config: pytest.Config) -> None:
-    if not config.stash.get(STARTED_KEY, False) or not _SESSIONS:
-        return
-    recorder = _SESSIONS.pop()
+    recorder = config.stash.get(RECORDER_KEY, None)
     if recorder is not None:
-        recorder.stop()
-    if _SESSIONS and _SESSIONS[-1] is not None:
-        _SESSIONS[-1].start()
+        recorder.cassette.save()
 
 
 @contextlib.contextmanager
@@ -195,7 +179,8 @@ def distill_step(
         runtime.replaying = True
         state = state.parent / "replay" / "state.json"
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps(found.meta.get("state", {}), indent=2, sort_keys=True))
+        text = json.dumps(found.meta.get("state", {}), indent=2, sort_keys=True)
+        write_atomic(state, text.encode())
     else:
         try:
             found.meta["state"] = json.loads(state.read_text())

@@ -57,11 +57,8 @@ def load_cases(
     filters: dict[str, Any] = {"metadata": dict(source.metadata)} if source.metadata else {}
     if source.model:
         filters["model"] = source.model
-    for stored in client.chat.completions.list(
-        order="asc", limit=min(source.limit, 100), **filters
-    ):
-        if len(cases) >= source.limit:
-            break
+    pages = client.chat.completions.list(order="asc", limit=min(source.limit, 100), **filters)
+    for stored in pages:
         reply = stored.choices[0].message.content if stored.choices else None
         if not reply:
             continue
@@ -80,4 +77,6 @@ def load_cases(
                 metadata={"stored_completion": stored.id, **(stored.metadata or {})},
             )
         )
+        if len(cases) >= source.limit:
+            break  # here, not at the next turn: that would fetch the next page first
     return cases

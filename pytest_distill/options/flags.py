@@ -28,6 +28,13 @@ def addoption(parser: pytest.Parser) -> None:
         help="with --distill: start the fine-tuning job and return; the next run picks it up.",
     )
     group.addoption(
+        "--distill-allow-subset",
+        action="store_true",
+        default=None,
+        help="with --distill: train even when a selection (-k, --lf, --deselect, node ids, "
+        "--distill-roles) left train-split teacher cases out (ini distill_allow_subset).",
+    )
+    group.addoption(
         "--distill-roles",
         default=None,
         metavar="ROLES",
@@ -167,6 +174,12 @@ def addoption(parser: pytest.Parser) -> None:
         "distill_max_example_tokens",
         "training examples over this many (estimated) tokens are dropped",
         default="4096",
+    )
+    parser.addini(
+        "distill_allow_subset",
+        "train on the teacher cases a selection left in (see --distill-allow-subset)",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "distill_store",

@@ -34,6 +34,7 @@ class TrainingOptions:
     store: bool = False
     extra_body: Mapping[str, Any] = field(default_factory=dict)  # merged into the job create
     api_key_env: str | None = None  # the trainer's key variable; None: the student's rules
+    allow_subset: bool = False  # train when a selection left train-split teacher cases out
 
 
 @dataclass(frozen=True, slots=True)

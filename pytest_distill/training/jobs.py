@@ -151,8 +151,9 @@ def _upload(client: openai.OpenAI, dataset: Dataset, progress: Progress) -> str:
 def _create(
     client: openai.OpenAI, settings: TrainingSettings, key: str, file_id: str, dataset: Dataset
 ) -> Any:
-    """Create without SDK retries: a timed-out POST may have created the job after all, so we
-    look it up by its metadata before trying again (the SDK's idempotency key is not sent)."""
+    """Create without SDK retries: a POST that timed out or got a 5xx may have created the job
+    after all, so we look it up by its metadata before trying again (the SDK's idempotency key
+    is not sent)."""
     once = client.with_options(max_retries=0)
     body: dict[str, Any] = {
         "model": settings.base_model,
@@ -173,11 +174,13 @@ def _create(
         try:
             return once.fine_tuning.jobs.create(**known, extra_body=extra or None)
         except Exception as exc:
-            if type(exc).__name__ not in ("APITimeoutError", "APIConnectionError") or attempt == 2:
+            if not _may_have_created(exc):
                 raise
             found = _listed_job(client, key)
             if found is not None:
                 return found
+            if attempt == 2:
+                raise
             time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
@@ -206,6 +209,14 @@ def merge_body(body: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
         else:
             merged[key] = value
     return merged
+
+
+def _may_have_created(exc: Exception) -> bool:
+    """A timeout, a dropped connection or a server error: the job may exist all the same."""
+    if type(exc).__name__ in ("APITimeoutError", "APIConnectionError"):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500
 
 
 def follow(

@@ -128,13 +128,22 @@ def gather(run: Run, split: str) -> paired.Evidence:
 
 
 def exit_status(
-    outcome: Outcome, status: int, *, other_failures: int, distill_failed: bool = False
+    outcome: Outcome,
+    status: int,
+    *,
+    other_failures: int,
+    distill_failed: bool = False,
+    deferred: bool = False,
 ) -> int:
     """With an evaluated gate, the gate decides: cases that grade below passing are
     measurements, not failures. Errors and failing ordinary tests still fail the session.
-    A failed distill step (exit code 7) outranks the gate."""
+    A failed distill step (exit code 7) outranks the gate. ``deferred``: --distill-no-wait
+    started (or found) a job, so the gate waits for the next run; below-passing grades alone
+    do not fail this one."""
     if distill_failed and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return DISTILL_FAILED_EXIT_CODE
+    if deferred and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return status if other_failures else int(pytest.ExitCode.OK)
     gate = outcome.gate
     if gate is None or gate.passed is None:
         return status
