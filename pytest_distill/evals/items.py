@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.cassettes.routes import in_item_route
+from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.loaders import load_file
 from pytest_distill.grading.registry import (
@@ -230,12 +230,32 @@ class DistillItem(pytest.Item):
         warning = self.runtime.retirement_warning(self.role)
         if warning:
             self.warn(DistillWarning(warning))
-        call = self.runtime.call(self.nodeid, self._routed_call)
-        grades = tuple(
-            g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
-        )
+        call = None
+        try:
+            call = self.runtime.call(self.nodeid, self._routed_call)
+            grades = tuple(
+                g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders
+            )
+        except Exception as exc:
+            # No grade: still a result of its role, counted as errored (never a quiet pass).
+            self.user_properties.extend(self._result(call, error=_one_line(exc)).properties())
+            raise
         score, passed = combine(grades)
-        result = ItemResult(
+        result = self._result(call, passed=passed, score=score, grades=grades)
+        self.user_properties.extend(result.properties())
+        if not passed:
+            raise DistillCaseFailure(grades, call.reply)
+
+    def _result(
+        self,
+        call: CallRecord | None,
+        *,
+        passed: bool = False,
+        score: float = 0.0,
+        grades: tuple[Grade, ...] = (),
+        error: str | None = None,
+    ) -> ItemResult:
+        return ItemResult(
             nodeid=self.nodeid,
             suite=self.suite.name,
             case_id=self.case.id,
@@ -243,6 +263,7 @@ class DistillItem(pytest.Item):
             split=self.split,
             passed=passed,
             score=score,
+            error=error,
             call=call,
             grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
             train_messages=(
@@ -251,9 +272,6 @@ class DistillItem(pytest.Item):
                 else None
             ),
         )
-        self.user_properties.extend(result.properties())
-        if not passed:
-            raise DistillCaseFailure(grades, call.reply)
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
@@ -261,6 +279,9 @@ class DistillItem(pytest.Item):
         error = excinfo.value
         if isinstance(error, DistillCaseFailure):
             return format_failure(error.grades, error.reply)
+        miss = _miss_in(error)
+        if miss is not None:  # one line, and no traceback built only to be replaced
+            return str(miss)
         if isinstance(error, MissingApiKey):
             return str(error)
         if type(error).__module__.startswith("openai"):
@@ -269,6 +290,25 @@ class DistillItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.case.line - 1, f"{self.suite.name}::{self.name}"
+
+
+def _miss_in(error: BaseException | None) -> CassetteMiss | None:
+    for _ in range(10):
+        if error is None or isinstance(error, CassetteMiss):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    """Why an item has no grade, in one line."""
+    miss = _miss_in(error)
+    if miss is not None:
+        return f"no recording: {shorten(str(miss).splitlines()[0], 200)}"
+    if type(error).__module__.startswith("openai"):
+        return f"model call failed: {shorten(describe_error(error), 200)}"
+    text = str(error).strip().splitlines()
+    return shorten(f"{type(error).__name__}: {text[0] if text else ''}", 200)
 
 
 def format_failure(grades: tuple[Grade, ...], reply: str) -> str:

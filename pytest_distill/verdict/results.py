@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,11 +42,12 @@ class ItemResult:
     call: CallRecord | None = None
     calls: int = 1
     train_messages: tuple[dict[str, Any], ...] | None = None  # the student's prompt, if known
+    error: str | None = None  # no grade: the model call or a grader could not run (one line)
 
     @property
     def graded_failure(self) -> bool:
         """Failed because a grader scored it below passing: a measurement, not a bug."""
-        return not self.passed and any(not g.passed for g in self.grades)
+        return self.error is None and not self.passed and any(not g.passed for g in self.grades)
 
     def properties(self) -> list[tuple[str, object]]:
         """What goes on the report: JUnit-friendly scalars, then the whole record."""
@@ -91,20 +92,30 @@ def take_from(user_properties: list[tuple[str, object]]) -> ItemResult | None:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """Figures for one group of results (a role, or a role within a suite)."""
+    """Figures for one group of results (a role, or a role within a suite).
+
+    ``n`` counts every item, ``errors`` those without a grade (a cassette miss, a failed call,
+    a grader that could not run); ``score`` and ``pass_rate`` are over the graded ones and
+    ``None`` when there are none, as ``cost`` is when no call was made or one has no price.
+    """
 
     n: int
     passed: int
-    score: float
+    score: float | None
     prompt_tokens: int
     completion_tokens: int
     calls: int
     latencies: tuple[float, ...]
     cost: float | None
+    errors: int = 0
 
     @property
-    def pass_rate(self) -> float:
-        return self.passed / self.n if self.n else 0.0
+    def graded(self) -> int:
+        return self.n - self.errors
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.graded if self.graded else None
 
 
 @dataclass
@@ -138,19 +149,23 @@ class Results:
 
 def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggregate:
     calls = [r.call for r in results if r.call is not None]
+    graded = [r for r in results if r.error is None]
     return Aggregate(
         n=len(results),
-        passed=sum(r.passed for r in results),
-        score=sum(r.score for r in results) / len(results) if results else 0.0,
+        passed=sum(r.passed for r in graded),
+        score=sum(r.score for r in graded) / len(graded) if graded else None,
         prompt_tokens=sum(c.prompt_tokens for c in calls),
         completion_tokens=sum(c.completion_tokens for c in calls),
         calls=len(calls),
         latencies=tuple(sorted(c.latency_s for c in calls)),
         cost=_cost(calls, prices),
+        errors=len(results) - len(graded),
     )
 
 
-def _cost(calls: Iterable[CallRecord], prices: Mapping[str, Any]) -> float | None:
+def _cost(calls: Sequence[CallRecord], prices: Mapping[str, Any]) -> float | None:
+    if not calls:
+        return None  # nothing was spent on nothing; 0.0 would read as a measured cost
     total = 0.0
     for call in calls:
         price = prices.get(call.model) or prices.get(_base_model(call.model))
