@@ -5,13 +5,21 @@ fine-tuned student on the holdout, in the same session.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals.cases import split_of
-from pytest_distill.evals.items import DistillItem, collected
+from pytest_distill.evals.items import (
+    CollectedSuite,
+    DistillFile,
+    DistillItem,
+    collected,
+    is_eval_file,
+)
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime
 from pytest_distill.training import dataset, jobs
@@ -87,7 +95,8 @@ def _write_dataset(
         results_of(config).items, max_tokens=settings.training.max_example_tokens, keep=keep
     )
     data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
-    progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
+    where = os.path.relpath(data.path, settings.rootpath)  # relative to the rootdir
+    progress(f"distill: wrote {len(data.examples)} examples to {where} ({selection.explain()})")
     return data
 
 
@@ -114,13 +123,7 @@ def trainer_role(runtime: Runtime) -> RoleConfig:
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
     runtime.use_finetuned(model, trainer.endpoint)
-    suites = collected(session.config)
-    if not suites:  # the xdist controller collects nothing
-        _progress(session.config)(
-            "distill: the fine-tuned student's items run in the next session (under xdist the "
-            "controller holds no items); run pytest again"
-        )
-        return
+    suites = collected(session.config) or _collect_on_controller(session, runtime)
     items: list[pytest.Item] = []
     for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):
         for case in suite.cases:
@@ -150,12 +153,30 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
             break
 
 
+def _collect_on_controller(session: pytest.Session, runtime: Runtime) -> list[CollectedSuite]:
+    """Under xdist the controller collected nothing: read the eval files whose items the
+    workers ran, so the fine-tuned student's items run here and report like the rest."""
+    paths = {
+        r.nodeid.split("::")[0]
+        for r in results_of(session.config).items
+        if "::" in r.nodeid
+        and is_eval_file(Path(r.nodeid.split("::")[0]), runtime.settings.patterns)
+    }
+    for path in sorted(paths):
+        file = DistillFile.from_parent(session, path=session.config.rootpath / path)
+        for _ in file.collect():  # collecting records the suite; its items ran on the workers
+            pass
+    return collected(session.config)
+
+
 def _progress(config: pytest.Config) -> jobs.Progress:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
     def write(line: str) -> None:
         if reporter is not None:
             reporter.ensure_newline()
+            if reporter._tw.width_of_current_line:  # -q: after the progress letters
+                reporter._tw.line()
             reporter.write_line(line)
 
     return write

@@ -124,7 +124,9 @@ class Gate:
         if missing:
             reason = f"gate not evaluated: no results for {', '.join(missing)}"
             return GateResult(self.expression, None, (), missing, reason)
-        errored = [f"{stats[r].errors} of {stats[r].n} {r}" for r in sorted(self.roles) if stats[r].errors]
+        errored = [
+            f"{stats[r].errors} of {stats[r].n} {r}" for r in sorted(self.roles) if stats[r].errors
+        ]
         if errored:
             reason = (
                 f"gate not evaluated: {', '.join(errored)} cases have no grade (a cassette miss, "
