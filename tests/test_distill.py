@@ -107,7 +107,9 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
             "*teacher*",
             "*student*",
             "*finetuned*",
-            "gate passed on holdout cases: *",
+            "gate on holdout cases: finetuned >= student + 0.5 and *",
+            "*ok   finetuned >= student + 0.5: *",
+            "gate passed on holdout cases (exit code 0)",
         ]
     )
     assert result.ret == 0, result.stdout.str()

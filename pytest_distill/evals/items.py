@@ -190,6 +190,9 @@ class DistillItem(pytest.Item):
         graders: tuple[Grader, ...],
         **kwargs: Any,
     ) -> None:
+        # A node id given as text is parsed as pytest parses the ids it caches, so the role in
+        # brackets is the id's parameter and --lf finds the item again.
+        kwargs.setdefault("nodeid", f"{kwargs['parent'].nodeid}::{kwargs['name']}")
         super().__init__(**kwargs)
         self.suite, self.case, self.role, self.split = suite, case, role, split
         self.graders = graders
@@ -227,11 +230,11 @@ class DistillItem(pytest.Item):
         return in_item_route(self.nodeid, self.model_call)
 
     def runtest(self) -> None:
-        warning = self.runtime.retirement_warning(self.role)
-        if warning:
-            self.warn(DistillWarning(warning))
         call = None
         try:
+            warning = self.runtime.retirement_warning(self.role)
+            if warning:
+                self.warn(DistillWarning(warning))
             call = self.runtime.call(self.nodeid, self._routed_call)
             grades = tuple(
                 g.grade(Sample(output_text=call.reply), self.case.item()) for g in self.graders

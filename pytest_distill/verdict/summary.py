@@ -130,7 +130,9 @@ def gate_lines(run: Run, outcome: Outcome, verdict: Verdict) -> Iterator[Line]:
             yield Line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
         if gate.status in ("passed", "failed"):
             yield from few_cases(run, outcome)
-    if run.distill_error:
+    if gate is not None and verdict.exit_code == DISTILL_FAILED_EXIT_CODE:
+        yield Line(gate.reason, {"yellow": True})
+    elif run.distill_error and verdict.exit_code != DISTILL_FAILED_EXIT_CODE:
         yield Line(run.distill_error, {"red": True})
     yield verdict_line(run, outcome, verdict)
 
@@ -168,10 +170,8 @@ def verdict_line(run: Run, outcome: Outcome, verdict: Verdict) -> Line:
         else ""
     )
     if code == DISTILL_FAILED_EXIT_CODE:
-        prefix = f"{gate.reason}; " if gate is not None else ""
-        return Line(
-            f"{prefix}the distill step failed (exit code {code})", {"red": True, "bold": True}
-        )
+        text = f"{run.distill_error or 'the distill step failed'} (exit code {code})"
+        return Line(text, {"red": True, "bold": True})
     if gate is None:
         return Line(
             f"no gate configured (exit code {code}{failures})",
