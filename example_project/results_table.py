@@ -7,7 +7,7 @@ Prints the Markdown table (one row per role, holdout cases only: the cases the g
 or with ``--update`` (once per file) replaces the part of each file between the
 ``results:start`` and ``results:end`` markers. ``--log`` adds the session's wall time from
 pytest's last line.
-Every number comes from the report (schema ``pytest-distill/report/1``); none is typed by hand.
+Every number comes from the report (schema ``pytest-distill/report/2``); none is typed by hand.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROLES = ("teacher", "student", "finetuned")
-SCHEMA = "pytest-distill/report/1"
+SCHEMA = "pytest-distill/report/2"
 
 
 def holdout_items(report: Mapping[str, Any], role: str, suite: str | None = None) -> list[Any]:
