@@ -5,6 +5,7 @@ fine-tuned student on the holdout, in the same session.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals.cases import split_of
-from pytest_distill.evals.items import DistillItem, collected
+from pytest_distill.evals.items import (
+    CollectedSuite,
+    DistillFile,
+    DistillItem,
+    collected,
+    is_eval_file,
+)
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime
 from pytest_distill.training import dataset, jobs
@@ -163,7 +170,8 @@ def _write_dataset(
         results_of(config).items, max_tokens=settings.training.max_example_tokens, keep=keep
     )
     data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
-    progress(f"distill: wrote {len(data.examples)} examples to {data.path} ({selection.explain()})")
+    where = os.path.relpath(data.path, settings.rootpath)  # relative to the rootdir
+    progress(f"distill: wrote {len(data.examples)} examples to {where} ({selection.explain()})")
     return data, selection
 
 
@@ -217,19 +225,10 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
     trainer = trainer_role(runtime)
     runtime.use_finetuned(model, trainer.endpoint, trainer.api_key_env)
     suites = collected(session.config)
-    if not suites:  # the xdist controller collects nothing
-        _progress(session.config)(
-            "distill: the fine-tuned student's items run in the next session (under xdist the "
-            "controller holds no items); run pytest again"
-        )
-        return
-    # The cases the selection kept (-k, --deselect, node ids): pytest's own hooks chose them
-    # once; calling every plugin's pytest_collection_modifyitems again would run theirs twice.
-    chosen = {
-        (item.parent.nodeid, item.case.id)
-        for item in session.items
-        if isinstance(item, DistillItem) and item.parent is not None
-    }
+    on_controller = not suites  # under xdist the controller collected nothing
+    if on_controller:
+        suites = _collect_on_controller(session, runtime)
+    chosen = _chosen_cases(session, on_controller)
     items: list[pytest.Item] = []
     for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):
         for case in suite.cases:
@@ -259,12 +258,47 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
             break
 
 
+def _chosen_cases(session: pytest.Session, on_controller: bool) -> set[tuple[str, str]]:
+    """(file, case id) of the cases the selection kept (-k, --deselect, node ids): pytest's
+    own hooks chose them once; calling every plugin's pytest_collection_modifyitems again
+    would run theirs twice. On an xdist controller, the cases whose items the workers ran."""
+    if on_controller:
+        return {
+            (r.nodeid.split("::")[0], r.case_id)
+            for r in results_of(session.config).items
+            if "::" in r.nodeid
+        }
+    return {
+        (item.parent.nodeid, item.case.id)
+        for item in session.items
+        if isinstance(item, DistillItem) and item.parent is not None
+    }
+
+
+def _collect_on_controller(session: pytest.Session, runtime: Runtime) -> list[CollectedSuite]:
+    """Under xdist the controller collected nothing: read the eval files whose items the
+    workers ran, so the fine-tuned student's items run here and report like the rest."""
+    paths = {
+        r.nodeid.split("::")[0]
+        for r in results_of(session.config).items
+        if "::" in r.nodeid
+        and is_eval_file(Path(r.nodeid.split("::")[0]), runtime.settings.patterns)
+    }
+    for path in sorted(paths):
+        file = DistillFile.from_parent(session, path=session.config.rootpath / path)
+        for _ in file.collect():  # collecting records the suite; its items ran on the workers
+            pass
+    return collected(session.config)
+
+
 def _progress(config: pytest.Config) -> jobs.Progress:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
     def write(line: str) -> None:
         if reporter is not None:
             reporter.ensure_newline()
+            if reporter._tw.width_of_current_line:  # -q: after the progress letters
+                reporter._tw.line()
             reporter.write_line(line)
 
     return write

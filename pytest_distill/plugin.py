@@ -10,10 +10,10 @@ import pytest
 from pytest_distill import options
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
-from pytest_distill.evals.items import DistillFile, DistillItem, is_eval_file
+from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
 from pytest_distill.runtime import RUNTIME_KEY, Runtime
 from pytest_distill.training.state import trained_model
-from pytest_distill.verdict import report
+from pytest_distill.verdict import report, summary
 from pytest_distill.verdict.gate import check_gate
 from pytest_distill.verdict.results import results_of, take_from
 
@@ -112,11 +112,26 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
-    if call.when == "call" and not isinstance(item, DistillItem):
-        if call.excinfo is not None and isinstance(call.excinfo.value, pyevals.DistillGradeError):
-            rep.longrepr = str(call.excinfo.value)
+    if call.when != "call":
+        return rep
+    graded_below = call.excinfo is not None and isinstance(
+        call.excinfo.value, DistillCaseFailure | pyevals.DistillGradeError
+    )
+    if not isinstance(item, DistillItem):
+        if graded_below:
+            rep.longrepr = str(call.excinfo.value)  # type: ignore[union-attr]
         pyevals.record(item, rep)
+    if graded_below and item.config.stash[RUNTIME_KEY].settings.gate:
+        # Decided now, before the gate is evaluated; a gate not evaluated fails closed later.
+        # The report stays "failed" for --lf; its word, letter and section are its own.
+        rep.distill_below = True  # type: ignore[attr-defined]
     return rep
+
+
+def pytest_report_teststatus(report: pytest.TestReport) -> tuple[str, str, object] | None:
+    if getattr(report, "distill_below", False) and report.when == "call":
+        return summary.BELOW, summary.BELOW_LETTER, ("BELOW PASSING", {"yellow": True})
+    return None
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
@@ -135,6 +150,7 @@ class Controller:
         self.runtime = config.stash[RUNTIME_KEY]
         self.other_failures = 0
         self.outcome: report.Outcome | None = None
+        self.verdict: summary.Verdict | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -150,18 +166,27 @@ class Controller:
             self.other_failures += 1
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.outcome = outcome = report.finish(self._run())
-        session.exitstatus = report.exit_status(
+        run = self._run()
+        self.outcome = outcome = report.finish(run)
+        session.exitstatus = code = report.exit_status(
             outcome,
             session.exitstatus,
             other_failures=self.other_failures,
             distill_failed=self.runtime.distill_error is not None,
             deferred=self.runtime.distill_deferred,
         )
+        self.verdict = summary.Verdict(int(code), self.other_failures)
+        report.write_report(run, outcome, int(code))
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.outcome is not None:
-            report.summary(terminalreporter, self._run(), self.outcome)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(
+        self, terminalreporter: pytest.TerminalReporter
+    ) -> Generator[None, None, None]:
+        # Outermost: after pytest's short test summary, so the verdict is the last thing shown.
+        yield
+        summary.below_passing(terminalreporter)
+        if self.outcome is not None and self.verdict is not None:
+            summary.summary(terminalreporter, self._run(), self.outcome, self.verdict)
 
     def _run(self) -> report.Run:
         runtime = self.runtime

@@ -122,7 +122,9 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
             "*teacher*",
             "*student*",
             "*finetuned*",
-            "gate passed on holdout cases: *",
+            "gate on holdout cases: finetuned >= student + 0.5 and *",
+            "*ok   finetuned >= student + 0.5: *",
+            "gate passed on holdout cases (exit code 0)",
         ]
     )
     assert result.ret == 0, result.stdout.str()
@@ -370,3 +372,26 @@ def _job_id(state: Path) -> str | None:
     except ValueError:
         return None
     return next((j.get("job_id") for j in jobs.values() if j.get("job_id")), None)
+
+
+def test_under_xdist_distill_evaluates_the_finetuned_student_in_the_same_session(
+    distill_project: pytest.Pytester,
+) -> None:
+    pytest.importorskip("xdist")
+    result = distill_project.runpytest(
+        "-n", "2", "--distill", "--distill-report=report.json",
+        "--distill-gate", "finetuned >= student + 0.5",
+    )  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "distill: fine-tuned model ft:tiny:local:distill:*",
+            "gate passed on holdout cases (exit code 0)",
+        ]
+    )
+    assert result.ret == 0, result.stdout.str()
+    report = json.loads((distill_project.path / "report.json").read_text())
+    finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
+    held_out = [i for i in report["items"] if i["role"] == "student"]
+    assert sorted(i["nodeid"].replace("[finetuned]", "") for i in finetuned) == sorted(
+        i["nodeid"].replace("[student]", "") for i in held_out
+    )

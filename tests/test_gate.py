@@ -152,3 +152,21 @@ def test_percentile_interpolates_between_ranks() -> None:
 def test_percentile_of_nothing_raises() -> None:
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+@pytest.mark.parametrize(
+    ("expression", "column"),
+    [("finetuned >= 0.9 *", 19), ("finetuned >= 0.9 and", 21), ("finetuned >= >= 2", 14)],
+)
+def test_gate_syntax_error_points_where_the_expression_breaks(expression: str, column: int) -> None:
+    with pytest.raises(GateSyntaxError) as info:
+        Gate.parse(expression)
+    assert info.value.column == column
+    assert f"at column {column}" in str(info.value)
+
+
+def test_gate_with_errored_cases_of_a_role_it_uses_is_not_evaluated() -> None:
+    errored = RoleStats(3, 1.0, 1.0, 10, 5, 0.1, 0.2, errors=1)
+    result = Gate.parse("teacher >= 0.5").evaluate({"teacher": errored})
+    assert result.passed is None and result.status == "not evaluated"
+    assert result.reason.startswith("gate not evaluated: 1 of 3 teacher cases have no grade")

@@ -44,7 +44,7 @@ def test_json_report_has_schema_scores_and_items(project: pytest.Pytester) -> No
     assert items[("it", "student")]["reply"] == "Milan"
     assert items[("it", "student")]["grades"][0]["passed"] is False
     assert items[("it", "teacher")]["completion_id"].startswith("chatcmpl-")
-    assert report["suites"]["capitals"]["student"]["cases"] == 5
+    assert report["suites"]["capitals"]["student"]["all"]["cases"] == 5
 
 
 def test_report_is_the_same_under_xdist(project: pytest.Pytester) -> None:
@@ -99,7 +99,7 @@ def test_with_a_gate_cases_graded_below_passing_do_not_fail_the_session(
 ) -> None:
     project.makefile(".eval.yaml", capitals=SUITE)
     result = project.runpytest("--distill-gate", "teacher >= student + 0.5")
-    result.assert_outcomes(passed=6, failed=4)
+    assert "= 6 passed, 4 below passing in " in result.stdout.lines[-1]
     assert result.ret == pytest.ExitCode.OK
 
 
@@ -114,7 +114,9 @@ def test_passing_gate_keeps_exit_code_zero(project: pytest.Pytester) -> None:
     project.makefile(".eval.yaml", capitals=SUITE)
     result = project.runpytest("--distill-gate", "teacher >= 0.9", "--distill-roles=teacher")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*gate passed on * cases: teacher >= 0.9*"])
+    result.stdout.fnmatch_lines(
+        ["gate on * cases: teacher >= 0.9", "*ok   teacher >= 0.9: *", "gate passed on *"]
+    )
 
 
 def test_gate_reads_the_holdout_split_when_there_is_one(project: pytest.Pytester) -> None:
@@ -128,6 +130,6 @@ def test_gate_reads_the_holdout_split_when_there_is_one(project: pytest.Pytester
 
 def test_gate_naming_a_role_that_did_not_run_is_not_evaluated(project: pytest.Pytester) -> None:
     project.makefile(".eval.yaml", capitals=SUITE)
-    result = project.runpytest("--distill-gate", "finetuned >= teacher", "--distill-roles=teacher")
-    assert result.ret == 0
-    result.stdout.fnmatch_lines(["*gate not evaluated: *finetuned*"])
+    result = project.runpytest("--distill-gate", "student >= teacher", "--distill-roles=teacher")
+    assert result.ret == 6
+    result.stdout.fnmatch_lines(["gate not evaluated: no results for student *(exit code 6)"])

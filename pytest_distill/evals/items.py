@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill.cassettes.routes import in_item_route
+from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.graders import build_graders
 from pytest_distill.evals.loaders import load_file
@@ -152,6 +152,9 @@ class DistillItem(pytest.Item):
         graders: tuple[Grader, ...],
         **kwargs: Any,
     ) -> None:
+        # A node id given as text is parsed as pytest parses the ids it caches, so the role in
+        # brackets is the id's parameter and --lf finds the item again.
+        kwargs.setdefault("nodeid", f"{kwargs['parent'].nodeid}::{kwargs['name']}")
         super().__init__(**kwargs)
         self.suite, self.case, self.role, self.split = suite, case, role, split
         self.graders = graders
@@ -199,18 +202,45 @@ class DistillItem(pytest.Item):
         return grades, Attempt(passed, score, call, records)
 
     def runtest(self) -> None:
-        warning = self.runtime.retirement_warning(self.role)
-        if warning:
-            self.warn(DistillWarning(warning))
-        calls = self.runtime.call(self.nodeid, self._routed_calls)
-        graded = [self._grade(call) for call in calls]
+        calls: tuple[CallRecord, ...] = ()
+        try:
+            warning = self.runtime.retirement_warning(self.role)
+            if warning:
+                self.warn(DistillWarning(warning))
+            calls = self.runtime.call(self.nodeid, self._routed_calls)
+            graded = [self._grade(call) for call in calls]
+        except Exception as exc:
+            # No grade: still a result of its role, counted as errored (never a quiet pass).
+            first_call = calls[0] if calls else None
+            self.user_properties.extend(self._result(first_call, error=_one_line(exc)).properties())
+            raise
         attempts = [attempt for _, attempt in graded]
         score = sum(a.score for a in attempts) / len(attempts)
         passed = all(a.passed for a in attempts)
         grades, first = next(((g, a) for g, a in graded if not a.passed), graded[0])
-        call = first.call
-        assert call is not None
-        result = ItemResult(
+        assert first.call is not None
+        result = self._result(
+            first.call,
+            passed=passed,
+            score=score,
+            grades=first.grades,
+            attempts=tuple(attempts) if len(attempts) > 1 else (),
+        )
+        self.user_properties.extend(result.properties())
+        if not passed:
+            raise DistillCaseFailure(grades, first.call.reply)
+
+    def _result(
+        self,
+        call: CallRecord | None,
+        *,
+        passed: bool = False,
+        score: float = 0.0,
+        grades: tuple[GradeRecord, ...] = (),
+        attempts: tuple[Attempt, ...] = (),
+        error: str | None = None,
+    ) -> ItemResult:
+        return ItemResult(
             nodeid=self.nodeid,
             suite=self.suite.name,
             case_id=self.case.id,
@@ -218,10 +248,11 @@ class DistillItem(pytest.Item):
             split=self.split,
             passed=passed,
             score=score,
+            error=error,
             call=call,
-            grades=first.grades,
+            grades=grades,
             case_sha256=self.case.fingerprint(),
-            attempts=tuple(attempts) if len(attempts) > 1 else (),
+            attempts=attempts,
             reference=self.case.reference,
             location=self.case_location,
             train_messages=(
@@ -230,9 +261,6 @@ class DistillItem(pytest.Item):
                 else None
             ),
         )
-        self.user_properties.extend(result.properties())
-        if not passed:
-            raise DistillCaseFailure(grades, call.reply)
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
@@ -242,6 +270,9 @@ class DistillItem(pytest.Item):
             return f"case {self.case.id} at {self.case_location}\n" + format_failure(
                 error.grades, error.reply
             )
+        miss = _miss_in(error)
+        if miss is not None:  # one line, and no traceback built only to be replaced
+            return str(miss)
         if isinstance(error, MissingApiKey):
             return str(error)
         if type(error).__module__.startswith("openai"):
@@ -264,6 +295,25 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def _miss_in(error: BaseException | None) -> CassetteMiss | None:
+    for _ in range(10):
+        if error is None or isinstance(error, CassetteMiss):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    """Why an item has no grade, in one line."""
+    miss = _miss_in(error)
+    if miss is not None:
+        return f"no recording: {shorten(str(miss).splitlines()[0], 200)}"
+    if type(error).__module__.startswith("openai"):
+        return f"model call failed: {shorten(describe_error(error), 200)}"
+    text = str(error).strip().splitlines()
+    return shorten(f"{type(error).__name__}: {text[0] if text else ''}", 200)
 
 
 def format_failure(grades: tuple[Grade, ...], reply: str) -> str:

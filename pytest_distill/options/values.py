@@ -5,6 +5,7 @@ Every bad value is a :class:`pytest.UsageError` naming the value, what is allowe
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,9 +42,11 @@ def pairs(values: Sequence[str] | None, flag: str, shape: str) -> dict[str, str]
     for value in values or ():
         role, sep, rest = value.partition("=")
         if not sep or role not in ROLES or not rest:
+            close = difflib.get_close_matches(role, ROLES, n=1) if role not in ROLES else []
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise pytest.UsageError(
-                f"{flag} {value!r}: expected {shape} with ROLE one of {', '.join(ROLES)}; "
-                f"for example {flag} teacher=..."
+                f"{flag} {value!r}: {hint}expected {shape} with ROLE one of {', '.join(ROLES)}; "
+                f"for example {flag} {close[0] if close else 'teacher'}=..."
             )
         pairs[role] = rest
     return pairs

@@ -144,7 +144,7 @@ def _listed_job(client: openai.OpenAI, key: str) -> Any:
 def _upload(client: openai.OpenAI, dataset: Dataset, progress: Progress) -> str:
     name = f"distill-{dataset.sha256[:12]}.jsonl"
     uploaded = client.files.create(file=(name, dataset.path.read_bytes()), purpose="fine-tune")
-    progress(f"distill: uploaded {dataset.path} as {uploaded.id}")
+    progress(f"distill: uploaded the training file as {uploaded.id} ({name})")
     return uploaded.id
 
 

@@ -73,6 +73,7 @@ class RoleStats:
     cost: float | None = None  # None: no price known for the model
     pass_k: float | None = None  # share of cases whose every repeat passed (pass^k)
     pass_at_k: float | None = None  # share of cases with at least one passing repeat
+    errors: int = 0  # cases without a grade (a cassette miss, a failed call or grader)
 
 
 class GateSyntaxError(ValueError):
@@ -96,10 +97,18 @@ class ClauseResult:
 @dataclass(frozen=True, slots=True)
 class GateResult:
     expression: str
-    passed: bool | None  # None: not evaluated (see missing_roles and reason)
+    passed: bool | None  # None: not evaluated, or skipped (see reason)
     clauses: tuple[ClauseResult, ...]
     missing_roles: tuple[str, ...]
-    reason: str  # one line
+    reason: str  # one line, starting "gate passed", "gate failed", "gate not evaluated", ...
+    skipped: bool = False  # a role it names has no model yet: the items decide the exit code
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed``, ``not evaluated`` (fails closed) or ``skipped``."""
+        if self.skipped:
+            return "skipped"
+        return "not evaluated" if self.passed is None else ("passed" if self.passed else "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,15 @@ class Gate:
         if missing:
             reason = f"gate not evaluated: no results for {', '.join(missing)}"
             return GateResult(self.expression, None, (), missing, reason)
+        errored = [
+            f"{stats[r].errors} of {stats[r].n} {r}" for r in sorted(self.roles) if stats[r].errors
+        ]
+        if errored:
+            reason = (
+                f"gate not evaluated: {', '.join(errored)} cases have no grade (a cassette miss, "
+                "a failed model call or a grader that could not run)"
+            )
+            return GateResult(self.expression, None, (), (), reason)
         unpriced = sorted(r for r in self._uses("cost") if stats[r].cost is None)
         if unpriced:
             reason = f"gate not evaluated: no cost known for {', '.join(unpriced)} (no price set)"
@@ -189,10 +207,18 @@ def _parse(expression: str) -> ast.expr:
     try:
         return ast.parse(expression, mode="eval").body
     except SyntaxError as error:
-        column = error.offset or 1
+        column = _break_column(expression, error)
         token = expression[column - 1 : column + 1] or "end of expression"
         fix = "write it like 'finetuned >= 0.95 * teacher and student >= 0.5'"
         raise GateSyntaxError(expression, column, token, "invalid syntax", fix) from None
+
+
+def _break_column(expression: str, error: SyntaxError) -> int:
+    """Where the expression breaks (1-based): Python reports one that ends too early
+    (``finetuned >= 0.9 *``) at offset 0; that one breaks at its end."""
+    if error.lineno == 1 and error.offset:
+        return min(error.offset, len(expression) + 1)
+    return len(expression) + 1
 
 
 def _fail(node: ast.AST, expression: str, problem: str, fix: str) -> GateSyntaxError:

@@ -1,17 +1,18 @@
-"""The terminal summary, the JSON report and the gate verdict at the end of a session.
+"""The gate verdict, the exit code and the JSON report at the end of a session.
 
 The JSON report's schema is ``pytest-distill/report/2``, documented in ``docs/report.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -32,6 +33,7 @@ from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggre
 from pytest_distill.verdict.scrub import scrub
 
 SCHEMA = "pytest-distill/report/2"
+NO_TESTS: Final = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,8 @@ def _stats(agg: Aggregate) -> RoleStats:
     calls = max(agg.calls, 1)
     return RoleStats(
         n=agg.n,
-        score=agg.score,
-        pass_rate=agg.pass_rate,
+        score=agg.score if agg.score is not None else 0.0,  # errors > 0: never evaluated
+        pass_rate=agg.pass_rate if agg.pass_rate is not None else 0.0,
         prompt_tokens=agg.prompt_tokens / calls,
         completion_tokens=agg.completion_tokens / calls,
         latency_p50=percentile(agg.latencies, 50) if agg.latencies else 0.0,
@@ -80,31 +82,47 @@ def _stats(agg: Aggregate) -> RoleStats:
         cost=agg.cost,
         pass_k=agg.pass_k,
         pass_at_k=agg.pass_at_k,
+        errors=agg.errors,
     )
 
 
 def finish(run: Run) -> Outcome:
+    """Evaluate the gate, if one is configured. Not evaluated means it fails closed, except
+    when a role it names has no model yet (a project before its first ``--distill``)."""
     settings = run.settings
     split = gate_split(run)
     found = gather(run, split)
-    gate = Gate.parse(settings.gate) if settings.gate else None
-    stats = found.role_stats(lambda items: _stats(aggregate(items, settings.prices)))
-    result = gate.evaluate(stats, found.pair) if gate else None
-    outcome = Outcome(result, split, settings.report_path, found)
-    # Only a run with eval items summarises: `pytest -k other` in a gated project stays quiet.
-    summary_path = job_summary.target() if run.results.items else None
-    if settings.report_path is None and settings.html_path is None and summary_path is None:
-        return outcome
-    data = scrub(to_json(run, outcome), secrets(settings))
-    if settings.report_path is not None:
-        write_json(settings.report_path, data)
-    if settings.html_path is not None:
-        from pytest_distill.verdict import html
+    result = _evaluate(run, Gate.parse(settings.gate), found) if settings.gate else None
+    return Outcome(result, split, settings.report_path, found)
 
-        html.write(settings.html_path, data, scrubbed=True)
-    if summary_path is not None:
-        job_summary.append(summary_path, data, cases=settings.summary_cases)
-    return outcome
+
+def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
+    configs = run.settings.role_configs
+    modelless = sorted(r for r in gate.roles if r not in configs or not configs[r].model)
+    if modelless:
+        hint = (
+            "run `pytest --distill` to train it"
+            if modelless == ["finetuned"]
+            else f"set ini distill_{modelless[0]}_model"
+        )
+        reason = f"gate skipped: {', '.join(modelless)} has no model yet ({hint})"
+        return GateResult(gate.expression, None, (), tuple(modelless), reason, skipped=True)
+    prices = run.settings.prices
+    result = gate.evaluate(
+        found.role_stats(lambda items: _stats(aggregate(items, prices))), found.pair
+    )
+    if result.missing_roles:
+        why = "; ".join(_why_missing(run, role) for role in result.missing_roles)
+        return dataclasses.replace(result, reason=f"{result.reason} ({why})")
+    return result
+
+
+def _why_missing(run: Run, role: str) -> str:
+    if run.distill_error and role == "finetuned":
+        return "finetuned: the distill step failed"
+    if role not in run.settings.roles:
+        return f"{role}: not selected by --distill-roles / ini distill_roles"
+    return f"{role}: none of its items ran (deselected by -k, -m or node ids, or not collected)"
 
 
 def secrets(settings: Settings) -> list[str]:
@@ -135,30 +153,54 @@ def exit_status(
     distill_failed: bool = False,
     deferred: bool = False,
 ) -> int:
-    """With an evaluated gate, the gate decides: cases that grade below passing are
-    measurements, not failures. Errors and failing ordinary tests still fail the session.
-    A failed distill step (exit code 7) outranks the gate. ``deferred``: --distill-no-wait
-    started (or found) a job, so the gate waits for the next run; below-passing grades alone
-    do not fail this one."""
-    if distill_failed and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+    """The session's exit code; the README's exit-code table says the same.
+
+    pytest's interrupted (2), internal error (3) and usage error (4) stand. Then a failed
+    distill step (7), then a gate that failed or was not evaluated (6: it fails closed), then
+    failing tests (1). With a gate that passed or was skipped, cases graded below passing are
+    measurements, not failures; errored items and failing ordinary tests still count.
+    ``deferred``: --distill-no-wait started (or found) a job, so the gate waits for the next
+    run; below-passing grades alone do not fail this one.
+    """
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, NO_TESTS):
+        return status
+    if distill_failed:
         return DISTILL_FAILED_EXIT_CODE
     if deferred and status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return status if other_failures else int(pytest.ExitCode.OK)
     gate = outcome.gate
-    if gate is None or gate.passed is None:
+    if gate is None:
         return status
-    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        return status
-    if status == pytest.ExitCode.TESTS_FAILED and other_failures:
-        return status
-    return GATE_FAILED_EXIT_CODE if not gate.passed else int(pytest.ExitCode.OK)
+    if not gate.skipped and gate.passed is not True:
+        return GATE_FAILED_EXIT_CODE
+    if other_failures:
+        return int(pytest.ExitCode.TESTS_FAILED)
+    return int(NO_TESTS) if status == NO_TESTS else int(pytest.ExitCode.OK)
+
+
+def write_report(run: Run, outcome: Outcome, exit_code: int) -> None:
+    """The JSON report, the HTML page and the CI job summary, from the same scrubbed data."""
+    settings = run.settings
+    # Only a run with eval items summarises: `pytest -k other` in a gated project stays quiet.
+    summary_path = job_summary.target() if run.results.items else None
+    if settings.report_path is None and settings.html_path is None and summary_path is None:
+        return
+    data = scrub(to_json(run, outcome, exit_code), secrets(settings))
+    if settings.report_path is not None:
+        write_json(settings.report_path, data)
+    if settings.html_path is not None:
+        from pytest_distill.verdict import html
+
+        html.write(settings.html_path, data, scrubbed=True)
+    if summary_path is not None:
+        job_summary.append(summary_path, data, cases=settings.summary_cases)
 
 
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
+def to_json(run: Run, outcome: Outcome, exit_code: int | None = None) -> dict[str, Any]:
     results, prices = run.results, run.settings.prices
     return {
         "schema": SCHEMA,
@@ -170,19 +212,17 @@ def to_json(run: Run, outcome: Outcome) -> dict[str, Any]:
             if cfg.model
         },
         "holdout": run.settings.holdout,
+        "exit_code": exit_code,
         "gate": _gate_json(outcome),
         "paired": paired.to_json(outcome.evidence, _gate(run)) if outcome.evidence else None,
         "scores": {
-            role: {
-                split: _agg_json(aggregate(results.select(role=role, split=sel), prices))
-                for split, sel in (("all", None), ("train", "train"), ("holdout", "holdout"))
-            }
-            for role in results.roles()
+            role: _splits_json(results.select(role=role), prices) for role in results.roles()
         },
         "suites": {
             suite: {
-                role: _agg_json(aggregate([r for r in items if r.role == role], prices))
-                for role in sorted({r.role for r in items})
+                role: _splits_json([r for r in items if r.role == role], prices)
+                for role in results.roles()
+                if any(r.role == role for r in items)
             }
             for suite, items in group_by_suite(results.items).items()
         },
@@ -196,6 +236,13 @@ def _gate(run: Run) -> Gate | None:
     return Gate.parse(run.settings.gate) if run.settings.gate else None
 
 
+def _splits_json(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        split: _agg_json(aggregate([r for r in results if sel in (None, r.split)], prices))
+        for split, sel in (("all", None), ("train", "train"), ("holdout", "holdout"))
+    }
+
+
 def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
     gate = outcome.gate
     if gate is None:
@@ -203,6 +250,7 @@ def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
     return {
         "expression": gate.expression,
         "passed": gate.passed,
+        "status": gate.status,
         "split": outcome.gate_split,
         "reason": gate.reason,
         "missing_roles": list(gate.missing_roles),
@@ -215,15 +263,20 @@ def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
 def _agg_json(agg: Aggregate) -> dict[str, Any]:
     return {
         "cases": agg.n,
+        "errors": agg.errors,
         "passed": agg.passed,
-        "pass_rate": round(agg.pass_rate, 6),
-        "mean_score": round(agg.score, 6),
+        "pass_rate": _rounded(agg.pass_rate, 6),
+        "mean_score": _rounded(agg.score, 6),
         "prompt_tokens": agg.prompt_tokens,
         "completion_tokens": agg.completion_tokens,
         "latency_p50_s": round(percentile(agg.latencies, 50), 4) if agg.latencies else None,
         "latency_p95_s": round(percentile(agg.latencies, 95), 4) if agg.latencies else None,
         "cost_usd": agg.cost,
     }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _item_json(result: ItemResult) -> dict[str, Any]:
@@ -236,7 +289,8 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "role": result.role,
         "split": result.split,
         "passed": result.passed,
-        "score": round(result.score, 6),
+        "error": result.error,
+        "score": None if result.error else round(result.score, 6),
         "grades": [
             {"name": g.name, "score": round(g.score, 6), "passed": g.passed, "reason": g.reason}
             for g in result.grades
@@ -251,82 +305,3 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "latency_s": round(call.latency_s, 4) if call else None,
         "attempts": [paired.attempt_json(a) for a in result.attempts],
     }
-
-
-# --- terminal ----------------------------------------------------------------------------------
-
-_COLUMNS = ("", "cases", "pass", "score", "prompt tok", "compl tok", "p50 ms", "p95 ms", "cost")
-
-
-def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome) -> None:
-    results, prices = run.results, run.settings.prices
-    if not results.items:
-        if run.distill_error:
-            tr.write_line(run.distill_error, red=True)
-        return
-    tr.write_sep("=", "distill summary")
-    rows = [_row(role, aggregate(results.select(role=role), prices)) for role in results.roles()]
-    _table(tr, "all cases, by role", rows)
-    if results.has_holdout():
-        rows = [
-            _row(role, aggregate(results.select(role=role, split="holdout"), prices))
-            for role in results.roles()
-        ]
-        _table(tr, "holdout (the gate's cases)", rows)
-    by_suite = group_by_suite(results.items)
-    if len(by_suite) > 1:
-        rows = [
-            _row(f"{suite} {role}", aggregate([r for r in items if r.role == role], prices))
-            for suite, items in by_suite.items()
-            for role in results.roles()
-            if any(r.role == role for r in items)
-        ]
-        _table(tr, "by suite", rows)
-    if outcome.evidence is not None:
-        for line in paired.summary_lines(outcome.evidence, _gate(run)):
-            tr.write_line(line)
-    power = paired.power_lines(outcome.evidence, _gate(run)) if outcome.evidence else []
-    _gate_lines(tr, outcome, power)
-    if run.distill_error:
-        tr.write_line(f"{run.distill_error} (exit code {DISTILL_FAILED_EXIT_CODE})", red=True)
-
-
-def _row(label: str, agg: Aggregate) -> tuple[str, ...]:
-    lat = agg.latencies
-    return (
-        label,
-        str(agg.n),
-        f"{agg.pass_rate:.1%}",
-        f"{agg.score:.3f}",
-        f"{agg.prompt_tokens:,}",
-        f"{agg.completion_tokens:,}",
-        f"{percentile(lat, 50) * 1000:.0f}" if lat else "-",
-        f"{percentile(lat, 95) * 1000:.0f}" if lat else "-",
-        f"${agg.cost:.4f}" if agg.cost is not None else "-",
-    )
-
-
-def _table(tr: pytest.TerminalReporter, title: str, rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(r[i]) for r in (_COLUMNS, *rows)) for i in range(len(_COLUMNS))]
-    tr.write_line(f"{title}:")
-    for row in (_COLUMNS, *rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        tr.write_line("  " + "  ".join(cells))
-
-
-def _gate_lines(tr: pytest.TerminalReporter, outcome: Outcome, power: Sequence[str] = ()) -> None:
-    gate = outcome.gate
-    if gate is None:
-        return
-    for clause in gate.clauses:
-        tr.write_line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
-    for line in power if gate.passed is not None else ():
-        tr.write_line(line)  # what the holdout can detect, under the clauses it is about
-    if gate.passed is None:
-        tr.write_line(f"gate not evaluated: {gate.reason}", yellow=True)
-    elif gate.passed:
-        tr.write_line(f"gate passed on {outcome.gate_split} cases: {gate.expression}", green=True)
-    else:
-        tr.write_line(f"{gate.reason} (exit code {GATE_FAILED_EXIT_CODE})", red=True, bold=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,10 +81,12 @@ class ItemResult:
         calls = tuple(a.call for a in self.attempts if a.call is not None)
         return calls or ((self.call,) if self.call is not None else ())
 
+    error: str | None = None  # no grade: the model call or a grader could not run (one line)
+
     @property
     def graded_failure(self) -> bool:
         """Failed because a grader scored it below passing: a measurement, not a bug."""
-        return not self.passed and any(not g.passed for g in self.grades)
+        return self.error is None and not self.passed and any(not g.passed for g in self.grades)
 
     def properties(self) -> list[tuple[str, object]]:
         """What goes on the report: JUnit-friendly scalars, then the whole record."""
@@ -131,11 +133,16 @@ def take_from(user_properties: list[tuple[str, object]]) -> ItemResult | None:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """Figures for one group of results (a role, or a role within a suite)."""
+    """Figures for one group of results (a role, or a role within a suite).
+
+    ``n`` counts every item, ``errors`` those without a grade (a cassette miss, a failed call,
+    a grader that could not run); ``score`` and ``pass_rate`` are over the graded ones and
+    ``None`` when there are none, as ``cost`` is when no call was made or one has no price.
+    """
 
     n: int
     passed: int
-    score: float
+    score: float | None
     prompt_tokens: int
     completion_tokens: int
     calls: int
@@ -143,21 +150,26 @@ class Aggregate:
     cost: float | None
     passes: float = 0.0  # the cases' shares of passing repeats, summed (= passed without repeats)
     passed_any: int = 0  # cases with at least one passing repeat
+    errors: int = 0  # cases with no grade: the call or a grader could not run
 
     @property
-    def pass_rate(self) -> float:
-        """The share of runs that passed: of cases, or with repeats of case x repeat."""
-        return self.passes / self.n if self.n else 0.0
+    def graded(self) -> int:
+        return self.n - self.errors
 
     @property
-    def pass_k(self) -> float:
-        """The share of cases whose every repeat passed (pass^k)."""
-        return self.passed / self.n if self.n else 0.0
+    def pass_rate(self) -> float | None:
+        """The share of graded runs that passed: of cases, or with repeats of case x repeat."""
+        return self.passes / self.graded if self.graded else None
 
     @property
-    def pass_at_k(self) -> float:
-        """The share of cases with at least one passing repeat (pass@k)."""
-        return self.passed_any / self.n if self.n else 0.0
+    def pass_k(self) -> float | None:
+        """The share of graded cases whose every repeat passed (pass^k)."""
+        return self.passed / self.graded if self.graded else None
+
+    @property
+    def pass_at_k(self) -> float | None:
+        """The share of graded cases with at least one passing repeat (pass@k)."""
+        return self.passed_any / self.graded if self.graded else None
 
 
 @dataclass
@@ -191,21 +203,25 @@ class Results:
 
 def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggregate:
     calls = [c for r in results for c in r.all_calls]
+    graded = [r for r in results if r.error is None]
     return Aggregate(
         n=len(results),
-        passed=sum(r.passed for r in results),
-        score=sum(r.score for r in results) / len(results) if results else 0.0,
+        passed=sum(r.passed for r in graded),
+        score=sum(r.score for r in graded) / len(graded) if graded else None,
         prompt_tokens=sum(c.prompt_tokens for c in calls),
         completion_tokens=sum(c.completion_tokens for c in calls),
         calls=len(calls),
         latencies=tuple(sorted(c.latency_s for c in calls)),
         cost=_cost(calls, prices),
-        passes=sum(sum(r.outcomes) / len(r.outcomes) for r in results),
-        passed_any=sum(any(r.outcomes) for r in results),
+        passes=sum(sum(r.outcomes) / len(r.outcomes) for r in graded),
+        passed_any=sum(any(r.outcomes) for r in graded),
+        errors=len(results) - len(graded),
     )
 
 
-def _cost(calls: Iterable[CallRecord], prices: Mapping[str, Any]) -> float | None:
+def _cost(calls: Sequence[CallRecord], prices: Mapping[str, Any]) -> float | None:
+    if not calls:
+        return None  # nothing was spent on nothing; 0.0 would read as a measured cost
     total = 0.0
     for call in calls:
         price = price_for(call.model, prices)
