@@ -98,7 +98,10 @@ def finish(run: Run) -> Outcome:
 
 def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
     configs = run.settings.role_configs
-    modelless = sorted(r for r in gate.roles if r not in configs or not configs[r].model)
+    named = {
+        paired.parse_label(label)[0] for label in gate.roles
+    }  # finetuned[suite] names finetuned
+    modelless = sorted(r for r in named if r not in configs or not configs[r].model)
     if modelless:
         hint = (
             "run `pytest --distill` to train it"
@@ -117,7 +120,10 @@ def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
     return result
 
 
-def _why_missing(run: Run, role: str) -> str:
+def _why_missing(run: Run, label: str) -> str:
+    role, suite = paired.parse_label(label)
+    if suite is not None and role in run.settings.roles:
+        return f"{label}: no {role} results in suite {suite!r} (a typo in the suite's name?)"
     if run.distill_error and role == "finetuned":
         return "finetuned: the distill step failed"
     if role not in run.settings.roles:

@@ -155,7 +155,7 @@ def _gate(run: Run) -> Gate | None:
 def few_cases(run: Run, outcome: Outcome) -> Iterator[Line]:
     """A gate on fewer than 50 cases per role says so, and what it would take."""
     assert run.settings.gate is not None
-    roles = Gate.parse(run.settings.gate).roles
+    roles = {paired.parse_label(label)[0] for label in Gate.parse(run.settings.gate).roles}
     split = None if outcome.gate_split == "all" else outcome.gate_split
     counts = {role: len(run.results.select(role=role, split=split)) for role in sorted(roles)}
     few = {role: n for role, n in counts.items() if n < MIN_GATE_CASES}
