@@ -124,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"distill-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     print(f"distill-server: serving on {server.base_url} (data in {args.data_dir})", flush=True)
+    dashboard = server.base_url.removesuffix("/v1") + "/"
+    print(f"distill-server: dashboard at {dashboard}", flush=True)
     # A service manager's stop (SIGTERM) ends it as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -130,12 +130,15 @@ class LocalServer:
         from pytest_distill.local.api.guard import Guard, Policy
         from pytest_distill.local.api.protocol import HeaderTimeoutProtocol
         from pytest_distill.local.api.routes import asgi_app
+        from pytest_distill.local.dashboard.views import Dashboard
 
         self._app = App.open(self.data_dir, self._bases)
         self._app.runner.start()
         policy = Policy(self._address[0], self._port, self.api_key)
+        starlette = asgi_app(self._app)
+        starlette.router.routes.extend(Dashboard(self._app, self.data_dir, self.api_key).routes())
         config = uvicorn.Config(
-            Guard(asgi_app(self._app), policy),
+            Guard(starlette, policy),
             backlog=BACKLOG,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=2,

@@ -7,6 +7,7 @@ that never leaves the server.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -25,6 +26,37 @@ CREATE TABLE IF NOT EXISTS objects (
     extra TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS objects_kind ON objects (kind, parent, seq);
+CREATE INDEX IF NOT EXISTS objects_model ON objects (kind, json_extract(body, '$.model'), seq);
+"""
+
+# Stored completions' metadata as rows, kept by triggers, so that filtering 100,000 completions
+# by a metadata value reads an index instead of parsing every body. Built once for rows stored
+# before the table existed.
+_TAGS = """
+CREATE TABLE IF NOT EXISTS tags (
+    key TEXT NOT NULL, value TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (key, value, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_seq ON tags (seq);
+CREATE TRIGGER IF NOT EXISTS tags_insert AFTER INSERT ON objects WHEN new.kind = 'completion'
+BEGIN
+    INSERT OR IGNORE INTO tags SELECT key, value, new.seq FROM json_each(new.body, '$.metadata')
+    WHERE type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS tags_update AFTER UPDATE OF body ON objects
+WHEN new.kind = 'completion'
+BEGIN
+    DELETE FROM tags WHERE seq = old.seq;
+    INSERT OR IGNORE INTO tags SELECT key, value, new.seq FROM json_each(new.body, '$.metadata')
+    WHERE type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS tags_delete AFTER DELETE ON objects WHEN old.kind = 'completion'
+BEGIN
+    DELETE FROM tags WHERE seq = old.seq;
+END;
+"""
+_TAGS_BACKFILL = """
+INSERT OR IGNORE INTO tags SELECT j.key, j.value, o.seq FROM objects o,
+    json_each(o.body, '$.metadata') j WHERE o.kind = 'completion' AND j.type = 'text'
 """
 
 
@@ -48,6 +80,12 @@ class Store:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
+        fresh = not self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tags'"
+        ).fetchone()
+        self._conn.executescript(_TAGS)
+        if fresh:
+            self._conn.execute(_TAGS_BACKFILL)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -79,6 +117,11 @@ class Store:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY seq", args).fetchall()
         return [_record(row) for row in rows]
+
+    def query(self, sql: str, args: Iterable[Any] = ()) -> builtins.list[tuple[Any, ...]]:
+        """Rows of a read-only ``SELECT`` over ``objects``, for views that filter in SQL."""
+        with self._lock:
+            return list(self._conn.execute(sql, tuple(args)).fetchall())
 
     def delete(self, kind: str, object_id: str) -> bool:
         with self._lock:

@@ -87,7 +87,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._refusal(headers)
+        refusal = self._refusal(headers, api=scope["path"].startswith("/v1"))
         if refusal is not None:
             await error_response(*refusal)(scope, receive, send)
             return
@@ -98,7 +98,9 @@ class Guard:
             return
         await self.app(scope, _counting(receive, limit), send)
 
-    def _refusal(self, headers: dict[str, str]) -> tuple[ApiError, dict[str, str]] | None:
+    def _refusal(
+        self, headers: dict[str, str], *, api: bool
+    ) -> tuple[ApiError, dict[str, str]] | None:
         host = headers.get("host", "")
         if self._hosts is not None and host not in self._hosts:
             message = f"Host {host!r} is not this server's address; use {sorted(self._hosts)[0]}."
@@ -110,7 +112,8 @@ class Guard:
                 "you open must not drive this server."
             )
             return ApiError(403, message, code="origin_not_allowed"), {}
-        if self._key is not None and not self._authorized(headers.get("authorization", "")):
+        # The dashboard's pages (outside /v1) ask for the key once and keep a session instead.
+        if api and self._key is not None and not self._authorized(headers.get("authorization", "")):
             message = (
                 "Incorrect or missing API key: send `Authorization: Bearer <key>` with the key "
                 "the server was started with (--api-key or DISTILL_SERVER_API_KEY)."

@@ -1,0 +1,1 @@
+"""The dashboard: stored completions, distilling a selection, jobs, models, reports."""
