@@ -82,22 +82,36 @@ def run(session: pytest.Session, runtime: Runtime) -> None:
 
 def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | None:
     """(left out, all) train-split teacher cases of the collected eval files that the
-    selection did not keep; None when it kept every one (or nothing was collected here: an
-    xdist controller). A kept case whose item errored shows as an error already."""
+    selection did not keep; None when it kept every one. On an xdist controller, which
+    collected nothing, the files are the ones the workers ran and the kept cases those whose
+    teacher results came back. A kept case whose item errored shows as an error already."""
     holdout = runtime.settings.holdout
+    controller = _xdist_controller(session.config)
+    suites = collected(session.config) or (
+        _collect_on_controller(session, runtime) if controller else []
+    )
     wanted = {
         (s.suite.name, case.id)
-        for s in collected(session.config)
+        for s in suites
         for case in s.suite.cases
         if split_of(f"{s.suite.name}::{case.id}", holdout) == "train"
     }
-    kept = {
-        (item.suite.name, item.case.id)
-        for item in session.items
-        if isinstance(item, DistillItem) and item.role == "teacher"
-    }
+    if controller:
+        results = results_of(session.config).items
+        kept = {(r.suite, r.case_id) for r in results if r.role == "teacher"}
+    else:
+        kept = {
+            (item.suite.name, item.case.id)
+            for item in session.items
+            if isinstance(item, DistillItem) and item.role == "teacher"
+        }
     missing = len(wanted - kept)
     return (missing, len(wanted)) if missing else None
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """pytest-xdist's controller: the workers collect and run the items, it collects none."""
+    return config.pluginmanager.has_plugin("dsession")
 
 
 def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> str | None:
@@ -224,10 +238,10 @@ def trainer_role(runtime: Runtime) -> RoleConfig:
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
     runtime.use_finetuned(model, trainer.endpoint, trainer.api_key_env)
-    suites = collected(session.config)
-    on_controller = not suites  # under xdist the controller collected nothing
-    if on_controller:
-        suites = _collect_on_controller(session, runtime)
+    on_controller = _xdist_controller(session.config)
+    suites = collected(session.config) or (
+        _collect_on_controller(session, runtime) if on_controller else []
+    )
     chosen = _chosen_cases(session, on_controller)
     items: list[pytest.Item] = []
     for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):

@@ -147,6 +147,7 @@ def test_training_settings_inside_the_apis_ranges_reach_the_job(
         ["-k", "i0"],
         ["--deselect", "codes.eval.yaml::i05[teacher]"],
         ["codes.eval.yaml::i05[teacher]"],
+        ["-n", "2", "--deselect", "codes.eval.yaml::i05[teacher]"],
     ],
 )
 def test_a_selection_that_leaves_teacher_cases_out_stops_before_the_upload(
