@@ -120,7 +120,7 @@ def pytest_runtest_makereport(
     if not isinstance(item, DistillItem):
         if graded_below:
             rep.longrepr = str(call.excinfo.value)  # type: ignore[union-attr]
-        pyevals.record(item, rep)
+        pyevals.record(item, rep, call.excinfo.value if call.excinfo is not None else None)
     if graded_below and item.config.stash[RUNTIME_KEY].settings.gate:
         # Decided now, before the gate is evaluated; a gate not evaluated fails closed later.
         # The report stays "failed" for --lf; its word, letter and section are its own.

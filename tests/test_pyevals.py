@@ -75,3 +75,28 @@ def test_json_match_shows_a_path_by_path_diff(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*qty*2*3*"])
+
+
+def test_a_python_eval_whose_model_call_fails_is_errored_not_scored_zero(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.distill(graders=[{"type": "string_check", "operation": "eq"}],
+                             reference="Rome", case_id="italy")
+        def test_capital(distill_client):
+            if distill_client.role == "student":
+                raise ConnectionError("the student's endpoint went away")
+            distill_client.complete("Capital of Italy?")
+        """
+    )
+    result = project.runpytest("--distill-report=r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    report = json.loads((project.path / "r.json").read_text())
+    student = next(i for i in report["items"] if i["role"] == "student")
+    assert student["error"] == "ConnectionError: the student's endpoint went away"
+    assert student["score"] is None
+    assert report["scores"]["student"]["all"]["errors"] == 1
+    assert report["scores"]["student"]["all"]["mean_score"] is None

@@ -212,7 +212,9 @@ class DistillItem(pytest.Item):
         except Exception as exc:
             # No grade: still a result of its role, counted as errored (never a quiet pass).
             first_call = calls[0] if calls else None
-            self.user_properties.extend(self._result(first_call, error=_one_line(exc)).properties())
+            self.user_properties.extend(
+                self._result(first_call, error=error_line(exc)).properties()
+            )
             raise
         attempts = [attempt for _, attempt in graded]
         score = sum(a.score for a in attempts) / len(attempts)
@@ -305,7 +307,7 @@ def _miss_in(error: BaseException | None) -> CassetteMiss | None:
     return None
 
 
-def _one_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """Why an item has no grade, in one line."""
     miss = _miss_in(error)
     if miss is not None:

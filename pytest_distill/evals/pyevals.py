@@ -15,7 +15,7 @@ import pytest
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.fixtures import CLIENTS_KEY
 from pytest_distill.evals.graders import judge_for
-from pytest_distill.evals.items import format_failure
+from pytest_distill.evals.items import error_line, format_failure
 from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.roles import CallRecord
 from pytest_distill.runtime import RUNTIME_KEY
@@ -75,8 +75,16 @@ def _grader(item: pytest.Item, spec: Mapping[str, Any]) -> Any:
         raise pytest.UsageError(f"{item.nodeid}: distill marker grader: {exc}") from None
 
 
-def record(item: pytest.Item, report: pytest.TestReport) -> None:
-    """Attach the eval record of a Python test to its call-phase report."""
+def record(
+    item: pytest.Item,
+    report: pytest.TestReport,
+    raised: BaseException | None = None,
+) -> None:
+    """Attach the eval record of a Python test to its call-phase report.
+
+    ``raised`` is what the test raised. An exception other than a failed assertion or grade
+    (a cassette miss, a model call that failed, a bug in the test) leaves the case without a
+    grade: it is recorded as errored, never as a score of 0."""
     calls = calls_of(item)
     if not calls and item.get_closest_marker("distill") is None:
         return
@@ -91,6 +99,9 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
     case_id = _case_id(item)
     holdout = item.config.stash[RUNTIME_KEY].settings.holdout
     own = [c for c in calls if c.role == role]
+    errored = isinstance(raised, Exception) and not isinstance(
+        raised, AssertionError | DistillGradeError
+    )
     result = ItemResult(
         nodeid=item.nodeid,
         suite=suite,
@@ -102,6 +113,7 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
         grades=tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades),
         call=own[-1] if own else None,
         calls=len(own),
+        error=error_line(raised) if errored and raised is not None else None,
     )
     report.user_properties.extend(result.properties())
 
