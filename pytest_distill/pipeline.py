@@ -23,7 +23,7 @@ from pytest_distill.evals.items import (
     is_eval_file,
 )
 from pytest_distill.roles import RoleConfig
-from pytest_distill.runtime import Runtime
+from pytest_distill.runtime import Runtime, terminal_line
 from pytest_distill.training import dataset, jobs
 from pytest_distill.training.state import STATE_FILE, State, StateError
 from pytest_distill.verdict.results import results_of
@@ -306,13 +306,4 @@ def _collect_on_controller(session: pytest.Session, runtime: Runtime) -> list[Co
 
 
 def _progress(config: pytest.Config) -> jobs.Progress:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-
-    def write(line: str) -> None:
-        if reporter is not None:
-            reporter.ensure_newline()
-            if reporter._tw.width_of_current_line:  # -q: after the progress letters
-                reporter._tw.line()
-            reporter.write_line(line)
-
-    return write
+    return terminal_line(config)

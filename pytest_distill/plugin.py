@@ -11,7 +11,7 @@ from pytest_distill import options
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
-from pytest_distill.runtime import RUNTIME_KEY, Runtime
+from pytest_distill.runtime import RUNTIME_KEY, Runtime, terminal_line
 from pytest_distill.training.state import trained_model
 from pytest_distill.verdict import report, summary
 from pytest_distill.verdict.gate import check_gate
@@ -33,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.resolve(config, trained=trained_model(config.rootpath))
     check_gate(settings.gate)
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
+    if not hasattr(config, "workerinput"):  # a worker's terminal output is not shown
+        runtime.notice = terminal_line(config)
     if settings.distill and not hasattr(config, "workerinput"):
         from pytest_distill import pipeline
 

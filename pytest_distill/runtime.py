@@ -4,6 +4,7 @@ concurrent prefetch of model calls, and the results seen so far. Kept in ``confi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -42,6 +43,7 @@ class Runtime:
     distill_deferred: bool = False  # --distill-no-wait left a job running: the gate waits
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
     transport: Callable[[], Any] | None = None  # the cassettes' transport (set by recording)
+    notice: Callable[[str], None] | None = None  # a line of the plugin's own on the terminal
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
     _local: Any = None
@@ -88,13 +90,23 @@ class Runtime:
         if self.replaying:  # served from cassettes: no server, no model
             return LOCAL_PLACEHOLDER
         if self._local is None:
+            from pytest_distill.local.models import pending_conversions
             from pytest_distill.local.shared import shared_server
 
+            data_dir = self.settings.rootpath / ".distill" / "server"
+            models = dict(self.settings.local_models) or None
+            notice = self.notice or (lambda line: None)
+            for model_id in pending_conversions(data_dir, models) if self.notice else ():
+                notice(
+                    f"distill: the embedded server converts {model_id} from GGUF once (about "
+                    "half a minute on 2 cores; later runs load the converted copy); the first "
+                    "model call waits for it"
+                )
             # Started here, or the one another process (an xdist worker, a concurrent session,
             # a distill-server) already runs on this data directory: one model in memory.
             self._local = shared_server(
-                self.settings.rootpath / ".distill" / "server",
-                dict(self.settings.local_models) or None,
+                data_dir,
+                models,
                 os.environ.get(LOCAL_API_KEY_ENV) or None,
                 device=self.settings.local_device,
             )
@@ -210,3 +222,22 @@ def _as_date(value: Any) -> dt.date | None:
         except ValueError:
             return None
     return None
+
+
+def terminal_line(config: pytest.Config) -> Callable[[str], None]:
+    """Writes one line of the plugin's own to the terminal, on a line of its own (also after
+    ``-q``'s progress letters), outside any test's captured output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is None:
+            return
+        released = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with released:
+            reporter.ensure_newline()
+            if reporter._tw.width_of_current_line:  # -q: after the progress letters
+                reporter._tw.line()
+            reporter.write_line(line)
+
+    return write

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,25 @@ def default_gguf() -> Path:
             "another model with a local Hugging Face directory or .gguf file."
         )
     return path
+
+
+def converted_dir(source: ModelSource) -> Path | None:
+    """Where a GGUF model's converted copy is kept; None for a model directory."""
+    if source.cache is None or source.gguf_file is None:
+        return None
+    stat = source.path.stat()
+    key = f"{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return source.cache / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def pending_conversions(data_dir: Path, models: Mapping[str, str | Path] | None) -> list[str]:
+    """The GGUF models a server on ``data_dir`` will convert on first use (once, ~30 s)."""
+    pending = []
+    for source in base_sources(models).values():
+        target = converted_dir(replace(source, cache=data_dir / "converted"))
+        if target is not None and not (target / "config.json").is_file():
+            pending.append(source.id)
+    return pending
 
 
 def base_sources(

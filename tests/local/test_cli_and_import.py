@@ -86,3 +86,27 @@ def test_command_serves_until_interrupted(tmp_path: Path, tiny_model: Path) -> N
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_gguf_model_is_pending_conversion_until_its_converted_copy_exists(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from pytest_distill.local.models import (
+        DEFAULT_MODEL_ID,
+        base_sources,
+        converted_dir,
+        pending_conversions,
+    )
+
+    try:
+        source = base_sources(None)[DEFAULT_MODEL_ID]
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
+    assert pending_conversions(tmp_path, None) == [DEFAULT_MODEL_ID]
+    target = converted_dir(replace(source, cache=tmp_path / "converted"))
+    assert target is not None
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert pending_conversions(tmp_path, None) == []

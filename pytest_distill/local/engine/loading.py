@@ -6,9 +6,6 @@ Imports torch and transformers at import time; only the engine and the trainer i
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import shutil
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -19,8 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from pytest_distill.local import devices
+from pytest_distill.local.engine import convert
 from pytest_distill.local.errors import ApiError
-from pytest_distill.local.models import ModelSource
+from pytest_distill.local.models import ModelSource, converted_dir
 
 _LOAD_LOCK = threading.Lock()
 
@@ -44,9 +42,9 @@ def load_pretrained(
     # training threads may both load the same base at once.
     with _LOAD_LOCK:
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        converted = _converted_dir(source)
-        if converted is not None and not (converted / "config.json").is_file():
-            _save_converted(*_load(source, source.directory, source.gguf_file), converted)
+        converted = converted_dir(source)
+        if converted is not None and convert.pending(source.path, converted):
+            convert.convert(source.path, converted)
         if converted is not None:
             # Loaded back from the converted copy even the first time, so that the model
             # names a directory with a config.json (peft looks there when saving adapters).
@@ -85,29 +83,6 @@ def _load(
 def _placed(placement: devices.Placement) -> dict[str, Any]:
     # Straight onto the GPU: loading on the CPU first would need the model's size in RAM too.
     return {"device_map": placement.device} if placement.device != "cpu" else {}
-
-
-def _converted_dir(source: ModelSource) -> Path | None:
-    if source.cache is None or source.gguf_file is None:
-        return None
-    stat = source.path.stat()
-    key = f"{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return source.cache / hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-def _save_converted(tokenizer: Any, model: Any, target: Path) -> None:
-    # The weights are dequantized fp32 by now; the stale GGUF quantization settings would
-    # send the next load back through the GGUF quantizer.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        os.replace(partial, target)
-    except OSError:  # another process converted it first; theirs is as good
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 @contextlib.contextmanager
