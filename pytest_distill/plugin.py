@@ -40,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
         pipeline.preflight(runtime)  # before the first paid call
     recorder.start(config, runtime)
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        runtime.hold_local_server()  # the xdist controller outlives its workers
     from pytest_distill.evals import fixtures
 
     config.pluginmanager.register(fixtures, "distill-fixtures")

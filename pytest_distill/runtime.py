@@ -85,6 +85,22 @@ class Runtime:
         if stale is not None:
             stale.close()
 
+    def hold_local_server(self) -> None:
+        """Start (or join) the embedded server now, if a role or the trainer uses it.
+
+        An xdist controller calls this before its workers start: it outlives them, so owning
+        the server there means the workers share its model and the controller's training and
+        fine-tuned items find it still running, instead of racing a worker's server as it stops.
+        """
+        settings = self.settings
+        endpoints = [c.endpoint for c in settings.role_configs.values() if c.model]
+        endpoints.append(
+            settings.training.trainer_endpoint or settings.role_configs["student"].endpoint
+        )
+        if any(e.kind == "local" for e in endpoints if e is not None):
+            with self._lock:
+                self._local_url()
+
     def _local_url(self) -> str:
         # Called with self._lock held, from client().
         if self.replaying:  # served from cassettes: no server, no model

@@ -93,7 +93,7 @@ def test_a_cassette_miss_is_one_line_without_a_traceback(project: pytest.Pyteste
     result = project.runpytest("--distill-record-mode=none", "-k", "fr and teacher")
     result.stdout.fnmatch_lines(
         [
-            "*_ capitals::fr?teacher? _*",
+            "*_ capitals::fr?teacher? (capitals.eval.yaml:*) _*",
             "POST /v1/chat/completions has no recorded response; *",
             "=*short test summary info*=",
         ]

@@ -66,7 +66,11 @@ def below_passing(tr: pytest.TerminalReporter) -> None:
         return
     tr.write_sep("=", "below passing (measurements, not failures)")
     for rep in reports:
-        reason = str(rep.longrepr).splitlines()[0] if rep.longrepr else ""
+        lines = str(rep.longrepr).splitlines() if rep.longrepr else []
+        # The first failing grade says why; the failure's first line may only locate the case.
+        reason = next(
+            (line for line in lines if line.startswith("FAIL")), lines[0] if lines else ""
+        )
         tr.write_line(f"BELOW PASSING {rep.nodeid} - {reason}")
 
 
