@@ -184,6 +184,9 @@ def test_interrupt_during_a_decode_exits_within_seconds(
                     seed=seed,
                 )
 
+        with openai.OpenAI(base_url=base_url, api_key="local", max_retries=0) as warm:
+            # The model is loaded before the signal, which is to land mid-decode, not mid-load.
+            warm.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2)
         threads = [threading.Thread(target=long_chat, args=(i,), daemon=True) for i in range(32)]
         for thread in threads:
             thread.start()
