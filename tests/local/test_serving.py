@@ -195,3 +195,18 @@ def test_disconnected_client_withdraws_its_queued_request(server: Any) -> None:
         assert client.post("/chat/completions", json=CHAT).status_code == 200
         waited = time.monotonic() - started
     assert waited < one_long, (waited, one_long)
+
+
+def test_top_p_zero_samples_the_likeliest_token_instead_of_failing(server: Any) -> None:
+    # Found by the OpenAPI property run: top_p=0 kept no token and the sampler raised (500).
+    import openai
+
+    question = [{"role": "user", "content": "Which code goes with item 1?"}]
+    with openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0) as client:
+        sampled = client.chat.completions.create(
+            model="tiny", messages=question, max_tokens=4, temperature=1, top_p=0, seed=3
+        )
+        greedy = client.chat.completions.create(
+            model="tiny", messages=question, max_tokens=4, temperature=0
+        )
+    assert sampled.choices[0].message.content == greedy.choices[0].message.content

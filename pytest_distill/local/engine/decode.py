@@ -337,6 +337,7 @@ def _sample(logits: torch.Tensor, row: Row) -> int:
     if row.request.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < row.request.top_p
+        keep[0] = True  # the likeliest token always stays: top_p=0 means greedy, not nothing
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=row.generator).item())
 
