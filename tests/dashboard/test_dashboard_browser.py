@@ -92,6 +92,15 @@ def test_store_filter_distill_follow_and_try_the_student(
         )
     assert reply.inner_text().strip() == (expected.choices[0].message.content or "").strip()
     _snap(page, places, "5-playground")
+
+    reports = Path(dashboard_server.data_dir) / "reports"
+    reports.mkdir(exist_ok=True)
+    (reports / "nightly.html").write_text("<h1>gate passed on holdout cases</h1>")
+    page.goto(f"{root}/reports")
+    page.click("text=nightly.html")
+    page.locator("h1", has_text="gate passed on holdout cases").wait_for(timeout=30_000)
+    page.goto(f"{root}/reports")
+    _snap(page, places, "6-reports")
     page.close()
 
 
