@@ -27,6 +27,10 @@ class ServerUnusable(RuntimeError):
     """The data directory's owner does not answer, or refuses this process's key."""
 
 
+class ModelsNotServed(ServerUnusable):
+    """The data directory's owner answers but does not serve a model this process needs."""
+
+
 class SharedServer:
     """This process's way to the data directory's server: its own, or another's."""
 
@@ -68,7 +72,10 @@ def shared_server(
                 continue
             attachment = Attachment(server.data_dir)
             try:
-                _check(owner, api_key)
+                _check(owner, api_key, _wanted(models))
+            except ModelsNotServed:
+                attachment.release()
+                raise
             except ServerUnusable as exc:  # the owner may be stopping: try to take over
                 attachment.release()
                 error = exc
@@ -79,13 +86,22 @@ def shared_server(
     raise error
 
 
-def _check(owner: Owner, api_key: str | None) -> None:
+def _wanted(models: Mapping[str, str | Path] | None) -> list[str]:
+    if models is None:
+        from pytest_distill.local.models import DEFAULT_MODEL_ID
+
+        return [DEFAULT_MODEL_ID]
+    return list(models)
+
+
+def _check(owner: Owner, api_key: str | None, wanted: list[str]) -> None:
+    """The owner answers with this process's key and serves every model it needs."""
     request = urllib.request.Request(f"{owner.base_url}/models")
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            json.load(response)
+            served = {model["id"] for model in json.load(response)["data"]}
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the response's socket
         if exc.code == 401:
@@ -95,8 +111,18 @@ def _check(owner: Owner, api_key: str | None) -> None:
                 "started with."
             ) from None
         raise ServerUnusable(f"{owner.base_url} answered {exc.code} to GET /models.") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ServerUnusable(
             f"Process {owner.pid} owns this data directory but its server at {owner.base_url} "
             f"does not answer ({exc}); stop that process or use another data directory."
         ) from None
+    missing = [model for model in wanted if model not in served]
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise ModelsNotServed(
+            f"The embedded server of this data directory (process {owner.pid}, "
+            f"{owner.base_url}) does not serve {names}, which this session's "
+            "distill_local_models asks for; it serves "
+            f"{', '.join(repr(m) for m in sorted(served)) or 'no model'}. Stop that server, "
+            "or start it with the same models."
+        )

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_distill.local import LocalServer
 from pytest_distill.local.owner import DataDirBusy
-from pytest_distill.local.shared import shared_server
+from pytest_distill.local.shared import ModelsNotServed, shared_server
 
 REPO = Path(__file__).resolve().parents[2]
 HYPER = {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 20}
@@ -95,6 +95,22 @@ def test_plugin_reusing_a_keyed_server_without_its_key_names_the_variable(
         with pytest.raises(RuntimeError, match="DISTILL_SERVER_API_KEY"):
             shared_server(tmp_path, {"tiny": str(tiny_model)}, None)
         assert not shared_server(tmp_path, {"tiny": str(tiny_model)}, "k3y").owned
+
+
+def test_plugin_reusing_a_server_without_its_models_names_them(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    with LocalServer(tmp_path, models={"tiny": tiny_model}) as srv:
+        with pytest.raises(ModelsNotServed) as raised:
+            shared_server(tmp_path, {"tiny": str(tiny_model), "student": str(tiny_model)}, None)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert f"process {os.getpid()}" in message and srv.base_url in message
+        assert "does not serve 'student'" in message and "it serves 'tiny'" in message
+        # the failed attempt left no attachment behind: the owner stops without waiting
+        user = shared_server(tmp_path, {"tiny": str(tiny_model)}, None)
+        assert user.base_url == srv.base_url and not user.owned
+        user.stop()
 
 
 def _train(client: openai.OpenAI, data: bytes) -> str:
