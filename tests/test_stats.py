@@ -44,9 +44,7 @@ def test_interval_se_and_correlation_match_scipy(make, confidence):
     assert pair.mean == pytest.approx(d.mean())
     assert pair.se == pytest.approx(sp.sem(d))
     assert (pair.low, pair.high) == pytest.approx((low, high))
-    if make is graded_pair:  # binary pairs use the score bound: the next test
-        one_sided = sp.ttest_rel(a, b, alternative="greater").confidence_interval(confidence)
-        assert pair.lower_bound == pytest.approx(one_sided.low)
+    # the one-sided bound is a score bound for both kinds: the tests below
     assert pair.correlation == pytest.approx(sp.pearsonr(a, b).statistic)
     assert pair.better == int((d > 0).sum()) and pair.worse == int((d < 0).sum())
 
@@ -90,6 +88,50 @@ def test_binary_lower_bound_is_tangos_score_bound(seed):
     )
     assert tango_z(pair.better, pair.worse, 80, pair.lower_bound - 0.01) > sp.norm.ppf(0.95)
     assert pair.lower_bound < pair.mean
+
+
+def skew_corrected_t(d: np.ndarray, confidence: float) -> float:
+    """The one-sided t quantile less the Cornish-Fisher term of a negative skewness."""
+    z = sp.norm.ppf(confidence)
+    skew = min(sp.skew(d, bias=False), 0.0)
+    return sp.t.ppf(confidence, len(d) - 1) - skew * (2 * z**2 + 1) / (6 * math.sqrt(len(d)))
+
+
+def graded_score_z(d: np.ndarray, delta: float) -> float:
+    return (d.mean() - delta) / math.sqrt(np.mean((d - delta) ** 2) / len(d))
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+@pytest.mark.parametrize("left", [False, True])
+def test_graded_lower_bound_inverts_the_score_test_at_the_skew_corrected_quantile(seed, left):
+    a, b = graded_pair(90, seed)
+    # one role's scores piled at 1.0, with a few far lower: a long tail on one side
+    if left:
+        a = [min(1.0, x + 0.3) if i % 3 else x - 0.4 for i, x in enumerate(a)]
+    else:
+        b = [min(1.0, x + 0.3) if i % 3 else x - 0.4 for i, x in enumerate(b)]
+    d = np.subtract(a, b)
+    pair = compare("finetuned", "teacher", a, b, 0.95)
+    q = skew_corrected_t(d, 0.95)
+    assert bool(sp.skew(d, bias=False) < 0) is left
+    if left:
+        assert q > sp.t.ppf(0.95, 89) + 0.01
+    else:  # a positive skewness never loosens the bound
+        assert q == pytest.approx(sp.t.ppf(0.95, 89))
+    # found by root-finding on the statistic itself, not by the module's closed form
+    from scipy import optimize
+
+    root = optimize.brentq(lambda delta: graded_score_z(d, delta) - q, -1, d.mean())
+    assert pair.lower_bound == pytest.approx(root, abs=1e-9)
+    assert graded_score_z(d, pair.lower_bound - 0.01) > q
+    # below the t bound, about where it would sit
+    t_bound = sp.ttest_rel(a, b, alternative="greater").confidence_interval(0.95).low
+    assert t_bound - 0.02 < pair.lower_bound < t_bound
+
+
+def test_graded_lower_bound_of_identical_differences_is_that_difference():
+    pair = compare("finetuned", "teacher", [0.9, 0.7, 0.5], [0.8, 0.6, 0.4], 0.95)
+    assert pair.lower_bound == pytest.approx(0.1)
 
 
 def test_graded_scores_get_a_seeded_paired_bootstrap_close_to_scipys():
