@@ -1,64 +1,29 @@
 """The deploy gate: a readable expression over role results, and the statistics behind it.
 
 ``finetuned >= 0.95 * teacher and finetuned >= student + 0.10`` is parsed with ``ast`` and
-checked against a small grammar (never ``eval``): role names (a bare role means its mean
-``score``), ``role.attribute``, numbers, ``+ - * /``, unary ``-``, comparisons (chained too),
-``and``, ``or``, ``not`` and parentheses. Each operand of a top-level ``and`` is a clause,
-evaluated and explained on its own; the gate passes when every clause does. The statistical
-part of the grammar (``finetuned[suite]``, ``(finetuned - teacher).low``, ``noninferior(...)``,
-``superior(...)``) lives in :mod:`pytest_distill.verdict.clauses`.
+checked against a small grammar (:mod:`pytest_distill.verdict.grammar`; never ``eval``). Each
+operand of a top-level ``and`` is a clause, evaluated and explained on its own; the gate passes
+when every clause does. The statistical clauses (``noninferior(...)``, ``superior(...)``,
+``(finetuned - teacher).low``) are evaluated by :mod:`pytest_distill.verdict.clauses`.
 """
 
 from __future__ import annotations
 
 import ast
-import difflib
 import math
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 import pytest
 
-from pytest_distill.verdict import clauses
+from pytest_distill.verdict import clauses, grammar
+from pytest_distill.verdict.grammar import GateSyntaxError
+
+__all__ = ["Gate", "GateResult", "GateSyntaxError", "RoleStats", "check_gate"]
 
 GATE_FAILED_EXIT_CODE: Final = 6  # pytest's own exit codes are 0-5
 DISTILL_FAILED_EXIT_CODE: Final = 7  # --distill could not train or evaluate the student
-RoleName = Literal["teacher", "student", "finetuned", "judge"]
-Attribute = Literal[
-    "score",
-    "pass_rate",
-    "n",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_p50",
-    "latency_p95",
-    "cost",
-    "pass_k",
-    "pass_at_k",
-]
-ROLES: Final[tuple[str, ...]] = get_args(RoleName)
-ATTRIBUTES: Final[tuple[str, ...]] = get_args(Attribute)
-_ALLOWED = (
-    f"role names ({', '.join(ROLES)}), role.attribute ({', '.join(ATTRIBUTES)}), role[suite], "
-    "(role - role).low/.high, noninferior(a, b, margin=m), superior(a, b, margin=m), numbers, "
-    "+ - * /, comparisons, and/or/not, parentheses"
-)
-_ARITHMETIC: Final[dict[type[ast.operator], tuple[str, Callable[[Any, Any], Any], int]]] = {
-    ast.Add: ("+", operator.add, 1),
-    ast.Sub: ("-", operator.sub, 1),
-    ast.Mult: ("*", operator.mul, 2),
-    ast.Div: ("/", operator.truediv, 2),
-}
-_COMPARISONS: Final[dict[type[ast.cmpop], tuple[str, Callable[[Any, Any], bool]]]] = {
-    ast.Lt: ("<", operator.lt),
-    ast.LtE: ("<=", operator.le),
-    ast.Gt: (">", operator.gt),
-    ast.GtE: (">=", operator.ge),
-    ast.Eq: ("==", operator.eq),
-    ast.NotEq: ("!=", operator.ne),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +39,6 @@ class RoleStats:
     pass_k: float | None = None  # share of cases whose every repeat passed (pass^k)
     pass_at_k: float | None = None  # share of cases with at least one passing repeat
     errors: int = 0  # cases without a grade (a cassette miss, a failed call or grader)
-
-
-class GateSyntaxError(ValueError):
-    """A gate expression outside the grammar: names the expression, the column and the token."""
-
-    def __init__(self, expression: str, column: int, token: str, problem: str, fix: str) -> None:
-        self.expression, self.column, self.token = expression, column, token
-        super().__init__(
-            f"gate {expression!r}: {problem} at column {column} ({token!r}); allowed: "
-            f"{_ALLOWED}; {fix}"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +75,7 @@ class Gate:
     def parse(cls, expression: str) -> Gate:
         # One line (an ini value may continue over several); ast columns then match the text
         expression = " ".join(expression.split())
-        tree = _parse(expression)
-        _check_condition(tree, expression)
+        tree = grammar.parse(expression)
         nodes = (
             tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
         )
@@ -201,121 +154,6 @@ class _Facts:
         return self.stats[label]
 
 
-def _parse(expression: str) -> ast.expr:
-    if not expression:
-        raise GateSyntaxError(expression, 1, "", "the expression is empty", "write a condition")
-    try:
-        return ast.parse(expression, mode="eval").body
-    except SyntaxError as error:
-        column = _break_column(expression, error)
-        token = expression[column - 1 : column + 1] or "end of expression"
-        fix = "write it like 'finetuned >= 0.95 * teacher and student >= 0.5'"
-        raise GateSyntaxError(expression, column, token, "invalid syntax", fix) from None
-
-
-def _break_column(expression: str, error: SyntaxError) -> int:
-    """Where the expression breaks (1-based): Python reports one that ends too early
-    (``finetuned >= 0.9 *``) at offset 0; that one breaks at its end."""
-    if error.lineno == 1 and error.offset:
-        return min(error.offset, len(expression) + 1)
-    return len(expression) + 1
-
-
-def _fail(node: ast.AST, expression: str, problem: str, fix: str) -> GateSyntaxError:
-    token = ast.get_source_segment(expression, node) or type(node).__name__
-    return GateSyntaxError(expression, getattr(node, "col_offset", 0) + 1, token, problem, fix)
-
-
-def _check_condition(node: ast.expr, expression: str) -> None:
-    if isinstance(node, ast.BoolOp):
-        for value in node.values:
-            _check_condition(value, expression)
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        _check_condition(node.operand, expression)
-    elif isinstance(node, ast.Call):
-        for side in node.args:
-            if clauses.role_reference(side) is not None:
-                _check_role(side, expression)  # type: ignore[arg-type]
-        clauses.parse_test(node, lambda n, p, f: _fail(n, expression, p, f))
-    elif isinstance(node, ast.Compare):
-        for op in node.ops:
-            if type(op) not in _COMPARISONS:
-                raise _fail(
-                    node,
-                    expression,
-                    f"comparison {type(op).__name__} is not allowed",
-                    "use < <= > >= == !=",
-                )
-        for operand in (node.left, *node.comparators):
-            _check_number(operand, expression)
-    else:
-        _check_number(node, expression)
-        raise _fail(
-            node, expression, "a number is not a condition", "compare it, e.g. 'finetuned >= 0.9'"
-        )
-
-
-def _check_number(node: ast.expr, expression: str) -> None:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return
-    if clauses.difference(node) is not None:
-        assert isinstance(node, ast.Attribute)
-        _check_difference(node, expression)
-    elif isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
-        _check_role(node, expression)
-    elif isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
-        _check_number(node.left, expression)
-        _check_number(node.right, expression)
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        _check_number(node.operand, expression)
-    elif isinstance(node, ast.Compare | ast.BoolOp) or _is_not(node):
-        raise _fail(node, expression, "a condition is used as a number", "compare numbers only")
-    else:
-        raise _fail(node, expression, f"{_describe(node)} is not allowed", "rewrite that part")
-
-
-def _is_not(node: ast.expr) -> bool:
-    return isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)
-
-
-def _describe(node: ast.expr) -> str:
-    if isinstance(node, ast.UnaryOp):
-        return f"operator {type(node.op).__name__}"
-    if isinstance(node, ast.BinOp):
-        return f"operator {type(node.op).__name__}"
-    if isinstance(node, ast.Constant):
-        return f"the constant {node.value!r}"
-    return {ast.Call: "a function call", ast.Subscript: "indexing"}.get(type(node), "this")
-
-
-def _check_difference(node: ast.Attribute, expression: str) -> None:
-    sides = clauses.difference(node)
-    assert sides is not None
-    for side in sides:
-        _check_role(side, expression)  # type: ignore[arg-type]
-    if node.attr not in clauses.DIFFERENCE_ATTRIBUTES:
-        allowed = ", ".join(clauses.DIFFERENCE_ATTRIBUTES)
-        raise _fail(node, expression, f"unknown attribute {node.attr!r}", f"use one of {allowed}")
-
-
-def _check_role(node: ast.Name | ast.Attribute | ast.Subscript, expression: str) -> None:
-    target = node.value if isinstance(node, ast.Attribute) else node
-    reference = clauses.role_reference(target)
-    if reference is None and isinstance(target, ast.Subscript):
-        fix = "write the suite as a name or a string: finetuned[meetings], finetuned['due-dates']"
-        raise _fail(target, expression, "a role's suite is a name", fix)
-    name = reference[0] if reference is not None else target
-    if not isinstance(name, ast.Name) or name.id not in ROLES:
-        text = ast.get_source_segment(expression, name) or "?"
-        close = difflib.get_close_matches(text, ROLES, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(ROLES)}"
-        raise _fail(name, expression, f"unknown role {text!r}", fix)
-    if isinstance(node, ast.Attribute) and node.attr not in ATTRIBUTES:
-        close = difflib.get_close_matches(node.attr, ATTRIBUTES, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(ATTRIBUTES)}"
-        raise _fail(node, expression, f"unknown attribute {node.attr!r}", fix)
-
-
 def _clause(node: ast.expr, expression: str, stats: _Facts) -> ClauseResult:
     text = ast.get_source_segment(expression, node) or ast.unparse(node)
     if isinstance(node, ast.Call):
@@ -346,7 +184,9 @@ def _value(node: ast.expr, stats: _Facts) -> Any:
             raise LookupError(f"{clauses.label(node.value)}.{node.attr} was not measured")
         return value
     if isinstance(node, ast.BinOp):
-        return _ARITHMETIC[type(node.op)][1](_value(node.left, stats), _value(node.right, stats))
+        return grammar.ARITHMETIC[type(node.op)][1](
+            _value(node.left, stats), _value(node.right, stats)
+        )
     if isinstance(node, ast.UnaryOp):
         operand = _value(node.operand, stats)
         return (
@@ -359,7 +199,7 @@ def _value(node: ast.expr, stats: _Facts) -> Any:
         return all(results) if isinstance(node.op, ast.And) else any(results)
     assert isinstance(node, ast.Compare)  # the grammar check admits nothing else
     values = [_value(operand, stats) for operand in (node.left, *node.comparators)]
-    ops = [_COMPARISONS[type(op)][1] for op in node.ops]
+    ops = [grammar.COMPARISONS[type(op)][1] for op in node.ops]
     return all(op(a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
 
 
@@ -375,7 +215,7 @@ def _render(node: ast.expr, stats: _Facts, parent: int = 0) -> str:
     if isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
         return _fmt(_value(node, stats))
     if isinstance(node, ast.BinOp):
-        symbol, _, precedence = _ARITHMETIC[type(node.op)]
+        symbol, _, precedence = grammar.ARITHMETIC[type(node.op)]
         left = _render(node.left, stats, precedence)
         text = f"{left} {symbol} {_render(node.right, stats, precedence + 1)}"
         return f"({text})" if precedence < parent else text
@@ -394,7 +234,7 @@ def _render(node: ast.expr, stats: _Facts, parent: int = 0) -> str:
     assert isinstance(node, ast.Compare)
     parts = [_side(node.left, stats)]
     for op, operand in zip(node.ops, node.comparators, strict=True):
-        parts += [_COMPARISONS[type(op)][0], _side(operand, stats)]
+        parts += [grammar.COMPARISONS[type(op)][0], _side(operand, stats)]
     return " ".join(parts)
 
 
