@@ -138,3 +138,12 @@ def test_statistical_clauses_outside_the_grammar_are_syntax_errors(expression, p
         GateSyntaxError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
     ):
         Gate.parse(expression)
+
+
+def test_a_clause_on_one_paired_case_fails_and_says_one_case():
+    one = pairs_from(
+        {("finetuned", "teacher"): compare("finetuned", "teacher", [1.0], [0.0], 0.95)}
+    )
+    result = Gate.parse("noninferior(finetuned, teacher, margin=0.05)").evaluate(STATS, one)
+    assert result.passed is False
+    assert result.clauses[0].explanation.endswith(": 1 paired case, at least 2 are needed -> False")

@@ -101,7 +101,8 @@ def evaluate(test: Test, pairs: Pairs) -> tuple[bool, str]:
     head = f"{test.name}({test.a}, {test.b}, margin={test.margin:g})"
     if pair is None or pair.n < 2:
         n = 0 if pair is None else pair.n
-        return False, f"{head}: {n} paired cases, at least 2 are needed -> False"
+        cases = "1 paired case" if n == 1 else f"{n} paired cases"
+        return False, f"{head}: {cases}, at least 2 are needed -> False"
     passed = pair.lower_bound > test.threshold
     return passed, (
         f"{head}: {pair.label} = {signed(pair.mean)}, one-sided {pair.confidence:.0%} lower "

@@ -95,7 +95,7 @@ class Evidence:
 def summary_lines(evidence: Evidence, gate: Gate | None) -> list[str]:
     """Above the gate: the paired comparisons, repeats and what was excluded."""
     lines = [e.line() for e in evidence.exclusions]
-    if evidence.repeats > 1:
+    if evidence.repeats > 1 and evidence.roles():
         lines.append(_repeats_line(evidence))
     pairs = evidence.pairs(gate)
     if pairs:
