@@ -168,6 +168,33 @@ def test_upload_announcing_more_than_the_limit_is_413_before_sending_it(
 
 
 @pytest.mark.parametrize(
+    "request_head",
+    [
+        "HELLO THERE\r\n\r\n",  # not a request line
+        "GET /v1/models HTTP/1.1\r\nHost localhost\r\n\r\n",  # a header without a colon
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["request-line", "header", "negative-length"],
+)
+def test_a_request_that_is_not_http_gets_a_json_400_and_the_connection_closes(
+    server: Any, openapi: OpenApi, request_head: str
+) -> None:
+    host = server.base_url.split("//")[1].split("/")[0]
+    name, port = host.split(":")
+    with socket.create_connection((name, int(port)), timeout=10) as sock:
+        sock.sendall(request_head.format(host=host).encode())
+        reply = b""
+        while chunk := sock.recv(65536):  # the server closes: the loop ends
+            reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400"), reply
+    assert "content-type: application/json" in head.lower()
+    error = json.loads(body)
+    openapi.validate_schema("ErrorResponse", error)
+    assert error["error"]["code"] == "invalid_http_request"
+
+
+@pytest.mark.parametrize(
     ("method", "path", "status"),
     [
         ("GET", "/nowhere", 404),
