@@ -151,6 +151,17 @@ def test_chunked_body_over_the_limit_is_413(http: httpx.Client, openapi: OpenApi
     assert_error(response, 413, openapi)
 
 
+def test_multipart_body_that_cannot_be_parsed_is_400_naming_the_file(
+    http: httpx.Client, openapi: OpenApi
+) -> None:
+    # A part without a name: Starlette refuses it with its own HTTPException (once a 500 here).
+    body = b"--x\r\nContent-Disposition: form-data\r\n\r\nno name\r\n--x--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+    response = http.post("/files", content=body, headers=headers)
+    error = assert_error(response, 400, openapi)
+    assert error["param"] == "file" and "multipart" in error["message"]
+
+
 def test_upload_announcing_more_than_the_limit_is_413_before_sending_it(
     server: Any, openapi: OpenApi
 ) -> None:

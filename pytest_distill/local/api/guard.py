@@ -10,10 +10,16 @@ through untouched). It refuses, in OpenAI's error shape:
   constant time;
 - a body over the route's limit (413), by its Content-Length before reading, and by counting
   while it streams in (chunked bodies have no length).
+
+A client still sending a refused body must be able to read the answer: a socket closed with
+unread data in it sends a reset, and the reset can discard the answer before the client reads
+it (it did, now and then, for a 9 MB JSON body). So the rest of a refused body is read and
+thrown away first, for at most ``DRAIN_S`` seconds (as web servers' "lingering close" does).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -35,6 +41,9 @@ JSON_LIMIT = 8 * 1024 * 1024
 UPLOAD_LIMIT = 512 * 1024 * 1024
 """Bytes of a file upload: the Files API's own limit per file."""
 _UPLOAD_PATH = "/v1/files"
+DRAIN_S = 5.0
+"""Seconds spent reading and discarding the rest of a refused body at most."""
+_DRAIN_IDLE_S = 0.5
 
 
 class BodyTooLarge(ApiError):
@@ -94,6 +103,7 @@ class Guard:
         limit = UPLOAD_LIMIT if scope["path"].rstrip("/") == _UPLOAD_PATH else JSON_LIMIT
         length = headers.get("content-length", "0")
         if length.isdigit() and int(length) > limit:
+            await drain(receive)
             await error_response(BodyTooLarge(limit), {"connection": "close"})(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
@@ -139,7 +149,23 @@ def _counting(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
+                if message.get("more_body"):
+                    await drain(receive)
                 raise BodyTooLarge(limit)
         return message
 
     return wrapped
+
+
+async def drain(receive: Receive) -> None:
+    """Read and discard the rest of the request body: until it ends, the client pauses for
+    ``_DRAIN_IDLE_S`` (it may wait for an answer before it sends), or ``DRAIN_S`` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_S
+    while (left := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), min(left, _DRAIN_IDLE_S))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return

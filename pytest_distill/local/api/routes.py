@@ -42,6 +42,9 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             result = await handler(request)
         except ApiError as error:
             return error_response(error)
+        except HTTPException as exc:  # Starlette's own refusals (a body it cannot parse)
+            status = exc.status_code if 400 <= exc.status_code < 500 else 400
+            return error_response(ApiError(status, f"{exc.detail}", code="invalid_request"))
         except Exception as exc:  # a server bug must still answer in OpenAI's shape
             log.exception("internal error on %s %s", request.method, request.url.path)
             message = f"Internal error: {type(exc).__name__}: {exc}"
@@ -194,12 +197,22 @@ class Routes:
         if media_type(request) != "multipart/form-data":
             raise unsupported(media_type(request), "the file as multipart/form-data")
         limits = {"max_files": 1, "max_fields": 16, "max_part_size": _FORM_FIELD_LIMIT}
-        async with request.form(**limits) as form:
+        try:
+            form = await request.form(**limits)
+        except HTTPException as exc:  # Starlette could not parse it as multipart
+            raise bad_request(
+                f"The multipart body could not be read ({exc.detail.rstrip('.')}); send one "
+                "`file` part and a `purpose` field, as multipart/form-data with its boundary.",
+                "file",
+            ) from None
+        try:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile) or not isinstance(purpose, str):
                 raise bad_request("A multipart upload needs a `file` part and a `purpose`.", "file")
             name = upload.filename or "upload.jsonl"
             return await run_in_threadpool(self.app.files.create, name, purpose, upload.file)
+        finally:
+            await form.close()  # the spooled temporary file of the part
 
     async def list_files(self, request: Request) -> Any:
         limit, order = int_query(request, "limit", 10000), order_query(request, "desc")
