@@ -25,8 +25,9 @@ hypothesis) rather than about their mean. Each kind of score gets its own test:
 
 scipy gives the Student t quantiles (an interval that keeps its confidence at n = 20 as at
 n = 500; the normal quantile would not), the skewness, the exact binomial test on the
-discordant cases (McNemar's exact test), the paired bootstrap and the root of Tango's bound. It is imported here only, and only when a
-pair is compared: ``import pytest_distill.plugin`` stays cheap.
+discordant cases (McNemar's exact test), the paired bootstrap and the root of Tango's bound.
+It is imported here only, and only when a pair is compared: ``import pytest_distill.plugin``
+stays cheap.
 """
 
 from __future__ import annotations
