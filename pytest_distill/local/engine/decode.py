@@ -333,7 +333,11 @@ def _checked_seed(seed: object) -> int | None:
 
 
 def _sample(logits: torch.Tensor, row: Row) -> int:
-    probs = torch.softmax(logits / row.request.temperature, dim=-1)
+    # In float64 (a temperature of 1e-300 is 0 in float32) and less the largest logit first:
+    # a tiny temperature then sends every other logit to -inf and leaves the likeliest token,
+    # instead of sending them all to inf, which made nan.
+    scaled = (logits.double() - logits.max().double()) / row.request.temperature
+    probs = torch.softmax(scaled, dim=-1)
     if row.request.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(-1) - sorted_probs < row.request.top_p
