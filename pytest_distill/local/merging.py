@@ -26,7 +26,7 @@ def merge(base: ModelSource, adapter: Path, out: Path) -> None:
 
     placement = devices.Placement("cpu", _declared_dtype(adapter))
     tokenizer, model = load_pretrained(base, placement)
-    with quiet_peft():
+    with quiet_peft(model):
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -150,7 +150,7 @@ def test_peft_export_loads_with_peft_and_answers_as_the_server_does(
     from pytest_distill.local.engine.loading import quiet_peft
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    with quiet_peft():  # peft's own deprecation warning, as the server silences it
+    with quiet_peft(base):  # peft reads an alias transformers deprecated, as the server does
         model = PeftModel.from_pretrained(base, str(target)).eval()
     assert greedy(model, AutoTokenizer.from_pretrained(tiny_model)) == trained.answers
 

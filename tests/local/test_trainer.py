@@ -133,3 +133,41 @@ def test_training_resumed_from_a_checkpoint_ends_as_an_uninterrupted_run(
     assert _same(whole, adapter)
     tokens = [m.trained_tokens for m in resumed.metrics]
     assert tokens == [m.trained_tokens for m in uninterrupted.metrics[3:]]
+
+
+def test_peft_wraps_a_model_in_a_thread_with_warnings_as_errors_and_no_global_change(
+    tiny_model: Path,
+) -> None:
+    """The trainer and the engine wrap models with peft on their own threads, beside the
+    user's tests. peft reads an alias transformers deprecated; with warnings as errors (this
+    suite's own setting, and many users') that FutureWarning failed a training job. It must
+    not be raised, and nothing process-wide (the warning filters) may change to avoid it."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from pytest_distill.local.devices import Placement
+    from pytest_distill.local.engine.loading import load_pretrained, quiet_peft
+
+    _, base = load_pretrained(ModelSource("tiny", tiny_model), Placement("cpu", "float32"))
+    cls = type(base)
+    with pytest.raises(FutureWarning):  # the alias peft reads still warns: an error here
+        _ = base.is_gradient_checkpointing
+    filters = list(warnings.filters)
+    wrapped: list[Any] = []
+    errors: list[BaseException] = []
+
+    def wrap() -> None:
+        try:
+            with quiet_peft(base):
+                config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+                wrapped.append(get_peft_model(base, config))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wrap)
+    thread.start()
+    thread.join(60)
+    assert not errors, errors
+    assert wrapped and type(base) is cls  # the model's own class again
+    assert warnings.filters == filters

@@ -303,7 +303,7 @@ class Engine:
 
         name = _adapter_name(adapter)
         if self._peft is None:
-            with quiet_peft():
+            with quiet_peft(self.base):
                 self._peft = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name)
             self._peft.eval()
         elif name not in self._peft.peft_config:

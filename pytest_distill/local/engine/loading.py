@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,17 +85,50 @@ def _placed(placement: devices.Placement) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Silence one known FutureWarning while peft wraps a model.
+def quiet_peft(model: Any) -> Iterator[None]:
+    """While peft wraps ``model``, its deprecated ``is_gradient_checkpointing`` is not read.
 
-    peft 0.21 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated; the
-    warning is theirs to fix, and a test run with warnings as errors must not fail on it.
+    peft 0.21 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated with a
+    FutureWarning. The warning must not be raised in a pytest run whose warnings are errors, and
+    ``warnings.catch_warnings`` cannot silence it here: it swaps the process's filter list, and
+    the trainer runs beside the user's tests, whose own ``catch_warnings`` (pytest's, per test)
+    could restore a list without our filter mid-way (it did: a job failed on the warning). So
+    for the wrap only, the model's class is one whose alias reads the new name, and nothing
+    global changes.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
+    original = type(model)
+    alias = getattr(original, "is_gradient_checkpointing", None)
+    if not isinstance(alias, property) or not hasattr(original, "is_activation_checkpointing"):
         yield
+        return
+    model.__class__ = _without_deprecated_alias(original)
+    try:
+        yield
+    finally:
+        model.__class__ = original
+
+
+_ALIAS_FREE: dict[type, type] = {}
+_ALIAS_FREE_LOCK = threading.Lock()
+
+
+def _without_deprecated_alias(cls: type) -> type:
+    with _ALIAS_FREE_LOCK:
+        if cls not in _ALIAS_FREE:
+            _ALIAS_FREE[cls] = _alias_free_class(cls)
+        return _ALIAS_FREE[cls]
+
+
+def _alias_free_class(cls: type) -> type:
+    def is_gradient_checkpointing(self: Any) -> bool:
+        return bool(self.is_activation_checkpointing)
+
+    namespace = {
+        "is_gradient_checkpointing": property(is_gradient_checkpointing),
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls.__name__, (cls,), namespace)
 
 
 def render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:

@@ -174,7 +174,7 @@ def _lora(base: Any, hp: Hyperparameters) -> Any:
         lora_dropout=0.0,
         target_modules=lora_targets(base.config, hp.lora_target_modules),
     )
-    with quiet_peft():
+    with quiet_peft(base):
         model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(hp.seed)  # a CPU generator, whatever the device
     with torch.no_grad():
