@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill_shapes.training import MIN_EXAMPLES, parse_training_file
 from pytest_distill.atomic import write_atomic
 from pytest_distill.roles import CallRecord
-from pytest_distill.training.rules import MIN_EXAMPLES, parse_training_file
 from pytest_distill.verdict.results import ItemResult
 
 MANIFEST_SCHEMA = "pytest-distill/manifest/1"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 

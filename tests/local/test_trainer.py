@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
 from pytest_distill.local.models import ModelSource
 from pytest_distill.local.trainer.lora import (
     Callbacks,
@@ -18,7 +19,6 @@ from pytest_distill.local.trainer.lora import (
     StepMetrics,
     train_lora,
 )
-from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
 
 
 def training_lines() -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill_shapes.training import Example, Message
 from pytest_distill.local.trainer.lora import tokenize_example
-from pytest_distill.training.rules import Example, Message
 
 
 def test_labels_cover_exactly_the_trained_assistant_turns(tiny_model: Path) -> None:

@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
 from pytest_distill.local.api.files import Files, new_id
 from pytest_distill.local.errors import ApiError, bad_request, not_found
 from pytest_distill.local.lora_settings import LORA_KEYS, check_lora
 from pytest_distill.local.models import Registry
 from pytest_distill.local.store import Record, Store, paginate
-from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 AUTO_EPOCHS = 3

@@ -1,6 +1,6 @@
 """ "Distill" on the dashboard: stored completions -> a training file -> a fine-tuning job.
 
-The file is checked by the same rules as ``pytest --distill`` (``training.rules``) before
+The file is checked by the same rules as ``pytest --distill`` (``distill_shapes.training``) before
 anything is written, so a selection too small or invalid is refused with the rule's own words,
 and nothing is uploaded or started.
 """
@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from distill_shapes.training import MIN_EXAMPLES, InvalidTrainingFile, parse_training_file
 from pytest_distill.local.api.app import App
-from pytest_distill.training.rules import MIN_EXAMPLES, InvalidTrainingFile, parse_training_file
 
 MAX_SELECTION = 50_000
 _SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,40}")

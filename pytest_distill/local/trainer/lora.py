@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from distill_shapes.training import Example, too_long
 from pytest_distill.local.architectures import context_limit, lora_targets
 from pytest_distill.local.engine.loading import encode, load_pretrained, quiet_peft, render
 from pytest_distill.local.models import ModelSource
 from pytest_distill.local.trainer import checkpoints
 from pytest_distill.local.trainer.checkpoints import Progress
-from pytest_distill.training.rules import Example, too_long
 
 BASE_LEARNING_RATE = 5e-4
 _IGNORE = -100

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
 from pytest_distill.local.api.jobs import Jobs
 from pytest_distill.local.models import fine_tuned_id
 from pytest_distill.local.store import Record
-from pytest_distill.training.rules import InvalidTrainingFile, parse_training_file
 
 if TYPE_CHECKING:
     from pytest_distill.local.trainer.lora import Checkpoint, StepMetrics
