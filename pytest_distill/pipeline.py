@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pytest_distill import paths
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.items import (
@@ -25,7 +26,7 @@ from pytest_distill.evals.items import (
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime, terminal_line
 from pytest_distill.training import dataset, jobs
-from pytest_distill.training.state import STATE_FILE, State, StateError
+from pytest_distill.training.state import State, StateError
 from pytest_distill.verdict.results import results_of
 
 
@@ -47,7 +48,7 @@ def preflight(runtime: Runtime) -> None:
             f"--distill: no API key for the trainer endpoint openai; set {where} or "
             "DISTILL_TRAINER_API_KEY (or ini distill_trainer_endpoint for another trainer)"
         )
-    folder = settings.rootpath / ".distill"
+    folder = paths.folder(settings.rootpath)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -122,7 +123,7 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
         )
     data, selection = _write_dataset(config, runtime, progress)
     trainer = trainer_role(runtime)
-    state_path = runtime.settings.rootpath / STATE_FILE
+    state_path = paths.state_file(runtime.settings.rootpath)
     with recorder.distill_step(config, runtime, data.sha256, state_path) as state_path:
         state = State(state_path)
         outcome = jobs.train(
@@ -160,7 +161,7 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
     state.set_finetuned(outcome.model, str(trainer.endpoint), outcome.job_id)
     progress(f"distill: fine-tuned model {outcome.model} (job {outcome.job_id})")
     if trainer.endpoint.kind == "local":
-        server_dir = runtime.settings.rootpath / ".distill" / "server"
+        server_dir = paths.server_dir(runtime.settings.rootpath)
         progress(
             f"distill: serve it elsewhere: distill-server export {shlex.quote(outcome.model)} "
             f"--data-dir {shlex.quote(str(server_dir))} --to DIR --format peft (or merged, "
@@ -183,7 +184,7 @@ def _write_dataset(
     selection = dataset.select(
         results_of(config).items, max_tokens=settings.training.max_example_tokens, keep=keep
     )
-    data = dataset.write(selection, settings.rootpath / ".distill" / "datasets")
+    data = dataset.write(selection, paths.datasets(settings.rootpath))
     where = os.path.relpath(data.path, settings.rootpath)  # relative to the rootdir
     progress(f"distill: wrote {len(data.examples)} examples to {where} ({selection.explain()})")
     return data, selection

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
+from pytest_distill import paths
 from pytest_distill.options import Settings
 from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_openai
 
@@ -109,7 +110,7 @@ class Runtime:
             from pytest_distill.local.models import pending_conversions
             from pytest_distill.local.shared import shared_server
 
-            data_dir = self.settings.rootpath / ".distill" / "server"
+            data_dir = paths.server_dir(self.settings.rootpath)
             models = dict(self.settings.local_models) or None
             notice = self.notice or (lambda line: None)
             for model_id in pending_conversions(data_dir, models) if self.notice else ():

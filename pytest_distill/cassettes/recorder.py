@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_distill import paths
 from pytest_distill.atomic import write_atomic
 from pytest_distill.runtime import LOCAL_PLACEHOLDER
 from pytest_distill.cassettes.session import SessionCassette, relative
@@ -177,7 +178,7 @@ def distill_step(
     found = recorder.cassette.cassette(name)
     if recorder.cassette.replays_only(name):
         runtime.replaying = True
-        state = state.parent / "replay" / "state.json"
+        state = paths.replay_state(runtime.settings.rootpath)
         state.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(found.meta.get("state", {}), indent=2, sort_keys=True)
         write_atomic(state, text.encode())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_shapes.training import MIN_EXAMPLES, parse_training_file
+from pytest_distill import paths
 from pytest_distill.atomic import write_atomic
 from pytest_distill.roles import CallRecord
 from pytest_distill.verdict.results import ItemResult
@@ -127,10 +128,9 @@ def write(selection: Selection, directory: Path) -> Dataset:
     except ValueError as exc:
         raise DatasetError(f"distill: the training set breaks a fine-tune rule: {exc}") from None
     digest = hashlib.sha256(data).hexdigest()
-    folder = directory / digest[:12]
-    path = folder / "train.jsonl"
+    path, manifest = paths.dataset_files(directory, digest)
     write_atomic(path, data)
-    dataset = Dataset(path, folder / "manifest.json", digest, selection.examples)
+    dataset = Dataset(path, manifest, digest, selection.examples)
     update_manifest(dataset, {})
     return dataset
 

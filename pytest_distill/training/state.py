@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pytest_distill import paths
 from pytest_distill.atomic import write_atomic
-
-STATE_FILE = Path(".distill") / "state.json"
 
 
 class StateError(RuntimeError):
@@ -58,6 +57,6 @@ def trained_model(rootpath: Path) -> tuple[str, str] | None:
     An unreadable state file is not this question's business: the distill step reports it.
     """
     try:
-        return State(rootpath / STATE_FILE).finetuned()
+        return State(paths.state_file(rootpath)).finetuned()
     except StateError:
         return None

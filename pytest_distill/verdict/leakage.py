@@ -15,11 +15,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
+from pytest_distill import paths
 from pytest_distill.verdict.results import ItemResult
-
-DATASETS: Final = Path(".distill") / "datasets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +47,7 @@ class Exclusion:
 def training_sets(rootpath: Path) -> dict[str, TrainingSet]:
     """Every fine-tuned model a manifest under ``rootpath`` names, with its training cases."""
     found: dict[str, TrainingSet] = {}
-    for path in sorted((rootpath / DATASETS).glob("*/manifest.json")):
+    for path in paths.manifests(rootpath):
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
