@@ -11,11 +11,12 @@ from pytest_distill import options
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
+from pytest_distill.records import take_from
 from pytest_distill.runtime import RUNTIME_KEY, Runtime, terminal_line
 from pytest_distill.training.state import trained_model
 from pytest_distill.verdict import report, summary
 from pytest_distill.verdict.gate import check_gate
-from pytest_distill.verdict.results import results_of, take_from
+from pytest_distill.verdict.results import results_of
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -244,9 +244,9 @@ def test_after_renaming_the_eval_file_the_gate_leaves_out_the_cases_the_model_tr
 
 
 def test_training_takes_every_passing_repeat_of_a_teacher_case_once() -> None:
+    from pytest_distill.records import Attempt, ItemResult
     from pytest_distill.roles import CallRecord
     from pytest_distill.training.dataset import select
-    from pytest_distill.verdict.results import Attempt, ItemResult
 
     def call(reply: str) -> CallRecord:
         prompt = ({"role": "user", "content": "Capital of France?"},)

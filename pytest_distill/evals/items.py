@@ -27,10 +27,10 @@ from pytest_distill.grading.registry import (
     Sample,
     combine,
 )
+from pytest_distill.records import Attempt, GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
 from pytest_distill.text import shorten
-from pytest_distill.verdict.results import Attempt, GradeRecord, ItemResult
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr

@@ -17,9 +17,9 @@ from pytest_distill.evals.fixtures import CLIENTS_KEY
 from pytest_distill.evals.graders import judge_for
 from pytest_distill.evals.items import error_line, format_failure
 from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
+from pytest_distill.records import GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord
 from pytest_distill.runtime import RUNTIME_KEY
-from pytest_distill.verdict.results import GradeRecord, ItemResult
 
 GRADES_KEY = pytest.StashKey[tuple[Grade, ...]]()
 MARKER_HELP = (

@@ -16,8 +16,8 @@ from typing import Any
 from distill_shapes.training import MIN_EXAMPLES, parse_training_file
 from pytest_distill import paths
 from pytest_distill.atomic import write_atomic
+from pytest_distill.records import ItemResult
 from pytest_distill.roles import CallRecord
-from pytest_distill.verdict.results import ItemResult
 
 MANIFEST_SCHEMA = "pytest-distill/manifest/1"
 Filter = Callable[[dict[str, Any], str], "dict[str, Any] | bool | None"]

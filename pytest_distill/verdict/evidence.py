@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_distill.records import Attempt, ItemResult
 from pytest_distill.verdict.gate import Gate, RoleStats
 from pytest_distill.verdict.leakage import Exclusion, leaked_cases, training_sets
-from pytest_distill.verdict.results import Attempt, ItemResult
 from pytest_distill.verdict.stats import Pair, compare, power
 
 ORDER: Final = ("teacher", "student", "finetuned", "judge")

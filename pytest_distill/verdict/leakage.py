@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_distill import paths
-from pytest_distill.verdict.results import ItemResult
+from pytest_distill.records import ItemResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import pytest
 from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
+from pytest_distill.records import ItemResult
 from pytest_distill.verdict import evidence as paired
 from pytest_distill.verdict import job_summary
 from pytest_distill.verdict.gate import (
@@ -29,7 +30,7 @@ from pytest_distill.verdict.gate import (
     RoleStats,
     percentile,
 )
-from pytest_distill.verdict.results import Aggregate, ItemResult, Results, aggregate, group_by_suite
+from pytest_distill.verdict.results import Aggregate, Results, aggregate, group_by_suite
 from pytest_distill.verdict.scrub import scrub
 
 SCHEMA = "pytest-distill/report/2"
