@@ -41,7 +41,7 @@ class Option:
     default: Any = ""  # what the ini key answers when it is not set
     metavar: str | None = None
     switch: bool = False  # the flag takes no value
-    choices: tuple[str, ...] | None = None  # of the flag's value (the parser checks the ini's)
+    choices: tuple[str, ...] | None = None  # the values allowed: the flag's, and the parser's
     env: bool = False  # DISTILL_ROLE_NAME is read (only per_role options have variables)
     per_role: bool = False
     # The value is a path. Nothing reads this yet: it marks the options for which a value given
