@@ -23,6 +23,7 @@ from pytest_distill.evals.items import (
     collected,
     is_eval_file,
 )
+from pytest_distill.options import TrainingSettings
 from pytest_distill.roles import RoleConfig
 from pytest_distill.runtime import Runtime, terminal_line
 from pytest_distill.training import dataset, jobs
@@ -213,18 +214,13 @@ def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def _job_settings(runtime: Runtime, base_model: str, trainer: RoleConfig) -> jobs.TrainingSettings:
-    options = runtime.settings.training
-    return jobs.TrainingSettings(
+def _job_settings(runtime: Runtime, base_model: str, trainer: RoleConfig) -> TrainingSettings:
+    training = runtime.settings.training
+    return dataclasses.replace(
+        training,
         base_model=base_model,
-        trainer=str(trainer.endpoint),
-        hyperparameters=options.hyperparameters,
-        suffix=options.suffix,
-        seed=options.seed,
-        poll_interval=0.0 if runtime.replaying else options.poll_interval,
-        timeout=options.job_timeout,
-        no_wait=runtime.settings.no_wait,
-        extra_body=options.extra_body,
+        trainer_endpoint=trainer.endpoint,
+        poll_interval=0.0 if runtime.replaying else training.poll_interval,
     )
 
 

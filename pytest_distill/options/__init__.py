@@ -1,39 +1,28 @@
-"""Command line and ini options, resolved once into a frozen :class:`Settings`.
+"""Command line, environment and ini options, resolved once into a frozen :class:`Settings`.
 
-Precedence is CLI > environment > ini > default, decided here and nowhere else. Every bad
-value is a :class:`pytest.UsageError` that names the value, what is allowed and the flag or
-ini key that fixes it. ``flags`` declares the options; ``values``, ``role_options`` and
-``training`` read them.
+``table`` declares every option once (flag, ini key, variable, parser, help); ``addoption``
+registers that table and ``resolve`` reads it. Precedence is CLI > environment > ini > default,
+decided in :class:`~pytest_distill.options.option.Values` and nowhere else. Every bad value is a
+:class:`pytest.UsageError` that names the value, what is allowed and the flag or ini key that
+fixes it.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_distill.options.flags import addoption
-from pytest_distill.options.role_options import role_config, run_roles
+from pytest_distill.options.option import Values, register
+from pytest_distill.options.role_options import role_config
 from pytest_distill.options.settings import (
     DEFAULT_PATTERNS,
     RECORD_MODES,
     RUN_ROLES,
     Price,
     Settings,
-    TrainingOptions,
+    TrainingSettings,
 )
+from pytest_distill.options.table import OPTIONS
 from pytest_distill.options.training import training
-from pytest_distill.options.values import (
-    checked,
-    cli_or_ini,
-    ini_number,
-    local_device,
-    local_models,
-    number,
-    optional_timeout,
-    pairs,
-    path,
-    prices,
-    record_mode,
-)
 from pytest_distill.roles import ROLES
 
 __all__ = [
@@ -42,10 +31,15 @@ __all__ = [
     "RUN_ROLES",
     "Price",
     "Settings",
-    "TrainingOptions",
+    "TrainingSettings",
     "addoption",
     "resolve",
 ]
+
+
+def addoption(parser: pytest.Parser) -> None:
+    """Every flag, in one ``distill`` group, and every ini key."""
+    register(parser, OPTIONS)
 
 
 def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Settings:
@@ -54,41 +48,33 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
     ``trained`` is the fine-tuned model (and its endpoint) that an earlier ``--distill`` run
     left in ``.distill/state.json``: the ``finetuned`` role's model unless one is configured.
     """
-    cli_models = pairs(config.getoption("distill_model"), "--distill-model", "ROLE=MODEL")
-    cli_endpoints = pairs(
-        config.getoption("distill_endpoint"), "--distill-endpoint", "ROLE=ENDPOINT"
-    )
-    role_configs = {
-        role: role_config(config, role, cli_models.get(role), cli_endpoints.get(role), trained)
-        for role in ROLES
-    }
+    return settings(Values(config, OPTIONS), trained)
+
+
+def settings(read: Values, trained: tuple[str, str] | None = None) -> Settings:
+    """The settings the declared options make, each read through ``read``."""
+    role_configs = {role: role_config(read, role, trained) for role in ROLES}
+    roles = read("roles") or tuple(r for r in RUN_ROLES if role_configs[r].model)
     return Settings(
-        distill=bool(config.getoption("distill")),
-        no_wait=bool(config.getoption("distill_no_wait")),
-        roles=run_roles(config, role_configs),
+        distill=read("distill"),
+        roles=roles,
         role_configs=role_configs,
-        concurrency=number(config, "concurrency", int, low=1),
-        report_path=path(config, "report"),
-        gate=cli_or_ini(config, "gate") or None,
-        holdout=number(config, "holdout", float, low=0.0, high=0.9),
-        patterns=tuple(config.getini("distill_patterns")),
-        prices=prices(config.getini("distill_prices")),
-        local_models=local_models(config),
-        local_device=local_device(config),
-        training=training(config),
-        timeout=optional_timeout(config),
-        max_retries=ini_number(config, "distill_max_retries", int, low=0),
-        rootpath=config.rootpath,
-        record_mode=record_mode(config),
-        cassette_dir=config.rootpath / str(config.getini("distill_cassette_dir")).strip(),
-        html_path=path(config, "html"),
-        summary_cases=bool(config.getini("distill_summary_cases")),
-        repeats=number(config, "repeats", int, low=1, high=100),
-        confidence=checked(
-            str(config.getini("distill_confidence")).strip(),
-            float,
-            0.5,
-            0.999,
-            "ini distill_confidence",
-        ),
+        concurrency=read("concurrency"),
+        report_path=read("report"),
+        gate=read("gate"),
+        holdout=read("holdout"),
+        patterns=read("patterns"),
+        prices=read("prices"),
+        local_models=read("local_models"),
+        local_device=read("local_device"),
+        training=training(read),
+        timeout=read("timeout"),
+        max_retries=read("max_retries"),
+        rootpath=read.rootpath,
+        record_mode=read("record_mode"),
+        cassette_dir=read("cassette_dir"),
+        html_path=read("html"),
+        summary_cases=read("summary_cases"),
+        repeats=read("repeats"),
+        confidence=read("confidence"),
     )

@@ -3,52 +3,40 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from pytest_distill.options.option import Given, Values
 from pytest_distill.options.settings import RUN_ROLES
-from pytest_distill.options.values import cli_or_ini
-from pytest_distill.roles import RoleConfig, check_params, parse_endpoint
+from pytest_distill.roles import Endpoint, RoleConfig, check_params, parse_endpoint
 
 
-def role_config(
-    config: pytest.Config,
-    role: str,
-    cli_model: str | None,
-    cli_endpoint: str | None,
-    trained: tuple[str, str] | None = None,
-) -> RoleConfig:
+def role_config(read: Values, role: str, trained: tuple[str, str] | None = None) -> RoleConfig:
     """One role's settings; ``trained`` is the (model, endpoint) an earlier ``--distill`` made,
     used for ``finetuned`` when no model is configured."""
-    env = os.environ
-    up = role.upper()
-    model = cli_model or env.get(f"DISTILL_{up}_MODEL") or config.getini(f"distill_{role}_model")
-    endpoint_text = (
-        cli_endpoint
-        or env.get(f"DISTILL_{up}_ENDPOINT")
-        or config.getini(f"distill_{role}_endpoint")
-        or "openai"
-    )
-    try:
-        endpoint = parse_endpoint(endpoint_text)
-    except ValueError as exc:
-        raise pytest.UsageError(
-            f"{exc}; set it with --distill-endpoint {role}=..., DISTILL_{up}_ENDPOINT "
-            f"or ini distill_{role}_endpoint"
-        ) from None
-    key_env = config.getini(f"distill_{role}_api_key_env").strip() or None
-    if role == "finetuned" and not str(model).strip() and trained is not None:
+    model, endpoint = read("model", role), read("endpoint", role)
+    key_env = read("api_key_env", role)
+    if role == "finetuned" and model is None and trained is not None:
         model, endpoint = trained[0], parse_endpoint(trained[1])
     return RoleConfig(
-        name=role,
-        model=str(model).strip() or None,
-        endpoint=endpoint,
-        params=params(config.getini(f"distill_{role}_params"), f"distill_{role}_params"),
-        api_key_env=key_env,
+        name=role, model=model, endpoint=endpoint, params=read("params", role), api_key_env=key_env
     )
+
+
+def endpoint(given: Given) -> Endpoint:
+    """``openai`` (when blank), ``local`` or a base URL."""
+    try:
+        return parse_endpoint(str(given.value or "openai"))
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"{exc}; set it with {given.flag}, {given.env} or ini {given.ini_key}"
+        ) from None
+
+
+def role_params(given: Given) -> dict[str, Any]:
+    return params(given.value, str(given.ini_key))
 
 
 def params(lines: Sequence[str], key: str) -> dict[str, Any]:
@@ -106,15 +94,12 @@ def _skip_space(line: str, at: int) -> int:
     return at
 
 
-def run_roles(config: pytest.Config, role_configs: Mapping[str, RoleConfig]) -> tuple[str, ...]:
-    text = cli_or_ini(config, "roles")
-    if not text:
-        return tuple(r for r in RUN_ROLES if role_configs[r].model)
-    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+def run_roles(given: Given) -> tuple[str, ...]:
+    """The roles named (comma-separated); empty when none is: every role with a model runs."""
+    roles = tuple(r.strip() for r in given.text.split(",") if r.strip())
     for role in roles:
         if role not in RUN_ROLES:
             raise pytest.UsageError(
-                f"--distill-roles / ini distill_roles: unknown role {role!r}; "
-                f"allowed: {', '.join(RUN_ROLES)}"
+                f"{given.where}: unknown role {role!r}; allowed: {', '.join(RUN_ROLES)}"
             )
     return roles

@@ -23,7 +23,10 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
-class TrainingOptions:
+class TrainingSettings:
+    """How ``--distill`` fine-tunes. The options set all but ``base_model``; for a job, the
+    ``--distill`` step sets the base model and the trainer endpoint it resolved."""
+
     trainer_endpoint: Endpoint | None = None  # None: the student's endpoint
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     suffix: str = "distill"
@@ -32,15 +35,23 @@ class TrainingOptions:
     job_timeout: float = 3600.0
     max_example_tokens: int = 4096
     store: bool = False
-    extra_body: Mapping[str, Any] = field(default_factory=dict)  # merged into the job create
+    # Merged into the job create's body, nested objects key by key (Azure's ``trainingType``,
+    # the embedded server's ``lora_rank``).
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
     api_key_env: str | None = None  # the trainer's key variable; None: the student's rules
     allow_subset: bool = False  # train when a selection left train-split teacher cases out
+    no_wait: bool = False  # start the job and return; the next run follows it
+    base_model: str = ""  # the student's model, which the job fine-tunes
+
+    @property
+    def trainer(self) -> str:
+        """The trainer endpoint, as text: part of a job's idempotency key."""
+        return str(self.trainer_endpoint)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     distill: bool
-    no_wait: bool
     roles: tuple[str, ...]
     role_configs: Mapping[str, RoleConfig]
     concurrency: int
@@ -51,7 +62,7 @@ class Settings:
     prices: Mapping[str, Price] = field(default_factory=dict)
     local_models: Mapping[str, str] = field(default_factory=dict)
     local_device: str = "auto"  # auto, cpu or cuda: where the embedded server runs models
-    training: TrainingOptions = field(default_factory=lambda: TrainingOptions())
+    training: TrainingSettings = field(default_factory=lambda: TrainingSettings())
     timeout: float | None = None  # None: 120 s, or 900 s on the embedded server
     max_retries: int = 2
     rootpath: Path = Path()

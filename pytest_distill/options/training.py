@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.options.settings import TrainingOptions
-from pytest_distill.options.values import ini_number
-from pytest_distill.roles import parse_endpoint
+from pytest_distill.options.option import Given, Values
+from pytest_distill.options.settings import TrainingSettings
+from pytest_distill.roles import Endpoint, parse_endpoint
 
 # name -> (type, lowest, highest, lowest excluded); from the API's hyperparameter schema.
 HYPERPARAMETERS: dict[str, tuple[type, float, float, bool]] = {
@@ -28,47 +28,58 @@ SEED_RANGE = (0, 2**31 - 1)
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def training(config: pytest.Config) -> TrainingOptions:
-    trainer = config.getini("distill_trainer_endpoint").strip()
-    try:
-        endpoint = parse_endpoint(trainer) if trainer else None
-    except ValueError as exc:
-        raise pytest.UsageError(f"ini distill_trainer_endpoint: {exc}") from None
-    hyper: dict[str, int | float] = {}
-    for name in HYPERPARAMETERS:
-        raw = str(config.getini(f"distill_{name}")).strip()
-        if raw and raw != "auto":
-            hyper[name] = hyperparameter(name, raw)
-    seed = str(config.getini("distill_seed")).strip()
-    return TrainingOptions(
-        trainer_endpoint=endpoint,
-        hyperparameters=hyper,
-        suffix=suffix(str(config.getini("distill_suffix")).strip() or "distill"),
-        seed=whole(seed, *SEED_RANGE, "ini distill_seed") if seed else None,
-        poll_interval=ini_number(config, "distill_poll_interval", float, low=0.0),
-        job_timeout=ini_number(config, "distill_job_timeout", float, low=1.0),
-        max_example_tokens=ini_number(config, "distill_max_example_tokens", int, low=16),
-        store=bool(config.getini("distill_store")),
-        extra_body=_extra_body(config),
-        api_key_env=str(config.getini("distill_trainer_api_key_env")).strip() or None,
-        allow_subset=bool(
-            config.getoption("distill_allow_subset") or config.getini("distill_allow_subset")
-        ),
+def training(read: Values) -> TrainingSettings:
+    trainer = read("trainer_endpoint")
+    hyper = {name: read(name) for name in HYPERPARAMETERS}
+    return TrainingSettings(
+        trainer_endpoint=trainer,
+        hyperparameters={name: value for name, value in hyper.items() if value is not None},
+        suffix=read("suffix"),
+        seed=read("seed"),
+        poll_interval=read("poll_interval"),
+        job_timeout=read("job_timeout"),
+        max_example_tokens=read("max_example_tokens"),
+        store=read("store"),
+        extra_body=read("trainer_extra_body"),
+        api_key_env=read("trainer_api_key_env"),
+        allow_subset=read("allow_subset"),
+        no_wait=read("no_wait"),
     )
 
 
-def _extra_body(config: pytest.Config) -> dict[str, Any]:
-    raw = str(config.getini("distill_trainer_extra_body")).strip()
+def trainer_endpoint(given: Given) -> Endpoint | None:
+    try:
+        return parse_endpoint(given.text) if given.text else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"{given.where}: {exc}") from None
+
+
+def extra_body(given: Given) -> dict[str, Any]:
+    raw = given.text
     try:
         value = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
         raise pytest.UsageError(
-            f"ini distill_trainer_extra_body: {raw!r} is not a JSON object; write e.g. "
-            'distill_trainer_extra_body = {"trainingType": "GlobalStandard"}'
+            f"{given.where}: {raw!r} is not a JSON object; write e.g. "
+            f'{given.ini_key} = {{"trainingType": "GlobalStandard"}}'
         )
     return value
+
+
+def hyperparameter_or_auto(given: Given) -> int | float | None:
+    """None (the trainer's choice) when blank or ``auto``."""
+    raw = given.text
+    return hyperparameter(given.option.name, raw) if raw and raw != "auto" else None
+
+
+def seed(given: Given) -> int | None:
+    return whole(given.text, *SEED_RANGE, given.where) if given.text else None
+
+
+def suffix_or_default(given: Given) -> str:
+    return suffix(given.text or str(given.option.default))
 
 
 def hyperparameter(name: str, raw: str) -> int | float:

@@ -1,11 +1,11 @@
-"""Reading one option: CLI or ini, numbers in range, paths, prices, local models.
+"""Parsing one option's value: numbers in range, paths, choices, prices, local models.
 
-Every bad value is a :class:`pytest.UsageError` naming the value, what is allowed and the key.
+Each parser takes the value as given (:class:`~pytest_distill.options.option.Given`). Every bad
+value is a :class:`pytest.UsageError` naming the value, what is allowed and the key.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,53 +13,38 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.options.settings import RECORD_MODES, Price
-from pytest_distill.roles import ROLES
+from pytest_distill.options.option import Given, Parse
+from pytest_distill.options.settings import Price
 
 
-def record_mode(config: pytest.Config) -> str | None:
-    text = cli_or_ini(config, "record_mode")
-    if not text:
-        # Recording is always an explicit choice; CI replays unless told otherwise.
-        return "none" if os.environ.get("CI") else None
-    if text not in RECORD_MODES:
-        raise pytest.UsageError(
-            f"ini distill_record_mode: {text!r} is not a record mode; use one of "
-            f"{', '.join(RECORD_MODES)} (or --distill-record-mode)"
-        )
-    return None if text == "off" else text
+def switch(given: Given) -> bool:
+    return bool(given.value)
 
 
-def cli_or_ini(config: pytest.Config, name: str) -> str:
-    value = config.getoption(f"distill_{name}")
-    if value is None:
-        value = config.getini(f"distill_{name}")
-    return str(value).strip()
+def text(given: Given) -> str:
+    return given.text
 
 
-def pairs(values: Sequence[str] | None, flag: str, shape: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for value in values or ():
-        role, sep, rest = value.partition("=")
-        if not sep or role not in ROLES or not rest:
-            close = difflib.get_close_matches(role, ROLES, n=1) if role not in ROLES else []
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise pytest.UsageError(
-                f"{flag} {value!r}: {hint}expected {shape} with ROLE one of {', '.join(ROLES)}; "
-                f"for example {flag} {close[0] if close else 'teacher'}=..."
-            )
-        pairs[role] = rest
-    return pairs
+def text_or_none(given: Given) -> str | None:
+    return given.text or None
 
 
-def number(config: pytest.Config, name: str, kind: type, *, low: float, high: float = 1e9) -> Any:
-    raw = cli_or_ini(config, name)
-    where = f"--distill-{name} / ini distill_{name}"
-    return checked(raw, kind, low, high, where)
+def number(kind: type, low: float, high: float = 1e9) -> Parse:
+    """A number of ``kind`` from ``low`` to ``high``."""
+
+    def parse(given: Given) -> Any:
+        return checked(given.text, kind, low, high, given.where)
+
+    return parse
 
 
-def ini_number(config: pytest.Config, key: str, kind: type, *, low: float) -> Any:
-    return checked(str(config.getini(key)).strip(), kind, low, 1e9, f"ini {key}")
+def number_or_none(kind: type, low: float) -> Parse:
+    """A number of ``kind`` from ``low``, or None when blank."""
+
+    def parse(given: Given) -> Any:
+        return checked(given.text, kind, low, 1e9, given.where) if given.text else None
+
+    return parse
 
 
 def checked(raw: str, kind: type, low: float, high: float, where: str) -> Any:
@@ -74,11 +59,34 @@ def checked(raw: str, kind: type, low: float, high: float, where: str) -> Any:
     return value
 
 
-def path(config: pytest.Config, name: str) -> Path | None:
-    raw = cli_or_ini(config, name)
-    if not raw:
-        return None
-    return Path(config.invocation_params.dir, raw)
+def record_mode(given: Given) -> str | None:
+    text, modes = given.text, given.option.choices or ()
+    if not text:
+        # Recording is always an explicit choice; CI replays unless told otherwise.
+        return "none" if os.environ.get("CI") else None
+    if text not in modes:
+        raise pytest.UsageError(
+            f"ini {given.ini_key}: {text!r} is not a record mode; use one of "
+            f"{', '.join(modes)} (or {given.option.flag})"
+        )
+    return None if text == "off" else text
+
+
+def path(given: Given) -> Path | None:
+    """A path from the directory pytest was invoked in; None when blank."""
+    return Path(given.invocation_dir, given.text) if given.text else None
+
+
+def under_rootdir(given: Given) -> Path:
+    return given.rootpath / given.text
+
+
+def strings(given: Given) -> tuple[str, ...]:
+    return tuple(given.value)
+
+
+def price_lines(given: Given) -> dict[str, Price]:
+    return prices(given.value)
 
 
 def prices(lines: Sequence[str]) -> dict[str, Price]:
@@ -98,28 +106,25 @@ def prices(lines: Sequence[str]) -> dict[str, Price]:
     return prices
 
 
-def local_models(config: pytest.Config) -> dict[str, str]:
+def local_models(given: Given) -> dict[str, str]:
     models: dict[str, str] = {}
-    for line in config.getini("distill_local_models"):
+    for line in given.value:
         model, sep, path = line.partition("=")
         if not sep or not model.strip() or not path.strip():
             raise pytest.UsageError(
-                f"ini distill_local_models: {line!r} is not 'ID = PATH'; write e.g. "
+                f"{given.where}: {line!r} is not 'ID = PATH'; write e.g. "
                 "'my-model = models/my-model' (a Hugging Face directory or a .gguf file)"
             )
-        models[model.strip()] = str(config.rootpath / path.strip())
+        models[model.strip()] = str(given.rootpath / path.strip())
     return models
 
 
-def local_device(config: pytest.Config) -> str:
-    text = str(config.getini("distill_local_device")).strip().lower() or "auto"
-    if text not in ("auto", "cpu", "cuda"):
+def local_device(given: Given) -> str:
+    devices = given.option.choices or ()
+    text = given.text.lower() or devices[0]
+    if text not in devices:
         raise pytest.UsageError(
-            f"ini distill_local_device: {text!r} is not a device; use auto, cpu or cuda"
+            f"{given.where}: {text!r} is not a device; use "
+            f"{', '.join(devices[:-1])} or {devices[-1]}"
         )
     return text
-
-
-def optional_timeout(config: pytest.Config) -> float | None:
-    raw = str(config.getini("distill_timeout")).strip()
-    return checked(raw, float, 0.1, 1e9, "ini distill_timeout") if raw else None

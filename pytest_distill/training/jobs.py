@@ -12,9 +12,10 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_distill.options import TrainingSettings
 from pytest_distill.text import shorten
 from pytest_distill.training.dataset import Dataset
 from pytest_distill.training.state import State
@@ -30,33 +31,20 @@ class DistillError(RuntimeError):
     """The distill step failed; the message is one line saying why and what to do."""
 
 
-@dataclass(frozen=True, slots=True)
-class TrainingSettings:
-    base_model: str
-    trainer: str  # the endpoint, as text: part of the idempotency key
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    suffix: str = "distill"
-    seed: int | None = None
-    poll_interval: float = 2.0
-    timeout: float = 3600.0
-    no_wait: bool = False
-    extra_body: Mapping[str, Any] = field(default_factory=dict)
-    """Merged into the job create's body, nested objects key by key (Azure's ``trainingType``,
-    this server's ``lora_rank``)."""
-
-    def key(self, dataset: Dataset) -> str:
-        parts: list[Any] = [
-            dataset.sha256,
-            self.base_model,
-            self.trainer,
-            dict(self.hyperparameters),
-            self.suffix,
-            self.seed,
-        ]
-        if self.extra_body:  # only when set, so that keys made before it existed stay valid
-            parts.append(dict(self.extra_body))
-        material = json.dumps(parts, sort_keys=True)
-        return hashlib.sha256(material.encode()).hexdigest()[:24]
+def job_key(settings: TrainingSettings, dataset: Dataset) -> str:
+    """The job's idempotency key: the training set, base model, trainer and what shapes the job."""
+    parts: list[Any] = [
+        dataset.sha256,
+        settings.base_model,
+        settings.trainer,
+        dict(settings.hyperparameters),
+        settings.suffix,
+        settings.seed,
+    ]
+    if settings.extra_body:  # only when set, so that keys made before it existed stay valid
+        parts.append(dict(settings.extra_body))
+    material = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +67,7 @@ def train(
     progress: Progress,
 ) -> Outcome:
     """Find or start the job for this dataset and settings, then follow it unless no_wait."""
-    key = settings.key(dataset)
+    key = job_key(settings, dataset)
     try:
         job, file_id, reused = _find_or_start(client, dataset, settings, state, key, progress)
         if settings.no_wait or job.status in FINAL:
@@ -243,9 +231,9 @@ def follow(
             last_state, last_shown = state, elapsed
         if job.status in FINAL:
             return _final(job, events)
-        if time.monotonic() - started > settings.timeout:
+        if time.monotonic() - started > settings.job_timeout:
             raise DistillError(
-                f"distill: job {job_id} still {job.status} after {settings.timeout:.0f} s; run "
+                f"distill: job {job_id} still {job.status} after {settings.job_timeout:.0f} s; run "
                 "pytest --distill again to keep following it (ini distill_job_timeout)"
             )
         time.sleep(settings.poll_interval)
