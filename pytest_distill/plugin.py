@@ -14,8 +14,8 @@ from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillI
 from pytest_distill.records import take_from
 from pytest_distill.runtime import RUNTIME_KEY, Runtime, terminal_line
 from pytest_distill.training.state import trained_model
-from pytest_distill.verdict import report, summary
-from pytest_distill.verdict.gate import check_gate
+from pytest_distill.verdict import report, summary, view
+from pytest_distill.verdict.gate import Gate, check_gate
 from pytest_distill.verdict.results import results_of
 
 
@@ -32,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", pyevals.MARKER_HELP)
     settings = options.resolve(config, trained=trained_model(config.rootpath))
-    check_gate(settings.gate)
+    gate = check_gate(settings.gate)
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
     if not hasattr(config, "workerinput"):  # a worker's terminal output is not shown
         runtime.notice = terminal_line(config)
@@ -47,7 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.pluginmanager.register(fixtures, "distill-fixtures")
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(Controller(config), "distill-controller")
+        config.pluginmanager.register(Controller(config, gate), "distill-controller")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -150,12 +150,13 @@ def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str]
 class Controller:
     """Hooks of the process that sees every report: the only one under xdist, or the main one."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, gate: Gate | None = None) -> None:
         self.config = config
         self.runtime = config.stash[RUNTIME_KEY]
+        self.gate = gate  # parsed once, at start-up
         self.other_failures = 0
         self.outcome: report.Outcome | None = None
-        self.verdict: summary.Verdict | None = None
+        self.verdict: view.Verdict | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -180,7 +181,7 @@ class Controller:
             distill_failed=self.runtime.distill_error is not None,
             deferred=self.runtime.distill_deferred,
         )
-        self.verdict = summary.Verdict(int(code), self.other_failures)
+        self.verdict = report.verdict(run, outcome, int(code), self.other_failures)
         report.write_report(run, outcome, int(code))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -196,5 +197,9 @@ class Controller:
     def _run(self) -> report.Run:
         runtime = self.runtime
         return report.Run(
-            runtime.settings, results_of(self.config), runtime.distill_error, runtime.training
+            runtime.settings,
+            results_of(self.config),
+            runtime.distill_error,
+            runtime.training,
+            self.gate,
         )

@@ -119,7 +119,7 @@ def power_lines(evidence: Evidence, gate: Gate | None) -> list[str]:
     """Under the gate: what each non-inferiority clause can detect with this holdout."""
     lines = []
     for test in gate.tests() if gate else ():
-        pair = evidence.pair(test.a, test.b)
+        pair = evidence.pair(test.a.label, test.b.label)
         if test.name == "noninferior" and pair is not None and pair.n > 1:
             lines.append(power(pair, test.margin).line())
     return lines

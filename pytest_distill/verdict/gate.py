@@ -1,15 +1,16 @@
 """The deploy gate: a readable expression over role results, and the statistics behind it.
 
-``finetuned >= 0.95 * teacher and finetuned >= student + 0.10`` is parsed with ``ast`` and
-checked against a small grammar (:mod:`pytest_distill.verdict.grammar`; never ``eval``). Each
-operand of a top-level ``and`` is a clause, evaluated and explained on its own; the gate passes
-when every clause does. The statistical clauses (``noninferior(...)``, ``superior(...)``,
-``(finetuned - teacher).low``) are evaluated by :mod:`pytest_distill.verdict.clauses`.
+``finetuned >= 0.95 * teacher and finetuned >= student + 0.10`` is parsed once, checked against
+a small grammar (:mod:`pytest_distill.verdict.grammar`; never ``eval``), into a clause tree
+(:mod:`pytest_distill.verdict.tree`) that evaluation, explanation, the summary and the report
+read. Each operand of a top-level ``and`` is a clause, evaluated and explained on its own; the
+gate passes when every clause does. The statistical clauses (``noninferior(...)``,
+``superior(...)``, ``(finetuned - teacher).low``) are evaluated by
+:mod:`pytest_distill.verdict.clauses`.
 """
 
 from __future__ import annotations
 
-import ast
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,8 +18,23 @@ from typing import Any, Final
 
 import pytest
 
-from pytest_distill.verdict import clauses, grammar
+from pytest_distill.verdict import clauses, grammar, tree
+from pytest_distill.verdict.clauses import Pairs
 from pytest_distill.verdict.grammar import GateSyntaxError
+from pytest_distill.verdict.tree import (
+    And,
+    Arithmetic,
+    Compare,
+    Condition,
+    Constant,
+    Difference,
+    Metric,
+    Not,
+    Number,
+    Or,
+    Sign,
+    Test,
+)
 
 __all__ = ["Gate", "GateResult", "GateSyntaxError", "RoleStats", "check_gate"]
 
@@ -67,23 +83,27 @@ class GateResult:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
+    """A gate expression, parsed once: its clauses (the operands of a top-level ``and``) and
+    the labels it reads (``finetuned``, ``finetuned[suite]``)."""
+
     expression: str
     roles: frozenset[str]
-    _clauses: tuple[ast.expr, ...]
+    clauses: tuple[Condition, ...]
 
     @classmethod
     def parse(cls, expression: str) -> Gate:
-        # One line (an ini value may continue over several); ast columns then match the text
+        # One line (an ini value may continue over several); columns then match the text
         expression = " ".join(expression.split())
-        tree = grammar.parse(expression)
-        nodes = (
-            tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
-        )
-        return cls(expression, frozenset(clauses.used_labels(tree)), tuple(nodes))
+        condition = grammar.parse(expression)
+        found = condition.values if isinstance(condition, And) else (condition,)
+        return cls(expression, frozenset(r.label for r in tree.refs(condition)), found)
 
-    def evaluate(
-        self, stats: Mapping[str, RoleStats], pairs: clauses.Pairs | None = None
-    ) -> GateResult:
+    @property
+    def role_names(self) -> frozenset[str]:
+        """The roles it names, without suites: ``finetuned[suite]`` names ``finetuned``."""
+        return frozenset(r.role for clause in self.clauses for r in tree.refs(clause))
+
+    def evaluate(self, stats: Mapping[str, RoleStats], pairs: Pairs | None = None) -> GateResult:
         """``stats`` by label (``finetuned``, ``finetuned[suite]``); ``pairs`` gives the paired
         comparison of two labels on the cases both ran."""
         missing = tuple(sorted(r for r in self.roles if r not in stats or stats[r].n == 0))
@@ -104,42 +124,36 @@ class Gate:
             reason = f"gate not evaluated: no cost known for {', '.join(unpriced)} (no price set)"
             return GateResult(self.expression, None, (), (), reason)
         facts = _Facts(stats, pairs or clauses.pairs_from({}))
-        results = tuple(_clause(node, self.expression, facts) for node in self._clauses)
+        results = tuple(_clause(node, facts) for node in self.clauses)
         failed = next((clause for clause in results if not clause.passed), None)
         reason = (
             f"gate failed: {failed.explanation}" if failed else f"gate passed: {self.expression}"
         )
         return GateResult(self.expression, failed is None, results, (), reason)
 
-    def tests(self) -> tuple[clauses.Test, ...]:
+    def tests(self) -> tuple[Test, ...]:
         """The ``noninferior`` / ``superior`` clauses, for the summary's power line."""
         return tuple(
-            clauses.parse_test(node, lambda *_: ValueError())
-            for clause in self._clauses
-            for node in ast.walk(clause)
-            if isinstance(node, ast.Call)
+            node for clause in self.clauses for node in tree.walk(clause) if isinstance(node, Test)
         )
 
     def differences(self) -> tuple[tuple[str, str], ...]:
         """Every paired comparison the gate reads, in the order it names them."""
         found: dict[tuple[str, str], None] = {}
-        for clause in self._clauses:
-            for node in ast.walk(clause):
-                sides = clauses.difference(node) if isinstance(node, ast.expr) else None
-                if sides is not None:
-                    found[(clauses.label(sides[0]), clauses.label(sides[1]))] = None
+        for clause in self.clauses:
+            for node in tree.walk(clause):
+                if isinstance(node, Difference):
+                    found[(node.a.label, node.b.label)] = None
         for test in self.tests():
-            found[(test.a, test.b)] = None
+            found[(test.a.label, test.b.label)] = None
         return tuple(found)
 
     def _uses(self, attribute: str) -> set[str]:
         return {
-            clauses.label(node.value)
-            for clause in self._clauses
-            for node in ast.walk(clause)
-            if isinstance(node, ast.Attribute)
-            and node.attr == attribute
-            and clauses.role_reference(node.value) is not None
+            node.ref.label
+            for clause in self.clauses
+            for node in tree.walk(clause)
+            if isinstance(node, Metric) and node.attribute == attribute
         }
 
 
@@ -148,17 +162,16 @@ class _Facts:
     """What clauses read: role figures by label, and paired comparisons."""
 
     stats: Mapping[str, RoleStats]
-    pairs: clauses.Pairs
+    pairs: Pairs
 
     def __getitem__(self, label: str) -> RoleStats:
         return self.stats[label]
 
 
-def _clause(node: ast.expr, expression: str, stats: _Facts) -> ClauseResult:
-    text = ast.get_source_segment(expression, node) or ast.unparse(node)
-    if isinstance(node, ast.Call):
-        test = clauses.parse_test(node, lambda *_: ValueError())
-        return ClauseResult(text, *clauses.evaluate(test, stats.pairs))
+def _clause(node: Condition, stats: _Facts) -> ClauseResult:
+    text = node.text
+    if isinstance(node, Test):
+        return ClauseResult(text, *clauses.evaluate(node, stats.pairs))
     try:
         passed = bool(_value(node, stats))
     except ZeroDivisionError:
@@ -168,79 +181,65 @@ def _clause(node: ast.expr, expression: str, stats: _Facts) -> ClauseResult:
     return ClauseResult(text, passed, f"{text}: {_render(node, stats)} -> {passed}")
 
 
-def _value(node: ast.expr, stats: _Facts) -> Any:
-    if isinstance(node, ast.Constant):
+def _value(node: tree.Node, stats: _Facts) -> Any:
+    if isinstance(node, Constant):
         return node.value
-    if isinstance(node, ast.Call):
-        return clauses.evaluate(clauses.parse_test(node, lambda *_: ValueError()), stats.pairs)[0]
-    if clauses.difference(node) is not None:
-        assert isinstance(node, ast.Attribute)
+    if isinstance(node, Test):
+        return clauses.evaluate(node, stats.pairs)[0]
+    if isinstance(node, Difference):
         return clauses.difference_value(node, stats.pairs)
-    if isinstance(node, ast.Name | ast.Subscript):
-        return stats[clauses.label(node)].score
-    if isinstance(node, ast.Attribute):
-        value = getattr(stats[clauses.label(node.value)], node.attr)
+    if isinstance(node, Metric):
+        value = getattr(stats[node.ref.label], node.attribute)
         if value is None:
-            raise LookupError(f"{clauses.label(node.value)}.{node.attr} was not measured")
+            raise LookupError(f"{node.ref.label}.{node.attribute} was not measured")
         return value
-    if isinstance(node, ast.BinOp):
-        return grammar.ARITHMETIC[type(node.op)][1](
-            _value(node.left, stats), _value(node.right, stats)
-        )
-    if isinstance(node, ast.UnaryOp):
+    if isinstance(node, Arithmetic):
+        return tree.ARITHMETIC[node.op][0](_value(node.left, stats), _value(node.right, stats))
+    if isinstance(node, Sign):
         operand = _value(node.operand, stats)
-        return (
-            not operand
-            if isinstance(node.op, ast.Not)
-            else (-operand if isinstance(node.op, ast.USub) else operand)
-        )
-    if isinstance(node, ast.BoolOp):
+        return -operand if node.op == "-" else operand
+    if isinstance(node, Not):
+        return not _value(node.operand, stats)
+    if isinstance(node, And | Or):
         results = [bool(_value(value, stats)) for value in node.values]
-        return all(results) if isinstance(node.op, ast.And) else any(results)
-    assert isinstance(node, ast.Compare)  # the grammar check admits nothing else
-    values = [_value(operand, stats) for operand in (node.left, *node.comparators)]
-    ops = [grammar.COMPARISONS[type(op)][1] for op in node.ops]
+        return all(results) if isinstance(node, And) else any(results)
+    assert isinstance(node, Compare)  # the parser admits nothing else
+    values = [_value(operand, stats) for operand in node.operands]
+    ops = [tree.COMPARISONS[op] for op in node.ops]
     return all(op(a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
 
 
-def _render(node: ast.expr, stats: _Facts, parent: int = 0) -> str:
+def _render(node: tree.Node, stats: _Facts, parent: int = 0) -> str:
     """The expression with each role replaced by its number, e.g. ``0.620 >= 0.95 * 0.800``."""
-    if isinstance(node, ast.Constant):
+    if isinstance(node, Constant):
         return repr(node.value)
-    if isinstance(node, ast.Call):
-        return ast.unparse(node)
-    if clauses.difference(node) is not None:
-        assert isinstance(node, ast.Attribute)
+    if isinstance(node, Test):
+        return node.call
+    if isinstance(node, Difference):
         return clauses.render_difference(node, stats.pairs)
-    if isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
+    if isinstance(node, Metric):
         return _fmt(_value(node, stats))
-    if isinstance(node, ast.BinOp):
-        symbol, _, precedence = grammar.ARITHMETIC[type(node.op)]
+    if isinstance(node, Arithmetic):
+        precedence = tree.ARITHMETIC[node.op][1]
         left = _render(node.left, stats, precedence)
-        text = f"{left} {symbol} {_render(node.right, stats, precedence + 1)}"
+        text = f"{left} {node.op} {_render(node.right, stats, precedence + 1)}"
         return f"({text})" if precedence < parent else text
-    if isinstance(node, ast.UnaryOp):
-        symbol = (
-            "not "
-            if isinstance(node.op, ast.Not)
-            else "-"
-            if isinstance(node.op, ast.USub)
-            else "+"
-        )
+    if isinstance(node, Sign | Not):
+        symbol = "not " if isinstance(node, Not) else node.op
         return f"{symbol}{_render(node.operand, stats, 3)}"
-    if isinstance(node, ast.BoolOp):
-        joiner = " and " if isinstance(node.op, ast.And) else " or "
+    if isinstance(node, And | Or):
+        joiner = " and " if isinstance(node, And) else " or "
         return "(" + joiner.join(_render(value, stats) for value in node.values) + ")"
-    assert isinstance(node, ast.Compare)
-    parts = [_side(node.left, stats)]
-    for op, operand in zip(node.ops, node.comparators, strict=True):
-        parts += [grammar.COMPARISONS[type(op)][0], _side(operand, stats)]
+    assert isinstance(node, Compare)
+    parts = [_side(node.operands[0], stats)]
+    for op, operand in zip(node.ops, node.operands[1:], strict=True):
+        parts += [op, _side(operand, stats)]
     return " ".join(parts)
 
 
-def _side(node: ast.expr, stats: _Facts) -> str:
+def _side(node: Number, stats: _Facts) -> str:
     text = _render(node, stats)
-    if isinstance(node, ast.BinOp | ast.UnaryOp):
+    if isinstance(node, Arithmetic | Sign):
         text += f" = {_fmt(_value(node, stats))}"
     return text
 
@@ -262,11 +261,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def check_gate(text: str | None) -> None:
-    """At start-up: a gate that does not parse stops pytest with a usage error."""
+def check_gate(text: str | None) -> Gate | None:
+    """At start-up: the session's gate, parsed once; one that does not parse stops pytest with
+    a usage error."""
     if text is None:
-        return
+        return None
     try:
-        Gate.parse(text)
+        return Gate.parse(text)
     except GateSyntaxError as exc:
         raise pytest.UsageError(f"--distill-gate / ini distill_gate: {exc}") from None

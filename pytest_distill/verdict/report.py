@@ -21,7 +21,7 @@ from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
 from pytest_distill.records import ItemResult
 from pytest_distill.verdict import evidence as paired
-from pytest_distill.verdict import job_summary
+from pytest_distill.verdict import job_summary, view
 from pytest_distill.verdict.gate import (
     DISTILL_FAILED_EXIT_CODE,
     GATE_FAILED_EXIT_CODE,
@@ -47,12 +47,19 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """What the verdict is made from: the settings, every item's result, a distill failure."""
+    """What the verdict is made from: the settings, every item's result, a distill failure, and
+    the gate parsed once (from ``settings.gate`` unless given: the session parses it at
+    start-up)."""
 
     settings: Settings
     results: Results
     distill_error: str | None = None
     training: Mapping[str, Any] | None = None  # the distill step's lineage
+    gate: Gate | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate is None and self.settings.gate:
+            object.__setattr__(self, "gate", Gate.parse(self.settings.gate))
 
 
 def header(settings: Settings) -> str | None:
@@ -64,10 +71,6 @@ def header(settings: Settings) -> str | None:
     if not configured:
         return None
     return f"distill: {', '.join(configured)}; holdout {settings.holdout:g}"
-
-
-def gate_split(run: Run) -> str:
-    return "holdout" if run.results.has_holdout() else "all"
 
 
 def _stats(agg: Aggregate) -> RoleStats:
@@ -90,19 +93,21 @@ def _stats(agg: Aggregate) -> RoleStats:
 def finish(run: Run) -> Outcome:
     """Evaluate the gate, if one is configured. Not evaluated means it fails closed, except
     when a role it names has no model yet (a project before its first ``--distill``)."""
-    settings = run.settings
-    split = gate_split(run)
+    split = view.gate_split(r.split for r in run.results.items)
     found = gather(run, split)
-    result = _evaluate(run, Gate.parse(settings.gate), found) if settings.gate else None
-    return Outcome(result, split, settings.report_path, found)
+    result = _evaluate(run, run.gate, found) if run.gate is not None else None
+    return Outcome(result, split, run.settings.report_path, found)
+
+
+def verdict(run: Run, outcome: Outcome, exit_code: int, other_failures: int) -> view.Verdict:
+    """The session's verdict, read from what the report records."""
+    data = {"gate": _gate_json(outcome), "exit_code": exit_code}
+    return view.verdict({**data, "distill_error": run.distill_error}, other_failures)
 
 
 def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
     configs = run.settings.role_configs
-    named = {
-        paired.parse_label(label)[0] for label in gate.roles
-    }  # finetuned[suite] names finetuned
-    modelless = sorted(r for r in named if r not in configs or not configs[r].model)
+    modelless = sorted(r for r in gate.role_names if r not in configs or not configs[r].model)
     if modelless:
         hint = (
             "run `pytest --distill` to train it"
@@ -221,7 +226,7 @@ def to_json(run: Run, outcome: Outcome, exit_code: int | None = None) -> dict[st
         "holdout": run.settings.holdout,
         "exit_code": exit_code,
         "gate": _gate_json(outcome),
-        "paired": paired.to_json(outcome.evidence, _gate(run)) if outcome.evidence else None,
+        "paired": paired.to_json(outcome.evidence, run.gate) if outcome.evidence else None,
         "scores": {
             role: _splits_json(results.select(role=role), prices) for role in results.roles()
         },
@@ -237,10 +242,6 @@ def to_json(run: Run, outcome: Outcome, exit_code: int | None = None) -> dict[st
         "training": dict(run.training) if run.training is not None else None,
         "distill_error": run.distill_error,
     }
-
-
-def _gate(run: Run) -> Gate | None:
-    return Gate.parse(run.settings.gate) if run.settings.gate else None
 
 
 def _splits_json(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> dict[str, Any]:

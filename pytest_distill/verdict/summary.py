@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from pytest_distill.verdict import evidence as paired
-from pytest_distill.verdict.gate import DISTILL_FAILED_EXIT_CODE, Gate, percentile
+from pytest_distill.verdict.gate import DISTILL_FAILED_EXIT_CODE, percentile
 from pytest_distill.verdict.report import Outcome, Run
 from pytest_distill.verdict.results import Aggregate, aggregate, group_by_suite
+from pytest_distill.verdict.view import Verdict
 
 BELOW = "below passing"  # the outcome of a case graded below passing while a gate is configured
 BELOW_LETTER = "b"
@@ -39,14 +40,6 @@ _COLUMNS = (
 class Line:
     text: str
     markup: dict[str, bool] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the session ended with: its exit code and why."""
-
-    exit_code: int
-    other_failures: int  # failed or errored items that are not below-passing grades
 
 
 def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome, verdict: Verdict) -> None:
@@ -130,7 +123,7 @@ def _table(title: str, rows: Sequence[Sequence[str]]) -> Iterator[Line]:
 def pair_lines(run: Run, outcome: Outcome) -> Iterator[Line]:
     """Paired differences between roles on the same cases, and cases left out for leakage."""
     if outcome.evidence is not None:
-        for text in paired.summary_lines(outcome.evidence, _gate(run)):
+        for text in paired.summary_lines(outcome.evidence, run.gate):
             yield Line(text)
 
 
@@ -142,7 +135,7 @@ def gate_lines(run: Run, outcome: Outcome, verdict: Verdict) -> Iterator[Line]:
             yield Line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
         if gate.status in ("passed", "failed"):
             if outcome.evidence is not None:  # what the holdout can detect
-                for text in paired.power_lines(outcome.evidence, _gate(run)):
+                for text in paired.power_lines(outcome.evidence, run.gate):
                     yield Line(text)
             yield from few_cases(run, outcome)
     if gate is not None and verdict.exit_code == DISTILL_FAILED_EXIT_CODE:
@@ -152,14 +145,10 @@ def gate_lines(run: Run, outcome: Outcome, verdict: Verdict) -> Iterator[Line]:
     yield verdict_line(run, outcome, verdict)
 
 
-def _gate(run: Run) -> Gate | None:
-    return Gate.parse(run.settings.gate) if run.settings.gate else None
-
-
 def few_cases(run: Run, outcome: Outcome) -> Iterator[Line]:
     """A gate on fewer than 50 cases per role says so, and what it would take."""
-    assert run.settings.gate is not None
-    roles = {paired.parse_label(label)[0] for label in Gate.parse(run.settings.gate).roles}
+    assert run.gate is not None
+    roles = run.gate.role_names
     split = None if outcome.gate_split == "all" else outcome.gate_split
     counts = {role: len(run.results.select(role=role, split=split)) for role in sorted(roles)}
     few = {role: n for role, n in counts.items() if n < MIN_GATE_CASES}

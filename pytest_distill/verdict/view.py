@@ -7,7 +7,7 @@ optional fields (intervals, training lineage, prompts) appear only when the repo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,14 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """What a session ended with: the gate's state and why, and its exit code; the terminal
+    summary, the HTML page and the job summary all show this one."""
+
     state: str  # passed, failed, not-evaluated or no-gate
     headline: str
     reason: str
+    exit_code: int | None = None  # None: a report written before the exit code was known
+    other_failures: int = 0  # failed or errored items that are not below-passing grades
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +79,28 @@ def schema_version(data: Any, source: str = "report") -> int:
         raise ReportError(f"{source}: schema {schema!r} has no version number") from None
 
 
-def verdict(data: Mapping[str, Any]) -> Verdict:
-    """Fails closed: only a gate whose ``passed`` is exactly true reads as passed."""
+def verdict(data: Mapping[str, Any], other_failures: int = 0) -> Verdict:
+    """Fails closed: only a gate whose ``passed`` is exactly true reads as passed.
+    ``other_failures``: known only to the session that ran (a report does not record it)."""
     gate = data.get("gate")
     error = data.get("distill_error")
+    code = data.get("exit_code")
+    extra: dict[str, Any] = {
+        "exit_code": code if isinstance(code, int) and not isinstance(code, bool) else None,
+        "other_failures": other_failures,
+    }
     if not isinstance(gate, Mapping):
         reason = error or "no gate configured (ini distill_gate)"
-        return Verdict("no-gate", "No gate", str(reason))
+        return Verdict("no-gate", "No gate", str(reason), **extra)
     passed = gate.get("passed")
     expression = str(gate.get("expression", ""))
     split = gate.get("split", "holdout")
     if passed is True:
-        return Verdict("passed", "Gate passed", f"on {split} cases: {expression}")
+        return Verdict("passed", "Gate passed", f"on {split} cases: {expression}", **extra)
     if passed is False:
-        return Verdict("failed", "Gate failed", str(gate.get("reason") or expression))
-    return Verdict("not-evaluated", "Gate not evaluated", str(gate.get("reason") or error or ""))
+        return Verdict("failed", "Gate failed", str(gate.get("reason") or expression), **extra)
+    reason = str(gate.get("reason") or error or "")
+    return Verdict("not-evaluated", "Gate not evaluated", reason, **extra)
 
 
 def roles(data: Mapping[str, Any]) -> list[str]:
@@ -100,12 +112,15 @@ def roles(data: Mapping[str, Any]) -> list[str]:
     return ordered + sorted(str(r) for r in seen if r not in ROLE_ORDER)
 
 
-def gate_split(data: Mapping[str, Any]) -> str:
-    gate = data.get("gate")
-    if isinstance(gate, Mapping) and gate.get("split"):
-        return str(gate["split"])
-    has_holdout = any(i.get("split") == "holdout" for i in data.get("items") or ())
-    return "holdout" if has_holdout else "all"
+def gate_split(source: Mapping[str, Any] | Iterable[object]) -> str:
+    """The cases the gate reads: ``holdout`` when any case is held out, else ``all``.
+    ``source``: a report (the split its gate recorded wins) or the splits of a session's items."""
+    if isinstance(source, Mapping):
+        gate = source.get("gate")
+        if isinstance(gate, Mapping) and gate.get("split"):
+            return str(gate["split"])
+        source = (item.get("split") for item in source.get("items") or ())
+    return "holdout" if any(split == "holdout" for split in source) else "all"
 
 
 def cases(data: Mapping[str, Any]) -> list[Case]:
