@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pytest_distill.evals.cases import split_of
+from pytest_distill import split_of
 
 HERE = Path(__file__).resolve().parent
 EVALS = HERE / "evals"

@@ -1,25 +1,36 @@
 """pytest-distill: eval-driven model distillation as a pytest plugin.
 
-Importing this package is cheap on purpose: heavy modules (vcr, deepdiff, torch) load only
-inside the module that owns them, and only when used.
+The public API is ``__all__``: ``Grade``, ``Sample`` and ``Grader`` for graders of one's own
+(the ``pytest_distill_make_grader`` hook), ``json_match`` for asserts, ``split_of`` (and its
+``Split``) for a case's train/holdout side, ``__version__``. Anything under a submodule is
+internal and may change.
+
+Importing this package is cheap on purpose: the public names load from ``api.py`` on first
+use, and heavy modules (vcr, deepdiff, torch) load only inside the module that owns them, and
+only when used.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["__version__", "json_match"]
-__version__ = "0.1.0"
+from pytest_distill.version import __version__
+
+__all__ = ["Grade", "Grader", "Sample", "Split", "__version__", "json_match", "split_of"]
 
 if TYPE_CHECKING:
-    from pytest_distill.grading.compare import JsonMatch
+    from pytest_distill.api import Grade, Grader, Sample, Split, json_match, split_of
 
 
-def json_match(expected: Any, **options: Any) -> JsonMatch:
-    """Compare a reply with structured JSON in an ``assert``: ``assert json_match(x) == reply``.
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pytest_distill import api
 
-    Options are those of the ``json`` grader: ``ignore_order``, ``tolerance``, ``exclude_paths``.
-    """
-    from pytest_distill.grading.compare import JsonMatch
+    value = getattr(api, name)
+    globals()[name] = value
+    return value
 
-    return JsonMatch(expected, **options)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_distill import paths
+from pytest_distill import paths, xdist
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.items import (
@@ -88,7 +88,7 @@ def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | No
     collected nothing, the files are the ones the workers ran and the kept cases those whose
     teacher results came back. A kept case whose item errored shows as an error already."""
     holdout = runtime.settings.holdout
-    controller = _xdist_controller(session.config)
+    controller = xdist.is_controller(session.config)
     suites = collected(session.config) or (
         _collect_on_controller(session, runtime) if controller else []
     )
@@ -109,11 +109,6 @@ def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | No
         }
     missing = len(wanted - kept)
     return (missing, len(wanted)) if missing else None
-
-
-def _xdist_controller(config: pytest.Config) -> bool:
-    """pytest-xdist's controller: the workers collect and run the items, it collects none."""
-    return config.pluginmanager.has_plugin("dsession")
 
 
 def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> str | None:
@@ -235,7 +230,7 @@ def trainer_role(runtime: Runtime) -> RoleConfig:
 def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -> None:
     trainer = trainer_role(runtime)
     runtime.use_finetuned(model, trainer.endpoint, trainer.api_key_env)
-    on_controller = _xdist_controller(session.config)
+    on_controller = xdist.is_controller(session.config)
     suites = collected(session.config) or (
         _collect_on_controller(session, runtime) if on_controller else []
     )

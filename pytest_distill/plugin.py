@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_distill import options
+from pytest_distill import options, xdist
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
@@ -34,19 +34,19 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.resolve(config, trained=trained_model(config.rootpath))
     gate = check_gate(settings.gate)
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
-    if not hasattr(config, "workerinput"):  # a worker's terminal output is not shown
+    if not xdist.is_worker(config):  # a worker's terminal output is not shown
         runtime.notice = terminal_line(config)
-    if settings.distill and not hasattr(config, "workerinput"):
+    if settings.distill and not xdist.is_worker(config):
         from pytest_distill import pipeline
 
         pipeline.preflight(runtime)  # before the first paid call
     recorder.start(config, runtime)
-    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+    if xdist.starts_workers(config):
         runtime.hold_local_server()  # the xdist controller outlives its workers
     from pytest_distill.evals import fixtures
 
     config.pluginmanager.register(fixtures, "distill-fixtures")
-    if not hasattr(config, "workerinput"):
+    if not xdist.is_worker(config):
         config.pluginmanager.register(Controller(config, gate), "distill-controller")
 
 
@@ -80,7 +80,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Start the model calls of the items ahead while this one runs."""
     runtime = item.config.stash[RUNTIME_KEY]
-    if hasattr(item.config, "workerinput"):
+    if xdist.is_worker(item.config):
         # Under xdist only the next item is known to be ours; the workers add the concurrency.
         ahead = [item, nextitem]
     else:
@@ -95,7 +95,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
     result = yield
     runtime = session.config.stash[RUNTIME_KEY]
-    if runtime.settings.distill and not hasattr(session.config, "workerinput"):
+    if runtime.settings.distill and not xdist.is_worker(session.config):
         if session.shouldfail or session.shouldstop:
             runtime.distill_error = "distill: skipped, the session stopped early (-x or maxfail)"
         else:

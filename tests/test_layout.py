@@ -50,3 +50,16 @@ def test_a_misspelt_sampling_parameter_stops_pytest_naming_the_key(
             "did you mean 'temperature'? allowed: *"
         ]
     )
+
+
+def test_the_public_api_loads_no_heavy_library_and_only_when_used() -> None:
+    code = (
+        "import sys, pytest_distill\n"
+        "assert 'pytest_distill.api' not in sys.modules\n"
+        "[getattr(pytest_distill, name) for name in pytest_distill.__all__]\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == ""

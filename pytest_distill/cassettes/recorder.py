@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_distill import paths
+from pytest_distill import paths, xdist
 from pytest_distill.atomic import write_atomic
 from pytest_distill.runtime import LOCAL_PLACEHOLDER
 from pytest_distill.cassettes.session import SessionCassette, relative
@@ -146,13 +146,12 @@ def _recorder(config: pytest.Config, runtime: Runtime) -> Recorder | None:
     from vcr.filters import decode_response
 
     runtime.replaying = settings.record_mode == "none"
-    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
     cassette = SessionCassette(
         settings.cassette_dir,
         settings.record_mode,
         settings.rootpath,
         decode=decode_response,
-        primary=worker == "gw0",
+        primary=xdist.is_primary(config),
     )
     return Recorder(cassette)
 

@@ -16,7 +16,6 @@ from typing import Any, Final
 
 import pytest
 
-from pytest_distill import __version__
 from pytest_distill.atomic import write_atomic
 from pytest_distill.options import Settings
 from pytest_distill.records import ItemResult
@@ -32,6 +31,7 @@ from pytest_distill.verdict.gate import (
 )
 from pytest_distill.verdict.results import Aggregate, Results, aggregate, group_by_suite
 from pytest_distill.verdict.scrub import scrub
+from pytest_distill.version import __version__
 
 SCHEMA = "pytest-distill/report/2"
 NO_TESTS: Final = pytest.ExitCode.NO_TESTS_COLLECTED
