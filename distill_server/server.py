@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -14,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from distill_server.devices import DeviceChoice
+from distill_server.hosts import is_loopback
 from distill_server.models import base_sources
 from distill_server.owner import Owner, Ownership
 
@@ -25,15 +25,6 @@ clients must wait, not be reset."""
 KEEP_ALIVE_S = 30
 """An idle keep-alive connection is closed after this long."""
 API_KEY_ENV = "DISTILL_SERVER_API_KEY"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class UnsafeBind(ValueError):

@@ -4,6 +4,10 @@ The first process to need the server on a data directory starts it in-process an
 every other one (xdist workers, a second pytest session, or a ``distill-server`` already
 running there) uses the owner's. An owner that is a pytest session, done with its own tests,
 waits for the others before it stops.
+
+This module is the plugin's only way into the server package (``lint-imports`` checks it):
+``shared_server`` starts or joins the server, ``pending_conversions`` names the models it will
+convert first, and the errors are the ones a session may meet.
 """
 
 from __future__ import annotations
@@ -15,8 +19,20 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from distill_server.models import DEFAULT_MODEL_ID, ModelUnavailable, pending_conversions
 from distill_server.owner import Attachment, DataDirBusy, Owner, read_owner
 from distill_server.server import API_KEY_ENV, LocalServer
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "DataDirBusy",
+    "ModelUnavailable",
+    "ModelsNotServed",
+    "ServerUnusable",
+    "SharedServer",
+    "pending_conversions",
+    "shared_server",
+]
 
 _OWNER_WAIT_S = 30.0
 _CLIENTS_WAIT_S = 3600.0
@@ -88,8 +104,6 @@ def shared_server(
 
 def _wanted(models: Mapping[str, str | Path] | None) -> list[str]:
     if models is None:
-        from distill_server.models import DEFAULT_MODEL_ID
-
         return [DEFAULT_MODEL_ID]
     return list(models)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import builtins
 import json
+import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,13 @@ def paginate(
         ids = [item["id"] for item in items]
         items = items[ids.index(after) + 1 :] if after in ids else []
     return Page(items[:limit], len(items) > limit)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh object id: ``prefix`` and 24 random hex digits."""
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+def matches(metadata: Mapping[str, str] | None, wanted: Mapping[str, str]) -> bool:
+    """Every ``wanted`` key is in ``metadata`` with that value (a list's metadata filter)."""
+    return all((metadata or {}).get(key) == value for key, value in wanted.items())

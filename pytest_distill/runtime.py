@@ -106,8 +106,7 @@ class Runtime:
         if self.replaying:  # served from cassettes: no server, no model
             return LOCAL_PLACEHOLDER
         if self._local is None:
-            from distill_server.models import pending_conversions
-            from distill_server.starter import shared_server
+            from distill_server.starter import pending_conversions, shared_server
 
             data_dir = self.settings.rootpath / ".distill" / "server"
             models = dict(self.settings.local_models) or None

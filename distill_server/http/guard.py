@@ -28,7 +28,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from distill_server.errors import ApiError
-from distill_server.server import is_loopback
+from distill_server.hosts import is_loopback
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

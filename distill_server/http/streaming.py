@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 from distill_server.errors import ApiError
 from distill_server.services.chat import Chat, Prepared, usage
-from distill_server.services.files import new_id
+from distill_server.store import new_id
 
 if TYPE_CHECKING:
     from distill_server.engine.decode import GenResult

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Any
 from distill_server.engine.batcher import Batcher
 from distill_server.errors import bad_request, not_found
 from distill_server.models import ModelSource, Registry, Resolved
-from distill_server.services.files import new_id
-from distill_server.services.jobs import matches
 from distill_server.services.schemas import ChatRequest
-from distill_server.store import Record, Store, paginate
+from distill_server.store import Record, Store, matches, new_id, paginate
 
 if TYPE_CHECKING:
     from distill_server.engine.decode import Engine, GenRequest, GenResult

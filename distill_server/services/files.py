@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -11,15 +10,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from distill_server.errors import bad_request, not_found
-from distill_server.store import Record, Store, paginate
+from distill_server.store import Record, Store, new_id, paginate
 
 PARTIAL = ".partial-"
 """Infix of an upload being written; what a killed process left is removed at start-up."""
 PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}{secrets.token_hex(12)}"
 
 
 class Files:

@@ -16,8 +16,8 @@ from typing import Any
 from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.lora_settings import LORA_KEYS, check_lora
 from distill_server.models import Registry
-from distill_server.services.files import Files, new_id
-from distill_server.store import Record, Store, paginate
+from distill_server.services.files import Files
+from distill_server.store import Record, Store, matches, new_id, paginate
 from distill_shapes.training import InvalidTrainingFile, parse_training_file
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -239,7 +239,3 @@ def check_metadata(value: Any) -> dict[str, str] | None:
                 "metadata",
             )
     return dict(value)
-
-
-def matches(metadata: Mapping[str, str] | None, wanted: Mapping[str, str]) -> bool:
-    return all((metadata or {}).get(key) == value for key, value in wanted.items())

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from distill_server.models import fine_tuned_id
-from distill_server.services.jobs import Jobs
-from distill_server.store import Record
+from distill_server.models import Registry, fine_tuned_id
+from distill_server.store import Record, Store
 from distill_shapes.training import InvalidTrainingFile, parse_training_file
 
 if TYPE_CHECKING:
@@ -23,10 +22,55 @@ _REQUEUED = (
 )
 
 
+class JobFiles(Protocol):
+    """The uploaded files a job reads and writes its results to."""
+
+    def content(self, file_id: str) -> bytes: ...
+
+    def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]: ...
+
+
+class JobBoard(Protocol):
+    """What the runner needs of the jobs it runs: their records and state machine (the
+    services' ``Jobs``, which imports nothing of the trainer)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def files(self) -> JobFiles: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def queued(self) -> threading.Condition: ...
+
+    def retrieve(self, job_id: str) -> dict[str, Any]: ...
+
+    def next_queued(self) -> dict[str, Any] | None: ...
+
+    def update(self, job_id: str, status: str, **changes: Any) -> dict[str, Any]: ...
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        changes: Mapping[str, Any],
+        *,
+        message: str | None = None,
+        level: str = "info",
+    ) -> dict[str, Any]: ...
+
+    def event(
+        self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None: ...
+
+
 class Runner:
     """Runs queued jobs on a worker thread; ``stop`` interrupts the running one within a step."""
 
-    def __init__(self, jobs: Jobs, adapters: Path) -> None:
+    def __init__(self, jobs: JobBoard, adapters: Path) -> None:
         self._jobs = jobs
         self._adapters = adapters
         self._stopping = threading.Event()

@@ -25,7 +25,8 @@ def _env() -> dict[str, str]:
 def test_importing_the_package_loads_neither_torch_nor_transformers() -> None:
     heavy = ("torch", "transformers", "peft", "uvicorn", "starlette", "pydantic")
     code = (
-        "import sys, distill_server as m, pytest_distill.plugin; m.LocalServer; "
+        "import sys, distill_server as m, distill_server.starter, pytest_distill.plugin; "
+        "m.LocalServer; "
         f"print(sorted(k for k in {heavy!r} if k in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
