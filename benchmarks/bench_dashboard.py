@@ -26,7 +26,7 @@ REPEATS = 20
 
 
 def fill(data_dir: Path) -> None:
-    from pytest_distill.local.store import Store
+    from distill_server.store import Store
 
     Store(data_dir / "state.sqlite3").close()  # the schema and its indexes
     rows = []
@@ -68,7 +68,7 @@ def ttfb(url: str, path: str) -> float:
 
 
 def main() -> None:
-    from pytest_distill.local import LocalServer
+    from distill_server import LocalServer
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lora_training import SYSTEM, training_file
 
+from distill_server.devices import DEVICE_CHOICES, choose
+from distill_server.engine.decode import Engine, GenRequest
+from distill_server.models import ModelSource, base_sources
+from distill_server.trainer.lora import Callbacks, Hyperparameters, train_lora
 from distill_shapes.training import parse_training_file
-from pytest_distill.local.devices import DEVICE_CHOICES, choose
-from pytest_distill.local.engine.decode import Engine, GenRequest
-from pytest_distill.local.models import ModelSource, base_sources
-from pytest_distill.local.trainer.lora import Callbacks, Hyperparameters, train_lora
 
 
 def decode(source: ModelSource, batch: int, max_tokens: int) -> tuple[float, int]:

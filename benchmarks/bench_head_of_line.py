@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from pytest_distill.local.engine.batcher import Batcher
-from pytest_distill.local.engine.decode import Engine, GenRequest
-from pytest_distill.local.models import ModelSource, base_sources
+from distill_server.engine.batcher import Batcher
+from distill_server.engine.decode import Engine, GenRequest
+from distill_server.models import ModelSource, base_sources
 
 
 def request(prompt: str, tokens: int, on_text: Callable[[str], None] | None = None) -> GenRequest:

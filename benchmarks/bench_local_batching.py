@@ -45,11 +45,11 @@ class ServerProcess:
 
 @contextmanager
 def server_process(data_dir: Path, models: Sequence[str] = ()) -> Iterator[ServerProcess]:
-    """``python -m pytest_distill.local`` on a free port in a child; SIGINT on exit.
+    """``python -m distill_server`` on a free port in a child; SIGINT on exit.
 
     A child process, so the memory figure is the server's alone, not the client's.
     """
-    command = [sys.executable, "-m", "pytest_distill.local", "--port", "0"]
+    command = [sys.executable, "-m", "distill_server", "--port", "0"]
     command += ["--data-dir", str(data_dir)]
     for model in models:
         command += ["--model", model]

@@ -32,7 +32,7 @@ QUESTION = [{"role": "user", "content": "Name three colours and one animal."}]
 
 
 def start_server(data_dir: Path, model: Path | None) -> tuple[subprocess.Popen[str], str, str]:
-    command = [sys.executable, "-m", "pytest_distill.local", "--port", "0"]
+    command = [sys.executable, "-m", "distill_server", "--port", "0"]
     command += ["--data-dir", str(data_dir)]
     if model is not None:
         command += ["--model", f"tiny={model}"]
@@ -151,7 +151,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         model = None
         if args.tiny:
-            from pytest_distill.local.tiny import create_tiny_model
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from tiny_model import create_tiny_model
 
             model = create_tiny_model(tmp / "tiny")
         proc, base_url, model_id = start_server(tmp / "data", model)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from transformers.cache_utils import DynamicLayer
 
+from distill_server.engine import decode as engine
+from distill_server.models import base_sources
 from pytest_distill.evals.loaders import load_file
-from pytest_distill.local.engine import decode as engine
-from pytest_distill.local.models import base_sources
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "example_project" / "evals" / "hardware_requests.eval.yaml"

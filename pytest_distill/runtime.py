@@ -107,8 +107,7 @@ class Runtime:
         if self.replaying:  # served from cassettes: no server, no model
             return LOCAL_PLACEHOLDER
         if self._local is None:
-            from pytest_distill.local.models import pending_conversions
-            from pytest_distill.local.shared import shared_server
+            from distill_server.starter import pending_conversions, shared_server
 
             data_dir = paths.server_dir(self.settings.rootpath)
             models = dict(self.settings.local_models) or None

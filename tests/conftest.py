@@ -28,8 +28,9 @@ CAPITALS = {
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few-layer model of SmolLM2's architecture, made locally in seconds."""
     pytest.importorskip("torch")
-    from pytest_distill.local.models import ModelUnavailable
-    from pytest_distill.local.tiny import create_tiny_model
+    from tiny_model import create_tiny_model
+
+    from distill_server.models import ModelUnavailable
 
     try:
         return create_tiny_model(tmp_path_factory.mktemp("tiny"))

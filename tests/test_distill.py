@@ -77,7 +77,7 @@ def distill_project(
 
 def local_api(root: Path, tiny: Path) -> Any:
     """A server on the project's own data directory, to count what the runs left there."""
-    from pytest_distill.local import LocalServer
+    from distill_server import LocalServer
 
     return LocalServer(root / ".distill" / "server", models={"tiny": tiny})
 
@@ -85,7 +85,7 @@ def local_api(root: Path, tiny: Path) -> Any:
 def _run_the_printed_export_command(lines: list[str], target: Path) -> None:
     import shlex
 
-    from pytest_distill.local import cli
+    from distill_server import cli
 
     [line] = [x for x in lines if x.startswith("distill: serve it elsewhere: ")]
     command = shlex.split(line.split(": ", 2)[2].split(" (or ")[0])
@@ -272,7 +272,7 @@ def standalone_trainer(tiny_model: Path, tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "pytest_distill.local",
+            "distill_server",
             "--port",
             "0",
             "--data-dir",

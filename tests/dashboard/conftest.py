@@ -9,8 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pytest_distill.local.models import ModelUnavailable
-    from pytest_distill.local.tiny import create_tiny_model
+    from tiny_model import create_tiny_model
+
+    from distill_server.models import ModelUnavailable
 
     try:
         return create_tiny_model(tmp_path_factory.mktemp("tiny-model"))
@@ -20,7 +21,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def dashboard_server(tmp_path: Path, tiny_model: Path) -> Iterator[Any]:
-    from pytest_distill.local import LocalServer
+    from distill_server import LocalServer
 
     with LocalServer(tmp_path / "server", models={"tiny": tiny_model}) as srv:
         yield srv

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pytest_distill.local.dashboard.charts import PAD, WIDTH, loss_chart
+from distill_server.dashboard.charts import PAD, WIDTH, loss_chart
 
 
 def _metrics(step: int, loss: float, total: int = 4) -> dict[str, object]:

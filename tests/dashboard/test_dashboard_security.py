@@ -68,7 +68,7 @@ def test_a_post_without_the_csrf_token_or_from_a_foreign_origin_changes_nothing(
 
 
 def test_with_an_api_key_the_pages_ask_for_it_once(tmp_path: Path, tiny_model: Path) -> None:
-    from pytest_distill.local import LocalServer
+    from distill_server import LocalServer
 
     with LocalServer(tmp_path, models={"tiny": tiny_model}, api_key="sekrit") as server:
         root = server.base_url.removesuffix("/v1")

@@ -1,0 +1,390 @@
+"""Runs one base model with transformers: rows decoded together, joining and leaving a batch.
+
+This module imports torch and transformers at import time; only the batcher imports it,
+lazily, so that ``import distill_server`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache
+
+from distill_server.architectures import context_limit
+from distill_server.engine.cache import RoomyLayer, append_rows, drop_leading
+from distill_server.engine.text import Answer
+from distill_server.errors import ApiError
+from distill_server.models import ModelSource
+from distill_server.weights.loading import encode, load_pretrained, quiet_peft, render
+
+_RoomyLayer = RoomyLayer  # looked up at each use, so that a benchmark can swap it out
+_SEEDS = range(-(2**63), 2**64)
+"""The seeds ``torch.Generator.manual_seed`` accepts."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenRequest:
+    """One chat request, as the batcher hands it to the engine."""
+
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
+    """Called on the decoding thread with each new piece of the answer, stop text held back;
+    the pieces joined are the final ``GenResult.text``. An exception it raises fails this
+    request alone."""
+    ignore_eos: bool = False
+    """Decode on past the end-of-turn token until ``max_tokens`` (for load tests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    batch_size: int
+    """The most requests decoded together in one step with this one (itself included)."""
+
+
+@dataclass(eq=False, slots=True)
+class Row:
+    """One request while it decodes; ``finish`` or ``error`` is set once it is done."""
+
+    request: GenRequest
+    prompt: list[int]
+    limit: int
+    generator: torch.Generator | None
+    answer: Answer
+    cancelled: Callable[[], bool]
+    tokens: list[int] = field(default_factory=list)
+    finish: str | None = None
+    error: BaseException | None = None
+    batch_size: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None or self.error is not None
+
+    def result(self) -> GenResult:
+        text = self.answer.finish(self.tokens)
+        finish = self.finish or "length"
+        return GenResult(text, len(self.prompt), len(self.tokens), finish, self.batch_size)
+
+
+@dataclass(eq=False, slots=True)
+class Decoding:
+    """Rows of one adapter decoding together: the KV cache, the mask, the next tokens."""
+
+    adapter: Path | None
+    rows: list[Row]
+    past: Cache
+    mask: torch.Tensor
+    """Which cached positions, plus the pending tokens, each row attends to."""
+    positions: torch.Tensor
+    ids: torch.Tensor
+    """The tokens the next step feeds in, one per row."""
+
+
+class Engine:
+    """A loaded base model plus the LoRA adapters loaded onto it so far.
+
+    ``generate`` decodes a list of requests to the end. The batcher instead drives decoding a
+    step at a time: ``row`` prepares a request, ``start`` runs new rows' prompts, ``join`` adds
+    them to a running ``Decoding`` and ``step`` decodes one more token for every row.
+    """
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.tokenizer, self.base = load_pretrained(source)
+        self._peft: Any = None
+        self._eos = _eos_ids(self.tokenizer, self.base)
+        self.context = context_limit(self.base.config)
+        self.device = self.base.device
+
+    def generate(
+        self, adapter: Path | None, requests: Sequence[GenRequest]
+    ) -> list[GenResult | Exception]:
+        """Decode ``requests`` together on the base or ``adapter``, to the end.
+
+        A request that cannot run (its prompt overflows the context, a bad seed) gets its
+        error back in its place instead of failing the others.
+        """
+        prepared: list[Row | Exception] = []
+        for request in requests:
+            try:
+                prepared.append(self.row(request))
+            except Exception as error:
+                prepared.append(error)
+        rows = [row for row in prepared if isinstance(row, Row)]
+        decoding, _ = self.start(adapter, rows)
+        while decoding is not None and decoding.rows:
+            self.step(decoding)
+        return [row if isinstance(row, Exception) else _outcome(row) for row in prepared]
+
+    def row(self, request: GenRequest, cancelled: Callable[[], bool] = lambda: False) -> Row:
+        """A request ready to decode; raises ``ApiError`` for one that cannot run."""
+        prompt = encode(self.tokenizer, render(self.tokenizer, request.messages, True))
+        room = self.context - len(prompt)
+        if room < 1:
+            raise ApiError(
+                400,
+                f"The prompt has {len(prompt)} tokens; this model's context is {self.context}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        limit = min(room, request.max_tokens or 256)
+        seed = _checked_seed(request.seed)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator()
+            generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+        answer = Answer(self.tokenizer, request.stop, request.on_text)
+        return Row(request, prompt, limit, generator, answer, cancelled)
+
+    def start(self, adapter: Path | None, rows: list[Row]) -> tuple[Decoding | None, list[Row]]:
+        """Run the prompts of ``rows`` and pick each one's first token.
+
+        Rows whose prompts start the same way (the same system message and few-shot turns)
+        run that shared prefix once. Returns the rows decoding on (None when none is), and
+        the rows already done: finished after one token, or failed with their group.
+        """
+        groups: list[Decoding] = []
+        failed: list[Row] = []
+        for group in _by_leading_messages(rows):
+            try:
+                with self._model(adapter) as model, torch.inference_mode():
+                    groups.append(self._prefill(model, adapter, group))
+            except Exception as error:  # this group's prompts only; the others go on
+                for row in group:
+                    row.error = error
+                failed += group
+        if not groups:
+            return None, failed
+        decoding = groups[0]
+        for other in groups[1:]:
+            self.join(decoding, other)
+        return decoding, failed + self._leave(decoding)
+
+    def join(self, decoding: Decoding, new: Decoding) -> None:
+        """Add ``new``'s rows (of the same adapter) to ``decoding``, between two steps."""
+        width = max(decoding.mask.shape[1], new.mask.shape[1])
+        append_rows(decoding.past, new.past)
+        decoding.mask = torch.cat([_left_pad(decoding.mask, width), _left_pad(new.mask, width)])
+        decoding.positions = torch.cat([decoding.positions, new.positions])
+        decoding.ids = torch.cat([decoding.ids, new.ids])
+        decoding.rows += new.rows
+
+    def step(self, decoding: Decoding) -> list[Row]:
+        """Decode one token for every row; returns the rows that are done, which leave."""
+        with self._model(decoding.adapter) as model, torch.inference_mode():
+            out = model(
+                input_ids=decoding.ids,
+                attention_mask=decoding.mask,
+                position_ids=decoding.positions,
+                cache=decoding.past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        decoding.past = out.cache
+        self._advance(decoding, out.logits[:, -1, :].float())
+        return self._leave(decoding)
+
+    def _prefill(self, model: Any, adapter: Path | None, rows: list[Row]) -> Decoding:
+        pad = int(self.tokenizer.pad_token_id)
+        shared = _shared_prefix([row.prompt for row in rows])
+        past = Cache(layer_class_to_replicate=_RoomyLayer)
+        if shared:
+            # The rows start with the same tokens (a few-shot prompt, a long system message):
+            # that prefix is run once and its KV cache copied to every row, so a batch pays for
+            # it once instead of once per row. The rest of each prompt is left-padded after
+            # it; the mask hides the padding wherever it sits.
+            prefix = torch.tensor([shared], device=self.device)
+            model(input_ids=prefix, cache=past, use_cache=True, logits_to_keep=1)
+            past.batch_repeat_interleave(len(rows))
+        rests = [row.prompt[len(shared) :] for row in rows]
+        width = max(len(rest) for rest in rests)
+        ids = torch.tensor(
+            [[pad] * (width - len(rest)) + rest for rest in rests], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        decoding = Decoding(adapter, rows, out.cache, mask, positions[:, -1:], ids[:, -1:])
+        self._advance(decoding, out.logits[:, -1, :].float())
+        return decoding
+
+    def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
+        """Append each row's next token; the next step feeds them in."""
+        greedy = logits.argmax(dim=-1).tolist()
+        for row, token, logit in zip(decoding.rows, greedy, logits, strict=True):
+            row.batch_size = max(row.batch_size, len(decoding.rows))
+            try:  # whatever goes wrong in one row (sampling, its stream) fails that row only
+                self._append(
+                    row, int(token) if row.generator is None else _sample(logit.cpu(), row)
+                )
+            except Exception as error:
+                row.error = error
+        ids = torch.tensor(
+            [row.tokens[-1] if row.tokens else 0 for row in decoding.rows], device=self.device
+        )
+        decoding.ids = ids.unsqueeze(1)
+        decoding.mask = torch.cat([decoding.mask, torch.ones_like(decoding.ids)], dim=1)
+        decoding.positions = decoding.positions + 1
+
+    def _append(self, row: Row, token: int) -> None:
+        if row.cancelled():
+            row.finish = "cancelled"
+            return
+        row.tokens.append(token)
+        if token in self._eos and not row.request.ignore_eos:
+            row.finish = "stop"  # the end-of-turn token is counted, never shown
+            return
+        if row.answer.incremental:
+            row.answer.update(row.tokens)
+            if row.answer.stopped:
+                row.finish = "stop"
+                return
+        if len(row.tokens) >= row.limit:
+            row.finish = "length"
+
+    def _leave(self, decoding: Decoding) -> list[Row]:
+        """Done rows leave the batch and its KV cache; so do positions no row still needs."""
+        done = [row for row in decoding.rows if row.done]
+        if not done:
+            return []
+        keep = [k for k, row in enumerate(decoding.rows) if not row.done]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        decoding.rows = [decoding.rows[k] for k in keep]
+        if keep:
+            decoding.past.batch_select_indices(index)
+            mask = decoding.mask[index]
+            # Padding ahead of every remaining row (a long row that left) is no longer needed.
+            unused = int(mask[:, :-1].any(dim=0).int().argmax()) if mask.shape[1] > 1 else 0
+            if unused:
+                drop_leading(decoding.past, unused)
+            decoding.mask = mask[:, unused:]
+            decoding.positions, decoding.ids = decoding.positions[index], decoding.ids[index]
+        return done
+
+    @contextlib.contextmanager
+    def _model(self, adapter: Path | None) -> Iterator[Any]:
+        if adapter is None:
+            if self._peft is None:
+                yield self.base
+            else:
+                with self._peft.disable_adapter():
+                    yield self._peft
+            return
+        self._peft_with(adapter).set_adapter(_adapter_name(adapter))
+        yield self._peft
+
+    def _peft_with(self, adapter: Path) -> Any:
+        from peft import PeftModel
+
+        name = _adapter_name(adapter)
+        if self._peft is None:
+            with quiet_peft(self.base):
+                self._peft = PeftModel.from_pretrained(self.base, str(adapter), adapter_name=name)
+            self._peft.eval()
+        elif name not in self._peft.peft_config:
+            self._peft.load_adapter(str(adapter), adapter_name=name)
+        return self._peft
+
+
+def _outcome(row: Row) -> GenResult | Exception:
+    if row.error is not None:
+        return row.error if isinstance(row.error, Exception) else RuntimeError(str(row.error))
+    try:
+        return row.result()
+    except Exception as error:
+        return error
+
+
+def _checked_seed(seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEEDS:
+        raise ApiError(
+            400,
+            f"`seed` is {seed!r}; it must be an integer from -2**63 to 2**64 - 1.",
+            param="seed",
+        )
+    return seed
+
+
+def _sample(logits: torch.Tensor, row: Row) -> int:
+    # In float64 (a temperature of 1e-300 is 0 in float32) and less the largest logit first:
+    # a tiny temperature then sends every other logit to -inf and leaves the likeliest token,
+    # instead of sending them all to inf, which made nan.
+    scaled = (logits.double() - logits.max().double()) / row.request.temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if row.request.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < row.request.top_p
+        keep[0] = True  # the likeliest token always stays: top_p=0 means greedy, not nothing
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+def _by_leading_messages(rows: list[Row]) -> list[list[Row]]:
+    """Rows grouped by all but their last message; rows alone in their group go together."""
+    groups: dict[tuple[tuple[tuple[str, str], ...], ...], list[Row]] = {}
+    for row in rows:
+        lead = tuple(tuple(sorted(m.items())) for m in row.request.messages[:-1])
+        groups.setdefault(lead, []).append(row)
+    shared = [group for group in groups.values() if len(group) > 1]
+    single = [group[0] for group in groups.values() if len(group) == 1]
+    return [*shared, single] if single else shared
+
+
+MIN_SHARED_PREFIX = 32
+"""Shorter common prefixes (a chat template's first tokens) are not worth a separate pass."""
+
+
+def _shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt starts with, keeping at least one token of each prompt's own.
+
+    Empty when there is one prompt or the common part is under ``MIN_SHARED_PREFIX`` tokens.
+    """
+    if len(prompts) < 2:
+        return []
+    first, size = prompts[0], min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        size = next((k for k in range(size) if prompt[k] != first[k]), size)
+    return first[:size] if size >= MIN_SHARED_PREFIX else []
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return frozenset(int(i) for i in ids if i is not None)
+
+
+def _adapter_name(adapter: Path) -> str:
+    # peft adapter names become module attribute names: no dots or colons allowed.
+    return "a" + hashlib.sha1(str(adapter).encode()).hexdigest()[:12]

@@ -1,0 +1,171 @@
+"""Who may talk to the server, and how much: checked before any route runs.
+
+``Guard`` is plain ASGI middleware (no buffering, so streamed answers and disconnects pass
+through untouched). It refuses, in OpenAI's error shape:
+
+- a ``Host`` that is not an address the server is bound to (403): a web page that rebinds its
+  own DNS name to 127.0.0.1 still sends its own name as the Host;
+- an ``Origin`` of a foreign site (403): browsers send one with every cross-site POST;
+- a missing or wrong ``Authorization: Bearer <key>`` when a key is set (401), compared in
+  constant time;
+- a body over the route's limit (413), by its Content-Length before reading, and by counting
+  while it streams in (chunked bodies have no length).
+
+A client still sending a refused body must be able to read the answer: a socket closed with
+unread data in it sends a reset, and the reset can discard the answer before the client reads
+it (it did, now and then, for a 9 MB JSON body). So the rest of a refused body is read and
+thrown away first, for at most ``DRAIN_S`` seconds (as web servers' "lingering close" does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from distill_server.errors import ApiError
+from distill_server.hosts import is_loopback
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_LIMIT = 8 * 1024 * 1024
+"""Bytes of a JSON body: far above any prompt that fits a local model's context."""
+UPLOAD_LIMIT = 512 * 1024 * 1024
+"""Bytes of a file upload: the Files API's own limit per file."""
+_UPLOAD_PATH = "/v1/files"
+DRAIN_S = 5.0
+"""Seconds spent reading and discarding the rest of a refused body at most."""
+_DRAIN_IDLE_S = 0.5
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            f"The request body is larger than this endpoint's limit of {limit} bytes; send a "
+            "smaller body (upload large data with the Files API, up to "
+            f"{UPLOAD_LIMIT} bytes).",
+            code="request_too_large",
+        )
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The ``{"error": {...}}`` body of ``error`` with its status."""
+    return JSONResponse(error.body(), error.status, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the guard accepts: the bound address and an optional API key."""
+
+    host: str
+    port: int
+    api_key: str | None
+
+    def hosts(self) -> frozenset[str] | None:
+        """Acceptable ``Host`` headers; ``None`` means any (bound to every interface)."""
+        if self.host in ("0.0.0.0", "::", ""):
+            return None
+        names = {self.host, f"[{self.host}]" if ":" in self.host else self.host}
+        if is_loopback(self.host):
+            names |= {"localhost", "127.0.0.1", "[::1]"}
+        return frozenset(f"{name}:{self.port}" for name in names) | frozenset(names)
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        # Same-origin pages of the server itself may call it; every other site may not.
+        return origin in (f"http://{host}", f"https://{host}")
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+        self._hosts = policy.hosts()
+        self._key = policy.api_key.encode() if policy.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(headers, api=scope["path"].startswith("/v1"))
+        if refusal is not None:
+            await error_response(*refusal)(scope, receive, send)
+            return
+        limit = UPLOAD_LIMIT if scope["path"].rstrip("/") == _UPLOAD_PATH else JSON_LIMIT
+        length = headers.get("content-length", "0")
+        if length.isdigit() and int(length) > limit:
+            await drain(receive)
+            await error_response(BodyTooLarge(limit), {"connection": "close"})(scope, receive, send)
+            return
+        await self.app(scope, _counting(receive, limit), send)
+
+    def _refusal(
+        self, headers: dict[str, str], *, api: bool
+    ) -> tuple[ApiError, dict[str, str]] | None:
+        host = headers.get("host", "")
+        if self._hosts is not None and host not in self._hosts:
+            message = f"Host {host!r} is not this server's address; use {sorted(self._hosts)[0]}."
+            return ApiError(403, message, code="host_not_allowed"), {}
+        origin = headers.get("origin")
+        if origin is not None and not self.policy.origin_allowed(origin, host):
+            message = (
+                f"Requests from web pages of other sites (Origin {origin!r}) are refused: a page "
+                "you open must not drive this server."
+            )
+            return ApiError(403, message, code="origin_not_allowed"), {}
+        # The dashboard's pages (outside /v1) ask for the key once and keep a session instead.
+        if api and self._key is not None and not self._authorized(headers.get("authorization", "")):
+            message = (
+                "Incorrect or missing API key: send `Authorization: Bearer <key>` with the key "
+                "the server was started with (--api-key or DISTILL_SERVER_API_KEY)."
+            )
+            error = ApiError(401, message, code="invalid_api_key")
+            return error, {"www-authenticate": "Bearer"}
+        return None
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
+        assert self._key is not None
+        return hmac.compare_digest(given, self._key)
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises ``BodyTooLarge`` once more than ``limit`` bytes came in."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                if message.get("more_body"):
+                    await drain(receive)
+                raise BodyTooLarge(limit)
+        return message
+
+    return wrapped
+
+
+async def drain(receive: Receive) -> None:
+    """Read and discard the rest of the request body: until it ends, the client pauses for
+    ``_DRAIN_IDLE_S`` (it may wait for an answer before it sends), or ``DRAIN_S`` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_S
+    while (left := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), min(left, _DRAIN_IDLE_S))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return

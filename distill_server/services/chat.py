@@ -1,0 +1,219 @@
+"""Chat completions: generation through the batcher, and stored completions."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distill_server.engine.batcher import Batcher
+from distill_server.errors import bad_request, not_found
+from distill_server.models import ModelSource, Registry, Resolved
+from distill_server.services.schemas import ChatRequest
+from distill_server.store import Record, Store, matches, new_id, paginate
+
+if TYPE_CHECKING:
+    from distill_server.engine.decode import Engine, GenRequest, GenResult
+
+
+class Serving:
+    """One batcher (and so one loaded model) per base model, created on first use."""
+
+    def __init__(self) -> None:
+        self._batchers: dict[str, Batcher] = {}
+        self._lock = threading.Lock()
+
+    def batcher(self, source: ModelSource) -> Batcher:
+        with self._lock:
+            if source.id not in self._batchers:
+                self._batchers[source.id] = Batcher(lambda: _load(source))
+            return self._batchers[source.id]
+
+    def close(self) -> None:
+        with self._lock:
+            for batcher in self._batchers.values():
+                batcher.close()
+            self._batchers.clear()
+
+
+def _load(source: ModelSource) -> Engine:
+    from distill_server.engine.decode import Engine
+
+    return Engine(source)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A checked chat request, ready for the batcher: nothing about it can fail later but
+    decoding itself (and the prompt's length, which only the tokenizer knows)."""
+
+    model: str
+    resolved: Resolved
+    generation: GenRequest
+    streamed: bool
+    """The engine hands the answer's pieces to ``on_text`` as they decode."""
+    messages: tuple[dict[str, str], ...]
+    store: bool
+    metadata: dict[str, str] | None
+
+
+class Chat:
+    """``/chat/completions`` and its stored-completion endpoints."""
+
+    def __init__(self, store: Store, registry: Registry, serving: Serving) -> None:
+        self._store = store
+        self._registry = registry
+        self._serving = serving
+
+    def prepare(
+        self, request: ChatRequest, on_text: Callable[[str], None] | None = None
+    ) -> Prepared:
+        """Resolve the model and check what the schema cannot (``n``, the context).
+
+        ``on_text`` receives the answer's pieces as they decode, on the decoding thread, when
+        the engine streams them (``Prepared.streamed`` says whether it does)."""
+        resolved = self._registry.resolve(request.model)
+        if request.n not in (None, 1):
+            raise bad_request("Only n=1 is supported by the local server.", "n")
+        context = resolved.base.context_length()
+        if request.limit is not None and request.limit > context:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise bad_request(
+                f"`{param}` is too large: {request.limit}. The model {request.model!r} has a "
+                f"context of {context} tokens, prompt included; ask for at most that many.",
+                param,
+                "invalid_value",
+            )
+        messages = tuple({"role": m.role, "content": m.text()} for m in request.messages)
+        generation, streamed = _generation(request, messages, on_text)
+        return Prepared(
+            model=request.model,
+            resolved=resolved,
+            generation=generation,
+            streamed=streamed,
+            messages=messages,
+            store=bool(request.store),
+            metadata=dict(request.metadata) if request.metadata is not None else None,
+        )
+
+    def submit(self, prepared: Prepared) -> Future[GenResult]:
+        """Queue the request; cancelling the returned future withdraws it."""
+        batcher = self._serving.batcher(prepared.resolved.base)
+        return batcher.submit(prepared.resolved.adapter, prepared.generation)
+
+    def completion(self, prepared: Prepared, result: GenResult) -> dict[str, Any]:
+        """The ``chat.completion`` body of a finished request (stored when asked)."""
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": result.text,
+            "refusal": None,
+            "annotations": [],
+        }
+        choice = {"index": 0, "message": message, "finish_reason": result.finish_reason}
+        body: dict[str, Any] = {
+            "id": new_id("chatcmpl-"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": prepared.model,
+            "choices": [{**choice, "logprobs": None}],
+            "usage": usage(result),
+            "service_tier": "default",
+            "system_fingerprint": "fp_local",
+            "metadata": prepared.metadata,
+        }
+        if prepared.store:
+            extra = {"messages": list(prepared.messages)}
+            self._store.put(Record("completion", body["id"], body, extra))
+        return body
+
+    def list(
+        self,
+        model: str | None,
+        metadata: Mapping[str, str],
+        after: str | None,
+        limit: int,
+        order: str,
+    ) -> dict[str, Any]:
+        bodies = [r.body for r in self._store.list("completion")]
+        bodies = [b for b in bodies if (not model or b["model"] == model)]
+        bodies = [b for b in bodies if matches(b.get("metadata"), metadata)]
+        return paginate(bodies, after=after, limit=limit, newest_first=order == "desc").body()
+
+    def retrieve(self, completion_id: str) -> dict[str, Any]:
+        return self._record(completion_id).body
+
+    def update(self, completion_id: str, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+        record = self._record(completion_id)
+        body = {**record.body, "metadata": None if metadata is None else dict(metadata)}
+        self._store.put(Record("completion", completion_id, body, record.extra))
+        return body
+
+    def delete(self, completion_id: str) -> dict[str, Any]:
+        self._record(completion_id)
+        self._store.delete("completion", completion_id)
+        return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+
+    def messages(
+        self, completion_id: str, after: str | None, limit: int, order: str
+    ) -> dict[str, Any]:
+        stored = self._record(completion_id).extra["messages"]
+        bodies = [
+            {
+                "id": f"{completion_id}-{i}",
+                **m,
+                "refusal": None,
+                "name": None,
+                "content_parts": None,
+            }
+            for i, m in enumerate(stored)
+        ]
+        return paginate(bodies, after=after, limit=limit, newest_first=order == "desc").body()
+
+    def _record(self, completion_id: str) -> Record:
+        record = self._store.get("completion", completion_id)
+        if record is None:
+            raise not_found("chat completion", completion_id, "completion_id")
+        return record
+
+
+def usage(result: GenResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _generation(
+    request: ChatRequest,
+    messages: tuple[dict[str, str], ...],
+    on_text: Callable[[str], None] | None,
+) -> tuple[GenRequest, bool]:
+    from distill_server.engine.decode import GenRequest
+
+    template = [
+        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+        for m in messages
+    ]
+    fields: dict[str, Any] = {
+        "messages": tuple(template),
+        "max_tokens": request.limit,
+        "temperature": 1.0 if request.temperature is None else request.temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "seed": request.seed,
+        "stop": request.stops,
+    }
+    # Engines that stream pieces of text take an ``on_text`` callback; without one, the text
+    # is sent in one piece when the decode ends.
+    streamed = on_text is not None and "on_text" in _field_names(GenRequest)
+    if streamed:
+        fields["on_text"] = on_text
+    return GenRequest(**fields), streamed
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))

@@ -1,0 +1,241 @@
+"""Fine-tuning jobs: the API's view (create, list, cancel, events) and their state machine.
+
+Jobs move ``validating_files -> queued -> running -> succeeded | failed | cancelled``. Every
+transition goes through ``Jobs.update`` under one lock, and a final state is never left, so a
+cancel racing the trainer's last step cannot be overwritten by "succeeded".
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from distill_server.errors import ApiError, bad_request, not_found
+from distill_server.lora_settings import LORA_KEYS, check_lora
+from distill_server.models import Registry
+from distill_server.services.files import Files
+from distill_server.store import Record, Store, matches, new_id, paginate
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+AUTO_EPOCHS = 3
+_HYPER_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+class Jobs:
+    """Job records, their events and checkpoints; the runner does the training."""
+
+    def __init__(self, store: Store, files: Files, registry: Registry) -> None:
+        self.store = store
+        self.files = files
+        self.registry = registry
+        self._lock = threading.Lock()
+        self.queued = threading.Condition()
+
+    def create(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a job and validate its files at once: it is queued or failed on return."""
+        job = self._new_job(request)
+        self.event(job["id"], f"Validating training file: {job['training_file']}")
+        param = "training_file"
+        try:
+            n_examples = len(parse_training_file(self.files.content(job[param])))
+            if job["validation_file"]:
+                param = "validation_file"
+                parse_training_file(self.files.content(job[param]))
+        except InvalidTrainingFile as exc:
+            message = str(exc).replace("training file", param.replace("_", " "), 1)
+            error = {"code": f"invalid_{param}", "message": message, "param": param}
+            return self.finish(job["id"], "failed", {"error": error}, level="error")
+        resolved = _resolve_auto(job["hyperparameters"], n_examples)
+        job = self.update(job["id"], "queued", hyperparameters=resolved, method=_method(resolved))
+        self.event(job["id"], "Files validated, moving job to queued state")
+        with self.queued:
+            self.queued.notify_all()
+        return job
+
+    def retrieve(self, job_id: str) -> dict[str, Any]:
+        return self._record(job_id).body
+
+    def list(self, after: str | None, limit: int, metadata: Mapping[str, str]) -> dict[str, Any]:
+        bodies = [r.body for r in self.store.list("job")]
+        bodies = [b for b in bodies if matches(b.get("metadata"), metadata)]
+        return paginate(bodies, after=after, limit=limit, newest_first=True).body(cursors=False)
+
+    def events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        self._record(job_id)
+        bodies = [r.body for r in self.store.list("event", parent=job_id)]
+        return paginate(bodies, after=after, limit=limit, newest_first=True).body(cursors=False)
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        self._record(job_id)
+        bodies = [r.body for r in self.store.list("checkpoint", parent=job_id)]
+        return paginate(bodies, after=after, limit=limit, newest_first=True).body()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        status = self.retrieve(job_id)["status"]
+        if status in FINAL:
+            raise bad_request(f"Job {job_id!r} is already {status} and cannot be cancelled.")
+        return self.finish(job_id, "cancelled", {}, message="Fine-tuning job cancelled")
+
+    def next_queued(self) -> dict[str, Any] | None:
+        """The oldest queued job, if any."""
+        queued = (r.body for r in self.store.list("job") if r.body["status"] == "queued")
+        return next(queued, None)
+
+    def update(self, job_id: str, status: str, **changes: Any) -> dict[str, Any]:
+        """Move a job to ``status`` unless it is already final; returns the current body."""
+        with self._lock:
+            record = self._record(job_id)
+            if record.body["status"] in FINAL:
+                return record.body
+            body = {**record.body, **changes, "status": status}
+            self.store.put(Record("job", job_id, body, record.extra))
+            return body
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        changes: Mapping[str, Any],
+        *,
+        message: str | None = None,
+        level: str = "info",
+    ) -> dict[str, Any]:
+        """Move to a final state, stamping ``finished_at`` and logging why."""
+        before = self.retrieve(job_id)["status"]
+        body = self.update(job_id, status, finished_at=int(time.time()), **changes)
+        if before not in FINAL and body["status"] == status:
+            error = body.get("error") or {}
+            self.event(job_id, message or error.get("message", f"Job {status}"), level=level)
+        return body
+
+    def event(
+        self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
+        event_id = new_id("ftevent-")
+        body = {
+            "object": "fine_tuning.job.event",
+            "id": event_id,
+            "created_at": int(time.time()),
+            "level": level,
+            "message": message,
+            "type": "metrics" if data else "message",
+            "data": data or {},
+        }
+        self.store.put(Record("event", event_id, body, {}), parent=job_id)
+
+    def _record(self, job_id: str) -> Record:
+        record = self.store.get("job", job_id)
+        if record is None:
+            raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+        return record
+
+    def _new_job(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        model = _required_str(request, "model")
+        self.registry.base(model)
+        training = self._fine_tune_file(_required_str(request, "training_file"), "training_file")
+        validation = request.get("validation_file")
+        if validation is not None:
+            self._fine_tune_file(str(validation), "validation_file")
+        suffix = request.get("suffix")
+        if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
+            raise bad_request("`suffix` must be a string of at most 64 characters.", "suffix")
+        hyper = _hyperparameters(request)
+        job_id = new_id("ftjob-")
+        seed = request.get("seed")
+        body: dict[str, Any] = {
+            "object": "fine_tuning.job",
+            "id": job_id,
+            "model": model,
+            "created_at": int(time.time()),
+            "finished_at": None,
+            "fine_tuned_model": None,
+            "organization_id": "local",
+            "result_files": [],
+            "status": "validating_files",
+            "validation_file": validation,
+            "training_file": training,
+            "hyperparameters": hyper,
+            "method": _method(hyper),
+            "trained_tokens": None,
+            "error": None,
+            "seed": int(seed) if seed is not None else random.randrange(2**31),
+            "metadata": check_metadata(request.get("metadata")),
+            "estimated_finish": None,
+            "integrations": None,
+        }
+        self.store.put(Record("job", job_id, body, {"suffix": suffix}))
+        return body
+
+    def _fine_tune_file(self, file_id: str, param: str) -> str:
+        try:
+            purpose = self.files.retrieve(file_id)["purpose"]
+        except ApiError:
+            raise bad_request(f"File {file_id!r} does not exist.", param, "invalid_file") from None
+        if purpose != "fine-tune":
+            message = f"File {file_id!r} has purpose {purpose!r}; upload it with 'fine-tune'."
+            raise bad_request(message, param, "invalid_file_purpose")
+        return file_id
+
+
+def _required_str(request: Mapping[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise bad_request(f"`{key}` is required and must be a string.", key, "missing_required")
+    return value
+
+
+def _hyperparameters(request: Mapping[str, Any]) -> dict[str, Any]:
+    method = request.get("method") or {}
+    if method.get("type", "supervised") != "supervised":
+        raise bad_request(
+            f"Only supervised fine-tuning runs here, not {method['type']!r}.", "method"
+        )
+    given = (
+        (method.get("supervised") or {}).get("hyperparameters")
+        or request.get("hyperparameters")
+        or {}
+    )
+    hyper = {key: given.get(key, "auto") for key in _HYPER_KEYS}
+    limits = {"n_epochs": (1, 50), "batch_size": (1, 256)}
+    for key, (low, high) in limits.items():
+        value = hyper[key]
+        if value != "auto" and not (isinstance(value, int) and low <= value <= high):
+            raise bad_request(f"`{key}` must be 'auto' or an integer from {low} to {high}.", key)
+    lr = hyper["learning_rate_multiplier"]
+    if lr != "auto" and not (isinstance(lr, int | float) and lr > 0):
+        raise bad_request("`learning_rate_multiplier` must be 'auto' or a positive number.", "lr")
+    return {**hyper, **check_lora(given)}
+
+
+def _resolve_auto(hyper: Mapping[str, Any], n_examples: int) -> dict[str, Any]:
+    auto = {
+        "n_epochs": AUTO_EPOCHS,
+        "batch_size": max(1, min(8, n_examples // 10)),
+        "learning_rate_multiplier": 1.0,
+    }
+    resolved = {key: auto[key] if hyper[key] == "auto" else hyper[key] for key in _HYPER_KEYS}
+    return {**resolved, **{key: hyper[key] for key in LORA_KEYS if key in hyper}}
+
+
+def _method(hyper: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "supervised", "supervised": {"hyperparameters": dict(hyper)}}
+
+
+def check_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's metadata rules: at most 16 pairs, 64-character keys, 512-character values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > 16:
+        raise bad_request("`metadata` must be an object of at most 16 pairs.", "metadata")
+    for key, item in value.items():
+        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            raise bad_request(
+                f"metadata[{key!r}]: keys are at most 64 characters, values strings of at most "
+                "512.",
+                "metadata",
+            )
+    return dict(value)

@@ -1,0 +1,176 @@
+"""Typed request bodies: every parameter is checked here, before any work is queued.
+
+Bodies are parsed and validated in one pass by pydantic from the raw bytes (invalid UTF-8 and
+absurdly deep nesting are JSON errors there), strictly: ``"0.5"`` is not a temperature. A
+failure becomes one OpenAI-shaped 400 naming the parameter, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from distill_server.errors import ApiError, bad_request
+
+_INT64 = 2**63
+_BODY_HINT = (
+    "We could not parse the JSON body of your request: {reason}. The API expects a JSON "
+    "object encoded as UTF-8, sent with Content-Type: application/json."
+)
+
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
+"""OpenAI's metadata: at most 16 pairs, keys of at most 64 characters, values of 512."""
+
+
+class _Strict(BaseModel):
+    # Unknown fields are ignored as long as they are valid JSON: the SDKs send parameters
+    # this server does not use (tools, logit_bias, user), and refusing them breaks clients.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class ContentPart(_Strict):
+    type: str
+    text: str | None = None
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatRequest(_Strict):
+    """``CreateChatCompletionRequest``: the parameters this server reads, each checked."""
+
+    model: Annotated[str, StringConstraints(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = None
+    top_p: Unit | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: Annotated[int, Field(ge=-_INT64, lt=_INT64)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    store: bool | None = None
+    metadata: Metadata | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    user: str | None = None
+
+    @property
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class UpdateCompletion(_Strict):
+    metadata: Metadata | None
+
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(_Strict):
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = None
+    learning_rate_multiplier: (
+        Auto | Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None
+    ) = None
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = None
+    # This server's own LoRA settings, kept here and checked by lora_settings.py, whose
+    # messages name the key and the fix.
+    lora_rank: Any = None
+    lora_alpha: Any = None
+    lora_target_modules: Any = None
+
+
+class Supervised(_Strict):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(_Strict):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: Supervised | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobRequest(_Strict):
+    """``CreateFineTuningJobRequest``."""
+
+    model: Annotated[str, StringConstraints(min_length=1)]
+    training_file: Annotated[str, StringConstraints(min_length=1)]
+    validation_file: str | None = None
+    suffix: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2147483647)] | None = None
+    metadata: Metadata | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse(model: type[Body], raw: bytes) -> Body:
+    """``raw`` validated as ``model``, or a 400 naming the first broken parameter."""
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise _api_error(exc) from None
+
+
+def _api_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        reason = first.get("ctx", {}).get("error", first["msg"])
+        return bad_request(_BODY_HINT.format(reason=reason), code="invalid_json")
+    param = _param(first["loc"])
+    if first["type"] == "missing":
+        return bad_request(f"Missing required parameter: {param!r}.", param, "missing_required")
+    if first["type"] == "model_type" and not first["loc"]:
+        return bad_request("The request body must be a JSON object.", None, "invalid_type")
+    # A union (``stop``: a string or a list) fails once per branch; say what each allows.
+    allowed = dict.fromkeys(e["msg"] for e in errors if _param(e["loc"]) == param)
+    shown = repr(first["input"])
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    message = f"Invalid value for {param!r}: {shown}. {'; or '.join(allowed)}."
+    return bad_request(message, param, "invalid_value")
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """``('messages', 0, 'role')`` -> ``messages[0].role``; a union's branch tags end it."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        if part in _TYPE_TAGS or not (part.isidentifier() and part.islower()):
+            break
+        out += f".{part}" if out else part
+    return out or "body"

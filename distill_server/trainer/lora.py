@@ -1,0 +1,290 @@
+"""LoRA supervised fine-tuning with peft; loss on assistant tokens only.
+
+Imports torch at import time: the job runner imports this module only when a job runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_server.architectures import context_limit, lora_targets
+from distill_server.models import ModelSource
+from distill_server.trainer import checkpoints
+from distill_server.trainer.checkpoints import Progress
+from distill_server.weights.loading import encode, load_pretrained, quiet_peft, render
+from distill_shapes.training import Example, too_long
+
+BASE_LEARNING_RATE = 5e-4
+_IGNORE = -100
+DEFAULT_RANK = 16
+"""vLLM's default ``--max-lora-rank``: an adapter of this rank serves without extra flags."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    seed: int
+    lora_rank: int = DEFAULT_RANK
+    lora_alpha: int | None = None
+    """None: twice the rank."""
+    lora_target_modules: tuple[str, ...] | list[str] | None = None
+    """None: chosen from the model's architecture (``architectures.lora_targets``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    step: int
+    total_steps: int
+    train_loss: float
+    train_mean_token_accuracy: float
+    trained_tokens: int
+    """Tokens (padding excluded) seen so far."""
+    step_seconds: float
+    """Time spent in training steps so far, for throughput: loading and saving excluded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    step: int
+    path: Path
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Callbacks:
+    """How training reports back; ``stop`` is polled before every step."""
+
+    on_step: Callable[[StepMetrics], None]
+    on_checkpoint: Callable[[Checkpoint], None]
+    stop: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    adapter: Path | None
+    """The final adapter directory; None when training stopped early."""
+    trained_tokens: int
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    ids: list[int]
+    labels: list[int]
+
+
+def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are ``-100`` except on trained assistant turns.
+
+    Each assistant turn is cut exactly where generation starts at inference time (the template
+    with a generation prompt), so training sees the same token boundary that serving does.
+    """
+    messages = [{"role": _role(m.role), "content": m.content} for m in example.messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for index, message in enumerate(example.messages):
+        if message.role != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:index], True) if index else ""
+        full = render(tokenizer, messages[: index + 1], False)
+        context = encode(tokenizer, prompt[len(done) :]) if prompt.startswith(done) else []
+        answer = encode(tokenizer, full[len(prompt) :])
+        ids += context + answer
+        labels += [_IGNORE] * len(context) + (
+            answer if message.trained else [_IGNORE] * len(answer)
+        )
+        done = full
+    return ids, labels
+
+
+def _encoded(tokenizer: Any, examples: Sequence[Example], limit: int) -> list[_Encoded]:
+    """Every example tokenized; one longer than ``limit`` fails naming its line, since
+    cutting it would train on a conversation without the end of its answer."""
+    encoded = []
+    for example in examples:
+        ids, labels = tokenize_example(tokenizer, example)
+        if len(ids) > limit:
+            raise too_long(example, len(ids), limit)
+        encoded.append(_Encoded(ids, labels))
+    return encoded
+
+
+def train_lora(
+    source: ModelSource,
+    examples: Sequence[Example],
+    validation: Sequence[Example],
+    hp: Hyperparameters,
+    out_dir: Path,
+    callbacks: Callbacks,
+    resume: Path | None = None,
+) -> Outcome:
+    """Train a LoRA adapter for ``source`` on ``examples``; checkpoints after each epoch.
+
+    With ``resume`` (a checkpoint this function saved), training goes on from that checkpoint's
+    step with its weights, optimizer and data order: the result is the one an uninterrupted
+    run gives. Raises ``InvalidTrainingFile`` naming the line of an example longer than the
+    model's context. Uses its own generators only, never torch's global random state.
+    """
+    # The trainer loads its own copy of the base: the server keeps serving the loaded one,
+    # and gradients or injected LoRA layers must never touch the weights being served.
+    tokenizer, base = load_pretrained(source)
+    context = context_limit(base.config)
+    train = _encoded(tokenizer, examples, context)
+    valid = _encoded(tokenizer, validation, context)
+    model = _lora(base, hp)
+    pad = int(tokenizer.pad_token_id)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=BASE_LEARNING_RATE * hp.learning_rate_multiplier)
+    loop = _Loop(model, optimizer, pad, hp, callbacks, math.ceil(len(train) / hp.batch_size))
+    if resume is not None:
+        loop.resume(checkpoints.restore(model, optimizer, loop.order, resume))
+    while loop.epochs < hp.n_epochs:
+        if not loop.epoch(train):
+            return Outcome(None, loop.tokens, loop.step)
+        metrics = {"step": float(loop.step), **loop.last}
+        if valid:
+            metrics["valid_loss"] = _mean_loss(model, valid, pad, hp.batch_size)
+        path = checkpoints.save(model, out_dir / f"step-{loop.step}", loop.state())
+        callbacks.on_checkpoint(Checkpoint(loop.step, path, metrics))
+    return Outcome(checkpoints.save(model, out_dir / "final"), loop.tokens, loop.step)
+
+
+def _lora(base: Any, hp: Hyperparameters) -> Any:
+    """``base`` with fresh LoRA layers, drawn from a generator seeded with the job's seed.
+
+    peft draws its initial weights from torch's global random state, which other threads
+    (a server sampling answers, another job) draw from too: a job's seed would not
+    reproduce. The weights are drawn again here, as peft draws them, from the job's own.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha or 2 * hp.lora_rank,
+        lora_dropout=0.0,
+        target_modules=lora_targets(base.config, hp.lora_target_modules),
+    )
+    with quiet_peft(base):
+        model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(hp.seed)  # a CPU generator, whatever the device
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if ".lora_A." in name:
+                drawn = torch.empty(parameter.shape, dtype=parameter.dtype)
+                torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)
+                parameter.copy_(drawn)
+            elif ".lora_B." in name:
+                torch.nn.init.zeros_(parameter)
+    return model
+
+
+class _Loop:
+    def __init__(
+        self, model: Any, optimizer: Any, pad: int, hp: Hyperparameters, cb: Callbacks, per: int
+    ) -> None:
+        self.model, self.optimizer, self.pad, self.hp, self.cb = model, optimizer, pad, hp, cb
+        self.total = per * hp.n_epochs
+        self.step = 0
+        self.epochs = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self.last: dict[str, float] = {}
+        self.order = torch.Generator().manual_seed(hp.seed)
+
+    def resume(self, progress: Progress) -> None:
+        self.step, self.epochs = progress.step, progress.epochs
+        self.tokens, self.seconds = progress.tokens, progress.seconds
+
+    def state(self) -> dict[str, Any]:
+        progress = Progress(self.step, self.epochs, self.tokens, self.seconds)
+        return checkpoints.state(self.optimizer, self.order, progress)
+
+    def epoch(self, train: list[_Encoded]) -> bool:
+        """One pass over ``train``; False when asked to stop."""
+        self.model.train()
+        order = torch.randperm(len(train), generator=self.order).tolist()
+        for start in range(0, len(order), self.hp.batch_size):
+            if self.cb.stop():
+                return False
+            batch = [train[i] for i in order[start : start + self.hp.batch_size]]
+            began = time.perf_counter()
+            loss, accuracy = self._step(batch)
+            self.seconds += time.perf_counter() - began
+            self.step += 1
+            self.last = {"train_loss": loss, "train_mean_token_accuracy": accuracy}
+            metrics = StepMetrics(
+                self.step, self.total, loss, accuracy, self.tokens, round(self.seconds, 3)
+            )
+            self.cb.on_step(metrics)
+        self.epochs += 1
+        return True
+
+    def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
+        ids, labels, mask = _collate(batch, self.pad, self.model.get_base_model().device)
+        loss, accuracy = _loss(self.model, ids, labels, mask)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.tokens += int(mask.sum())
+        return float(loss.detach()), accuracy
+
+
+def _collate(
+    batch: list[_Encoded], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e.ids) for e in batch)
+    ids = [e.ids + [pad] * (width - len(e.ids)) for e in batch]
+    labels = [e.labels + [_IGNORE] * (width - len(e.labels)) for e in batch]
+    mask = [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch]
+
+    def tensor(rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, device=device)
+
+    return tensor(ids), tensor(labels), tensor(mask)
+
+
+def _loss(
+    model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """Mean next-token cross-entropy over labelled tokens, and their greedy accuracy.
+
+    The output head runs only where a label is scored: with SmolLM2's 49k vocabulary the full
+    logits would be a fifth of the compute and most of the memory, for prompt tokens whose
+    loss is thrown away.
+    """
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    scored = target != _IGNORE
+    if not scored.any():  # every assistant turn in the batch has weight 0
+        return hidden.sum() * 0.0, 0.0
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
+    loss = torch.nn.functional.cross_entropy(logits, target[scored])
+    accuracy = float((logits.detach().argmax(-1) == target[scored]).float().mean())
+    return loss, accuracy
+
+
+@torch.no_grad()
+def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) -> float:
+    model.eval()
+    losses = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        ids, labels, mask = _collate(batch, pad, model.get_base_model().device)
+        losses.append(float(_loss(model, ids, labels, mask)[0]))
+    return sum(losses) / len(losses)
+
+
+def _role(role: str) -> str:
+    # Chat templates written before the `developer` role know it as `system`.
+    return "system" if role == "developer" else role

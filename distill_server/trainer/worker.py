@@ -1,0 +1,235 @@
+"""The training worker: one background thread that runs queued jobs one at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from distill_server.models import Registry, fine_tuned_id
+from distill_server.store import Record, Store
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
+
+if TYPE_CHECKING:
+    from distill_server.trainer.lora import Checkpoint, StepMetrics
+
+_INTERRUPTED = "The server stopped while this job was validating its files. Create the job again."
+_REQUEUED = (
+    "The server stopped while this job was training; it is queued again and resumes from its "
+    "last checkpoint (or the beginning, without one) when the server runs."
+)
+
+
+class JobFiles(Protocol):
+    """The uploaded files a job reads and writes its results to."""
+
+    def content(self, file_id: str) -> bytes: ...
+
+    def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]: ...
+
+
+class JobBoard(Protocol):
+    """What the runner needs of the jobs it runs: their records and state machine (the
+    services' ``Jobs``, which imports nothing of the trainer)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def files(self) -> JobFiles: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def queued(self) -> threading.Condition: ...
+
+    def retrieve(self, job_id: str) -> dict[str, Any]: ...
+
+    def next_queued(self) -> dict[str, Any] | None: ...
+
+    def update(self, job_id: str, status: str, **changes: Any) -> dict[str, Any]: ...
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        changes: Mapping[str, Any],
+        *,
+        message: str | None = None,
+        level: str = "info",
+    ) -> dict[str, Any]: ...
+
+    def event(
+        self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None: ...
+
+
+class Runner:
+    """Runs queued jobs on a worker thread; ``stop`` interrupts the running one within a step."""
+
+    def __init__(self, jobs: JobBoard, adapters: Path) -> None:
+        self._jobs = jobs
+        self._adapters = adapters
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="distill-trainer", daemon=True)
+
+    def start(self) -> None:
+        self._recover()
+        self._thread.start()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        self._stopping.set()
+        with self._jobs.queued:
+            self._jobs.queued.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        # A job still loading its model after the timeout must not stay "running" on disk.
+        self._recover()
+
+    def _recover(self) -> None:
+        """Jobs a stopped or killed process left mid-flight are never left ``running``: a
+        training job is queued again under the same id (so a client following it, such as
+        ``pytest --distill`` after ``--distill-no-wait``, sees it finish); queued ones run."""
+        for record in self._jobs.store.list("job"):
+            if record.body["status"] == "running":
+                self._requeue(record.id)
+            elif record.body["status"] == "validating_files":
+                self._fail(record.id, "server_interrupted", _INTERRUPTED)
+
+    def _requeue(self, job_id: str) -> None:
+        self._jobs.update(job_id, "queued")
+        self._jobs.event(job_id, _REQUEUED, level="warn")
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._jobs.queued:
+                self._jobs.queued.wait_for(
+                    lambda: self._stopping.is_set() or self._jobs.next_queued() is not None,
+                    timeout=1.0,
+                )
+            job = None if self._stopping.is_set() else self._jobs.next_queued()
+            if job is not None:
+                self._train(job)
+
+    def _train(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        suffix = self._jobs.store.get("job", job_id)
+        model_id = fine_tuned_id(job["model"], suffix.extra["suffix"] if suffix else None, job_id)
+        job = self._jobs.update(job_id, "running")
+        if job["status"] != "running":
+            return
+        self._jobs.event(job_id, "Fine-tuning job started")
+        try:
+            self._fit(job, model_id)
+        except InvalidTrainingFile as exc:  # found only with the model's tokenizer: too long
+            self._fail(job_id, "invalid_training_file", str(exc))
+        except Exception as exc:  # any failure belongs on the job, not in a dead thread
+            self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
+
+    def _fit(self, job: dict[str, Any], model_id: str) -> None:
+        from distill_server.trainer.lora import Callbacks, Hyperparameters, train_lora
+
+        job_id, files = job["id"], self._jobs.files
+        examples = parse_training_file(files.content(job["training_file"]))
+        validation = job["validation_file"]
+        valid = parse_training_file(files.content(validation)) if validation else []
+        hp = Hyperparameters(seed=job["seed"], **job["hyperparameters"])
+        resume = self._resume_point(job_id)
+        metrics = self._metrics_until(job_id, resume[0]) if resume else []
+        if resume:
+            self._jobs.event(job_id, f"Resuming from the checkpoint at step {resume[0]}")
+        callbacks = Callbacks(
+            on_step=lambda m: self._on_step(job_id, m, metrics),
+            on_checkpoint=lambda c: self._on_checkpoint(job_id, model_id, c),
+            stop=self._should_stop(job_id),
+        )
+        source = self._jobs.registry.base(job["model"])
+        out_dir = self._adapters / job_id
+        path = resume[1] if resume else None
+        outcome = train_lora(source, examples, valid, hp, out_dir, callbacks, resume=path)
+        if outcome.adapter is None:
+            self._jobs.event(job_id, f"Training stopped after step {outcome.steps}")
+            if self._stopping.is_set():
+                self._requeue(job_id)
+            return
+        self._jobs.registry.register(model_id, job["model"], outcome.adapter)
+        results = files.add("step_metrics.csv", "fine-tune-results", _csv(metrics))
+        self._jobs.event(job_id, f"New fine-tuned model created: {model_id}")
+        changes = {
+            "fine_tuned_model": model_id,
+            "trained_tokens": outcome.trained_tokens,
+            "result_files": [results["id"]],
+        }
+        self._jobs.finish(
+            job_id, "succeeded", changes, message="The job has successfully completed"
+        )
+
+    def _resume_point(self, job_id: str) -> tuple[int, Path] | None:
+        """The step and folder of the job's last checkpoint that can be resumed from."""
+        from distill_server.trainer.checkpoints import resumable
+
+        steps = [r.body["step_number"] for r in self._jobs.store.list("checkpoint", job_id)]
+        for step in sorted(steps, reverse=True):
+            # Found under this data dir, not at the path stored: the dir may have moved.
+            path = self._adapters / job_id / f"step-{step}"
+            if resumable(path):
+                return step, path
+        return None
+
+    def _metrics_until(self, job_id: str, step: int) -> list[StepMetrics]:
+        """The metrics a resumed job logged up to ``step``, for its results file."""
+        from distill_server.trainer.lora import StepMetrics
+
+        by_step: dict[int, StepMetrics] = {}
+        for record in self._jobs.store.list("event", job_id):
+            data = record.body.get("data") or {}
+            if record.body.get("type") == "metrics" and data.get("step", step + 1) <= step:
+                by_step[data["step"]] = StepMetrics(**data)
+        return [by_step[k] for k in sorted(by_step)]
+
+    def _should_stop(self, job_id: str) -> Callable[[], bool]:
+        def stop() -> bool:
+            return self._stopping.is_set() or self._jobs.retrieve(job_id)["status"] != "running"
+
+        return stop
+
+    def _on_step(self, job_id: str, m: StepMetrics, seen: list[StepMetrics]) -> None:
+        seen.append(m)
+        data = {
+            "step": m.step,
+            "total_steps": m.total_steps,
+            "train_loss": m.train_loss,
+            "train_mean_token_accuracy": m.train_mean_token_accuracy,
+            "trained_tokens": m.trained_tokens,
+            "step_seconds": m.step_seconds,
+        }
+        message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+        self._jobs.event(job_id, message, data=data)
+
+    def _on_checkpoint(self, job_id: str, model_id: str, c: Checkpoint) -> None:
+        checkpoint_id = f"ftckpt-{job_id[-8:]}-{c.step}"
+        body = {
+            "object": "fine_tuning.job.checkpoint",
+            "id": checkpoint_id,
+            "created_at": int(time.time()),
+            "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-{c.step}",
+            "fine_tuning_job_id": job_id,
+            "step_number": c.step,
+            "metrics": c.metrics,
+        }
+        record = Record("checkpoint", checkpoint_id, body, {"adapter": str(c.path)})
+        self._jobs.store.put(record, parent=job_id)
+        self._jobs.event(job_id, f"Checkpoint created at step {c.step}")
+
+    def _fail(self, job_id: str, code: str, message: str) -> None:
+        error = {"code": code, "message": message, "param": None}
+        self._jobs.finish(job_id, "failed", {"error": error}, level="error")
+
+
+def _csv(metrics: list[StepMetrics]) -> bytes:
+    lines = ["step,train_loss,train_accuracy"]
+    lines += [f"{m.step},{m.train_loss:.6f},{m.train_mean_token_accuracy:.6f}" for m in metrics]
+    return ("\n".join(lines) + "\n").encode()

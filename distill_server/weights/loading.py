@@ -1,0 +1,146 @@
+"""Loading models from local files, and the chat template, for serving and training alike.
+
+Imports torch and transformers at import time; only the engine and the trainer import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from distill_server import devices
+from distill_server.errors import ApiError
+from distill_server.models import ModelSource, converted_dir
+from distill_server.weights import convert
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_pretrained(
+    source: ModelSource, placement: devices.Placement | None = None
+) -> tuple[Any, Any]:
+    """Tokenizer and causal LM for ``source``, from local files only, on its device.
+
+    The device is ``source.device`` (``auto``: CUDA in bfloat16 or float16 when torch sees a
+    GPU, else the CPU in float32). A model whose weights would not fit raises the one-line
+    ``ApiError`` of ``ModelTooLarge`` before anything is allocated. A GGUF model is converted
+    once and kept under ``source.cache``: dequantizing SmolLM2's GGUF takes ~25 s on two cores,
+    loading the converted copy well under one. ``placement`` overrides the device and dtype.
+    """
+    try:
+        placement = placement or devices.choose(source.device)
+    except devices.DeviceUnavailable as exc:
+        raise ApiError(400, str(exc), param="model", code="device_unavailable") from None
+    # Serialised: transformers' GGUF converter is not thread-safe, and the serving and
+    # training threads may both load the same base at once.
+    with _LOAD_LOCK:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        converted = converted_dir(source)
+        if converted is not None and convert.pending(source.path, converted):
+            convert.convert(source.path, converted)
+        if converted is not None:
+            # Loaded back from the converted copy even the first time, so that the model
+            # names a directory with a config.json (peft looks there when saving adapters).
+            tokenizer, model = _load(source, converted, None, placement)
+        else:
+            tokenizer, model = _load(source, source.directory, source.gguf_file, placement)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.eval()
+
+
+def _load(
+    source: ModelSource,
+    directory: Path,
+    gguf_file: str | None,
+    placement: devices.Placement = devices.CPU,
+) -> tuple[Any, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    config = AutoConfig.from_pretrained(directory, **kwargs)
+    needed = devices.estimated_bytes(config, placement)
+    try:
+        devices.check_fits(source.id, needed, placement)
+        with devices.out_of_memory_as_too_large(source.id, needed, placement):
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, dtype=placement.torch_dtype, **_placed(placement), **kwargs
+            )
+    except devices.ModelTooLarge as exc:
+        # A 400, not a 5xx: clients retry server errors, and loading again cannot help.
+        raise ApiError(400, str(exc), param="model", code="model_too_large") from None
+    return tokenizer, model
+
+
+def _placed(placement: devices.Placement) -> dict[str, Any]:
+    # Straight onto the GPU: loading on the CPU first would need the model's size in RAM too.
+    return {"device_map": placement.device} if placement.device != "cpu" else {}
+
+
+@contextlib.contextmanager
+def quiet_peft(model: Any) -> Iterator[None]:
+    """While peft wraps ``model``, its deprecated ``is_gradient_checkpointing`` is not read.
+
+    peft 0.21 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated with a
+    FutureWarning. The warning must not be raised in a pytest run whose warnings are errors, and
+    ``warnings.catch_warnings`` cannot silence it here: it swaps the process's filter list, and
+    the trainer runs beside the user's tests, whose own ``catch_warnings`` (pytest's, per test)
+    could restore a list without our filter mid-way (it did: a job failed on the warning). So
+    for the wrap only, the model's class is one whose alias reads the new name, and nothing
+    global changes.
+    """
+    original = type(model)
+    alias = getattr(original, "is_gradient_checkpointing", None)
+    if not isinstance(alias, property) or not hasattr(original, "is_activation_checkpointing"):
+        yield
+        return
+    model.__class__ = _without_deprecated_alias(original)
+    try:
+        yield
+    finally:
+        model.__class__ = original
+
+
+_ALIAS_FREE: dict[type, type] = {}
+_ALIAS_FREE_LOCK = threading.Lock()
+
+
+def _without_deprecated_alias(cls: type) -> type:
+    with _ALIAS_FREE_LOCK:
+        if cls not in _ALIAS_FREE:
+            _ALIAS_FREE[cls] = _alias_free_class(cls)
+        return _ALIAS_FREE[cls]
+
+
+def _alias_free_class(cls: type) -> type:
+    def is_gradient_checkpointing(self: Any) -> bool:
+        return bool(self.is_activation_checkpointing)
+
+    namespace = {
+        "is_gradient_checkpointing": property(is_gradient_checkpointing),
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls.__name__, (cls,), namespace)
+
+
+def render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
+    """The model's own chat template, as text."""
+    if not tokenizer.chat_template:
+        raise ApiError(400, "This model's tokenizer has no chat template.", code="no_template")
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return str(text)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of rendered text; the template already holds the special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

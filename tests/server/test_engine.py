@@ -1,0 +1,174 @@
+"""The engine and batcher with the tiny model: requests are independent of one another."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distill_server.engine.batcher import Batcher
+from distill_server.engine.decode import Engine, GenRequest, GenResult
+from distill_server.errors import ApiError
+from distill_server.models import ModelSource
+
+HUGE = 100_000
+WAIT = 120  # seconds; generous, for a loaded CI machine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path) -> Engine:
+    return Engine(ModelSource("tiny", tiny_model))
+
+
+@pytest.fixture
+def batcher(engine: Engine) -> Iterator[Batcher]:
+    batcher = Batcher(lambda: engine)
+    yield batcher
+    batcher.close()
+
+
+def ask(prompt: str, max_tokens: int = 8, **options: Any) -> GenRequest:
+    settings: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "seed": None, "stop": ()}
+    settings.update(options)
+    return GenRequest(({"role": "user", "content": prompt},), max_tokens, **settings)
+
+
+def alone(engine: Engine, request: GenRequest) -> GenResult:
+    [result] = engine.generate(None, [request])
+    assert isinstance(result, GenResult), result
+    return result
+
+
+def streaming(batcher: Batcher, prompt: str) -> tuple[Future[GenResult], threading.Event]:
+    """A request decoding until the context is full; the event is set once text streams."""
+    started = threading.Event()
+    request = ask(prompt, HUGE, ignore_eos=True, on_text=lambda _: started.set())
+    future = batcher.submit(None, request)
+    assert started.wait(WAIT), "the long request never produced text"
+    return future, started
+
+
+def test_a_bad_seed_fails_its_own_request_and_no_other(batcher: Batcher, engine: Engine) -> None:
+    prompts = [f"Tell me fact {i}." for i in range(4)]
+    good = [ask(p, temperature=0.8, seed=i) for i, p in enumerate(prompts)]
+    bad = [ask("Bad.", temperature=0.8, seed="abc"), ask("Big.", temperature=0.8, seed=2**70)]
+    futures = [batcher.submit(None, r) for r in [*good[:2], *bad, *good[2:]]]
+    for future in futures[2:4]:
+        with pytest.raises(ApiError, match="seed"):
+            future.result(WAIT)
+    texts = [f.result(WAIT).text for f in [*futures[:2], *futures[4:]]]
+    assert texts == [alone(engine, r).text for r in good]
+
+
+def test_a_failing_stream_callback_fails_that_request_only(batcher: Batcher) -> None:
+    def broken(delta: str) -> None:
+        raise OSError("client went away")
+
+    futures = [batcher.submit(None, ask(f"Question {i}?")) for i in range(3)]
+    futures.insert(1, batcher.submit(None, ask("Stream me.", on_text=broken)))
+    with pytest.raises(OSError, match="client went away"):
+        futures[1].result(WAIT)
+    assert all(f.result(WAIT).completion_tokens > 0 for f in futures if f is not futures[1])
+
+
+def test_seeded_sampling_reproduces_and_leaves_global_random_state_alone(
+    batcher: Batcher,
+) -> None:
+    import torch
+
+    seeded = ask("Write a line.", 12, temperature=1.0, seed=1234)
+    first = batcher.submit(None, seeded).result(WAIT).text
+    state = torch.get_rng_state()
+    # Unseeded sampled requests draw fresh seeds without touching torch's global generator,
+    # which the trainer (or the user's code) relies on.
+    others = [batcher.submit(None, ask(f"Line {i}.", 12, temperature=1.0)) for i in range(3)]
+    again = batcher.submit(None, seeded)
+    torch.rand(100)
+    assert again.result(WAIT).text == first
+    assert all(f.result(WAIT).completion_tokens for f in others)
+    torch.set_rng_state(state)
+    unseeded = batcher.submit(None, ask("Line.", 4, temperature=1.0)).result(WAIT)
+    assert unseeded.completion_tokens and torch.equal(torch.get_rng_state(), state)
+
+
+def test_short_request_finishes_while_a_long_one_decodes(batcher: Batcher, engine: Engine) -> None:
+    long, _ = streaming(batcher, "Tell me everything.")
+    short = ask("Hello?", 4)
+    result = batcher.submit(None, short).result(WAIT)
+    # It joined the running batch between two steps, and its answer is the one it has alone.
+    assert not long.done()
+    assert result.batch_size == 2
+    assert result.text == alone(engine, short).text
+    long.cancel()
+
+
+def test_cancelled_request_stops_decoding_and_frees_its_row(batcher: Batcher) -> None:
+    deltas: list[str] = []
+    started = threading.Event()
+
+    def on_text(delta: str) -> None:
+        deltas.append(delta)
+        started.set()
+
+    future = batcher.submit(None, ask("Go on forever.", HUGE, ignore_eos=True, on_text=on_text))
+    assert started.wait(WAIT)
+    assert future.cancel()
+    time.sleep(0.2)  # a step or two may still be under way
+    seen = len(deltas)
+    result = batcher.submit(None, ask("Short?", 4)).result(WAIT)
+    time.sleep(0.2)
+    assert len(deltas) == seen, "the cancelled request kept decoding"
+    assert result.batch_size == 1
+    with pytest.raises(CancelledError):
+        future.result()
+
+
+def test_queued_request_cancelled_before_it_runs_never_decodes(engine: Engine) -> None:
+    gate = threading.Event()
+
+    def load() -> Engine:
+        gate.wait(WAIT)
+        return engine
+
+    batcher = Batcher(load)
+    try:
+        first = batcher.submit(None, ask("First."))
+        called: list[str] = []
+        queued = batcher.submit(None, ask("Second.", on_text=called.append))
+        assert queued.cancel()
+        gate.set()
+        assert first.result(WAIT).completion_tokens
+        assert called == []
+    finally:
+        batcher.close()
+
+
+def test_close_during_a_decode_returns_within_a_step_and_cancels_it(engine: Engine) -> None:
+    batcher = Batcher(lambda: engine)
+    long, _ = streaming(batcher, "Never stop.")
+    began = time.monotonic()
+    batcher.close()
+    assert time.monotonic() - began < 1.0
+    assert long.cancelled()
+
+
+def test_streamed_pieces_join_to_the_answer_and_no_stop_text_leaks(
+    batcher: Batcher, engine: Engine
+) -> None:
+    full = alone(engine, ask("Say a lot.", 40)).text
+    stop = full[15:19]
+    assert stop.strip() and full.find(stop) >= 10
+    pieces: list[str] = []
+    request = ask("Say a lot.", 40, stop=(stop,), on_text=pieces.append)
+    result = batcher.submit(None, request).result(WAIT)
+    assert result.finish_reason == "stop"
+    assert result.text == full[: full.find(stop)]
+    assert "".join(pieces) == result.text and len(pieces) > 1
+    whole: list[str] = []
+    streamed = batcher.submit(None, ask("Say a lot.", 40, on_text=whole.append)).result(WAIT)
+    assert "".join(whole) == streamed.text == full

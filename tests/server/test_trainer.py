@@ -1,0 +1,173 @@
+"""The LoRA trainer: its limit is the model's context, its seed reproduces, it resumes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distill_server.models import ModelSource
+from distill_server.trainer.lora import (
+    Callbacks,
+    Checkpoint,
+    Hyperparameters,
+    StepMetrics,
+    train_lora,
+)
+from distill_shapes.training import InvalidTrainingFile, parse_training_file
+
+
+def training_lines() -> list[str]:
+    return [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Which code goes with item {i}?"},
+                    {"role": "assistant", "content": "ZEBRA-7"},
+                ]
+            }
+        )
+        for i in range(12)
+    ]
+
+
+HP = Hyperparameters(n_epochs=2, batch_size=4, learning_rate_multiplier=4, seed=7)
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.steps: list[int] = []
+        self.metrics: list[StepMetrics] = []
+        self.checkpoints: list[Checkpoint] = []
+        self.stop_after = stop_after
+
+    def _step(self, metrics: StepMetrics) -> None:
+        self.steps.append(metrics.step)
+        self.metrics.append(metrics)
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(
+            on_step=self._step,
+            on_checkpoint=self.checkpoints.append,
+            stop=lambda: self.stop_after is not None and len(self.steps) >= self.stop_after,
+        )
+
+
+def _weights(adapter: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(adapter / "adapter_model.safetensors")))
+
+
+def _same(left: Path, right: Path) -> bool:
+    import torch
+
+    a, b = _weights(left), _weights(right)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train(source: ModelSource, out: Path, recorder: Recorder, resume: Path | None = None) -> Path:
+    examples = parse_training_file("\n".join(training_lines()).encode())
+    outcome = train_lora(source, examples, [], HP, out, recorder.callbacks(), resume=resume)
+    assert outcome.adapter is not None
+    return outcome.adapter
+
+
+@pytest.fixture(scope="module")
+def source(tiny_model: Path) -> ModelSource:
+    return ModelSource("tiny", tiny_model)
+
+
+def test_example_longer_than_the_context_fails_naming_its_line(
+    source: ModelSource, tmp_path: Path
+) -> None:
+    lines = training_lines()
+    long = json.loads(lines[2])
+    long["messages"][0]["content"] = "word " * 2100  # the tiny model's context is 2048
+    lines[2] = json.dumps(long)
+    examples = parse_training_file("\n".join(lines).encode())
+    with pytest.raises(InvalidTrainingFile, match=r"line 3: the example has \d+ tokens.*2048"):
+        train_lora(source, examples, [], HP, tmp_path, Recorder().callbacks())
+
+
+def test_a_jobs_seed_reproduces_while_others_draw_from_the_global_generator(
+    source: ModelSource, tmp_path: Path
+) -> None:
+    import torch
+
+    first = _train(source, tmp_path / "first", Recorder())
+    done = threading.Event()
+
+    def draw() -> None:  # a server sampling answers, or the user's own code
+        while not done.is_set():
+            torch.rand(8)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        torch.manual_seed(99)
+        second = _train(source, tmp_path / "second", Recorder())
+    finally:
+        done.set()
+        thread.join()
+    assert _same(first, second)
+
+
+def test_training_resumed_from_a_checkpoint_ends_as_an_uninterrupted_run(
+    source: ModelSource, tmp_path: Path
+) -> None:
+    uninterrupted = Recorder()
+    whole = _train(source, tmp_path / "whole", uninterrupted)
+    stopped = Recorder(stop_after=4)  # 12 examples in fours: the first epoch is steps 1-3
+    examples = parse_training_file("\n".join(training_lines()).encode())
+    outcome = train_lora(source, examples, [], HP, tmp_path / "cut", stopped.callbacks())
+    assert outcome.adapter is None and [c.step for c in stopped.checkpoints] == [3]
+    resumed = Recorder()
+    adapter = _train(source, tmp_path / "cut", resumed, resume=stopped.checkpoints[0].path)
+    assert resumed.steps == [4, 5, 6]
+    assert _same(whole, adapter)
+    tokens = [m.trained_tokens for m in resumed.metrics]
+    assert tokens == [m.trained_tokens for m in uninterrupted.metrics[3:]]
+
+
+def test_peft_wraps_a_model_in_a_thread_with_warnings_as_errors_and_no_global_change(
+    tiny_model: Path,
+) -> None:
+    """The trainer and the engine wrap models with peft on their own threads, beside the
+    user's tests. peft reads an alias transformers deprecated; with warnings as errors (this
+    suite's own setting, and many users') that FutureWarning failed a training job. It must
+    not be raised, and nothing process-wide (the warning filters) may change to avoid it."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from distill_server.devices import Placement
+    from distill_server.weights.loading import load_pretrained, quiet_peft
+
+    _, base = load_pretrained(ModelSource("tiny", tiny_model), Placement("cpu", "float32"))
+    cls = type(base)
+    with pytest.raises(FutureWarning):  # the alias peft reads still warns: an error here
+        _ = base.is_gradient_checkpointing
+    filters = list(warnings.filters)
+    wrapped: list[Any] = []
+    errors: list[BaseException] = []
+
+    def wrap() -> None:
+        try:
+            with quiet_peft(base):
+                config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+                wrapped.append(get_peft_model(base, config))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wrap)
+    thread.start()
+    thread.join(60)
+    assert not errors, errors
+    assert wrapped and type(base) is cls  # the model's own class again
+    assert warnings.filters == filters
