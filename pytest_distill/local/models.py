@@ -6,6 +6,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +22,11 @@ _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _OWNER = "local"
 _FALLBACK_CONTEXT = 2048
 _ADAPTERS = "adapters"
+OPTIMIZER_STATE = "trainer_state.pt"
+"""The file in a checkpoint's folder that resuming needs: optimizer state, data order, progress.
+On SmolLM2 it is twice the adapter's size, so only a running job's latest checkpoint keeps it."""
+KEEP_CHECKPOINTS = 3
+"""Checkpoints kept per job by default: OpenAI lists a job's last three."""
 
 
 class ModelUnavailable(RuntimeError):
@@ -137,11 +143,39 @@ def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
 class Registry:
     """Resolves model ids and lists them; fine-tuned ones live in the store."""
 
-    def __init__(self, store: Store, bases: Mapping[str, ModelSource], root: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bases: Mapping[str, ModelSource],
+        root: Path,
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
+    ) -> None:
+        if keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be at least 1 (resuming needs the latest).")
         self._store = store
         self._bases = dict(bases)
         self._root = root
+        self._keep = keep_checkpoints
         self._created = int(time.time())
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job's checkpoints and final adapter are written."""
+        return self._root / _ADAPTERS / job_id
+
+    def retain(self, job_id: str, *, resumable: bool) -> None:
+        """Give back a job's disk: only its last ``keep_checkpoints`` checkpoints are kept (the
+        others' records and files go), and optimizer state only on the latest, and only while
+        the job may still resume (``resumable``); a finished job keeps none."""
+        records = sorted(
+            self._store.list("checkpoint", job_id), key=lambda r: r.body["step_number"]
+        )
+        folders = [self.job_dir(job_id) / f"step-{r.body['step_number']}" for r in records]
+        dropped = max(0, len(records) - self._keep)
+        for record, folder in zip(records[:dropped], folders[:dropped], strict=False):
+            self._store.delete("checkpoint", record.id)
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders[dropped : len(folders) - 1 if resumable else None]:
+            (folder / OPTIMIZER_STATE).unlink(missing_ok=True)
 
     def register(self, model_id: str, base: str, adapter: Path) -> None:
         body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
@@ -176,8 +210,21 @@ class Registry:
         self.resolve(model_id)
         if model_id in self._bases:
             raise ApiError(403, f"Base model {model_id!r} is configured, not fine-tuned.")
+        record = self._store.get("model", model_id)
         self._store.delete("model", model_id)
+        if record is not None:
+            self._delete_files(located(self._root, record.extra["adapter"]))
         return {"id": model_id, "object": "model", "deleted": True}
+
+    def _delete_files(self, adapter: Path) -> None:
+        """Delete a fine-tuned model's adapter with its job's checkpoints (records and files):
+        they live in one folder per job, ``adapters/<job id>/``."""
+        job_dir = adapter.parent
+        if job_dir.parent != self._root / _ADAPTERS:
+            return  # not written by this server's trainer: left alone
+        for checkpoint in self._store.list("checkpoint", job_dir.name):
+            self._store.delete("checkpoint", checkpoint.id)
+        shutil.rmtree(job_dir, ignore_errors=True)
 
     def resolve(self, model_id: str) -> Resolved:
         if model_id in self._bases:

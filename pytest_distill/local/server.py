@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from pytest_distill.local.devices import DeviceChoice
-from pytest_distill.local.models import base_sources
+from pytest_distill.local.models import KEEP_CHECKPOINTS, base_sources
 from pytest_distill.local.owner import Owner, Ownership
 
 log = logging.getLogger("pytest_distill.local")
@@ -53,7 +53,9 @@ class LocalServer:
     ``port=0`` picks a free port. ``api_key`` makes every request need
     ``Authorization: Bearer <api_key>``; binding an address other than loopback requires one.
     ``device`` is where models run and train: ``auto`` (CUDA when torch sees a GPU, else the
-    CPU), ``cpu`` or ``cuda``.
+    CPU), ``cpu`` or ``cuda``. ``keep_checkpoints``: how many of each job's last checkpoints
+    keep their adapters (optimizer state only on a running job's latest; a finished job's on
+    none).
 
     Models load lazily, on the first request that needs them, so ``start()`` is quick. Use::
 
@@ -69,6 +71,7 @@ class LocalServer:
         port: int = 0,
         api_key: str | None = None,
         device: DeviceChoice = "auto",
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
     ) -> None:
         if not is_loopback(host) and not api_key:
             raise UnsafeBind(
@@ -78,6 +81,7 @@ class LocalServer:
         self.data_dir = Path(data_dir).resolve()
         self.api_key = api_key
         self._bases = base_sources(models, device)
+        self._keep_checkpoints = keep_checkpoints
         self._address = (host, port)
         self._ownership = Ownership(self.data_dir)
         self._app: Any = None
@@ -132,7 +136,7 @@ class LocalServer:
         from pytest_distill.local.api.routes import asgi_app
         from pytest_distill.local.dashboard.views import Dashboard
 
-        self._app = App.open(self.data_dir, self._bases)
+        self._app = App.open(self.data_dir, self._bases, self._keep_checkpoints)
         self._app.runner.start()
         policy = Policy(self._address[0], self._port, self.api_key)
         starlette = asgi_app(self._app)

@@ -78,7 +78,11 @@ class Jobs:
         status = self.retrieve(job_id)["status"]
         if status in FINAL:
             raise bad_request(f"Job {job_id!r} is already {status} and cannot be cancelled.")
-        return self.finish(job_id, "cancelled", {}, message="Fine-tuning job cancelled")
+        body = self.finish(job_id, "cancelled", {}, message="Fine-tuning job cancelled")
+        # A job queued again after a restart has checkpoints: it will not resume now. (A running
+        # one's trainer does this too once it stops, after any checkpoint it was saving.)
+        self.registry.retain(job_id, resumable=False)
+        return body
 
     def next_queued(self) -> dict[str, Any] | None:
         """The oldest queued job, if any."""

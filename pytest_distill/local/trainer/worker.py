@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill_shapes.training import InvalidTrainingFile, parse_training_file
-from pytest_distill.local.api.jobs import Jobs
+from pytest_distill.local.api.jobs import FINAL, Jobs
 from pytest_distill.local.models import fine_tuned_id
 from pytest_distill.local.store import Record
 
@@ -84,6 +84,10 @@ class Runner:
             self._fail(job_id, "invalid_training_file", str(exc))
         except Exception as exc:  # any failure belongs on the job, not in a dead thread
             self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
+        finally:
+            # A finished job (succeeded, failed or cancelled) never resumes: no optimizer state.
+            if self._jobs.retrieve(job_id)["status"] in FINAL:
+                self._jobs.registry.retain(job_id, resumable=False)
 
     def _fit(self, job: dict[str, Any], model_id: str) -> None:
         from pytest_distill.local.trainer.lora import Callbacks, Hyperparameters, train_lora
@@ -178,6 +182,7 @@ class Runner:
         }
         record = Record("checkpoint", checkpoint_id, body, {"adapter": str(c.path)})
         self._jobs.store.put(record, parent=job_id)
+        self._jobs.registry.retain(job_id, resumable=True)
         self._jobs.event(job_id, f"Checkpoint created at step {c.step}")
 
     def _fail(self, job_id: str, code: str, message: str) -> None:

@@ -1,0 +1,124 @@
+"""The server under careless use: disk given back, cancels that land at every stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from pytest_distill.local import LocalServer
+from pytest_distill.local.models import OPTIMIZER_STATE
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalServer]:
+    with LocalServer(tmp_path_factory.mktemp("disk"), models={"tiny": tiny_model}) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(served: LocalServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=served.base_url, api_key="local", max_retries=0) as c:
+        yield c
+
+
+def upload(client: openai.OpenAI, data: bytes) -> str:
+    return client.files.create(file=("train.jsonl", data), purpose="fine-tune").id
+
+
+def start(client: openai.OpenAI, file_id: str, epochs: int, **hyper: Any) -> Any:
+    hp = {"n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": 4, **hyper}
+    return client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=file_id,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )
+
+
+def wait(client: openai.OpenAI, job_id: str, until: set[str], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    while job.status not in until:
+        assert time.monotonic() < deadline, f"job still {job.status}"
+        time.sleep(0.05)
+        job = client.fine_tuning.jobs.retrieve(job_id)
+    return job
+
+
+def wait_event(client: openai.OpenAI, job_id: str, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in e.message for e in client.fine_tuning.jobs.list_events(job_id)):
+        assert time.monotonic() < deadline, f"no event {text!r}"
+        time.sleep(0.02)
+
+
+def states(job_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in job_dir.glob(f"*/{OPTIMIZER_STATE}"))
+
+
+def test_a_finished_job_keeps_its_last_three_checkpoints_and_no_optimizer_state(
+    served: LocalServer, client: openai.OpenAI, make_training_file: Any
+) -> None:
+    job = wait(client, start(client, upload(client, make_training_file()), 5).id, FINAL)
+    assert job.status == "succeeded", job.error
+    job_dir = served.data_dir / "adapters" / job.id
+    listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert sorted(c.step_number for c in listed) == [9, 12, 15]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["final", "step-12", "step-15", "step-9"]
+    assert states(job_dir) == []
+
+
+def test_a_running_job_keeps_optimizer_state_on_its_latest_checkpoint_only(
+    served: LocalServer, client: openai.OpenAI, make_training_file: Any
+) -> None:
+    job = start(client, upload(client, make_training_file()), 50)
+    job_dir = served.data_dir / "adapters" / job.id
+    deadline = time.monotonic() + 120
+    while len(client.fine_tuning.jobs.checkpoints.list(job.id).data) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.fine_tuning.jobs.cancel(job.id)  # between the two reads, a newer one may be saved
+    wait_event(client, job.id, "Training stopped")
+    assert states(job_dir) == []  # a cancelled job never resumes
+
+
+def test_deleting_a_model_deletes_its_adapter_and_checkpoints(
+    served: LocalServer, client: openai.OpenAI, make_training_file: Any
+) -> None:
+    job = wait(client, start(client, upload(client, make_training_file()), 2).id, FINAL)
+    job_dir = served.data_dir / "adapters" / job.id
+    assert job_dir.is_dir()
+    assert client.models.delete(job.fine_tuned_model).deleted
+    assert not job_dir.exists()
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
+
+
+def test_keep_checkpoints_is_a_setting(
+    tmp_path: Path, tiny_model: Path, make_training_file: Any
+) -> None:
+    with (
+        LocalServer(tmp_path, models={"tiny": tiny_model}, keep_checkpoints=1) as srv,
+        openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0) as client,
+    ):
+        job = wait(client, start(client, upload(client, make_training_file()), 3).id, FINAL)
+        steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
+        assert steps == [9]
+        assert sorted(p.name for p in (tmp_path / "adapters" / job.id).iterdir()) == [
+            "final",
+            "step-9",
+        ]
+
+
+def test_the_cli_takes_keep_checkpoints() -> None:
+    from pytest_distill.local.cli import parser
+
+    assert parser().parse_args(["--keep-checkpoints", "5"]).keep_checkpoints == 5
+    assert parser().parse_args([]).keep_checkpoints == 3
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--keep-checkpoints", "0"])
