@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,122 @@ def test_the_cli_takes_keep_checkpoints() -> None:
     assert parser().parse_args([]).keep_checkpoints == 3
     with pytest.raises(SystemExit):
         parser().parse_args(["--keep-checkpoints", "0"])
+
+
+def big_file(n: int) -> bytes:
+    from .conftest import training_lines
+
+    lines = training_lines(12)
+    return ("\n".join(lines[i % 12] for i in range(n)) + "\n").encode()
+
+
+def test_a_cancel_while_the_job_prepares_its_data_stops_it_promptly(
+    client: openai.OpenAI,
+) -> None:
+    job = start(client, upload(client, big_file(20_000)), 1, batch_size=1)
+    wait_event(client, job.id, "Fine-tuning job started")
+    client.fine_tuning.jobs.cancel(job.id)
+    began = time.monotonic()
+    wait_event(client, job.id, "Training stopped after step 0", timeout=60)
+    assert time.monotonic() - began < 5
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_a_cancel_while_queued_never_starts_the_job(
+    client: openai.OpenAI, make_training_file: Any
+) -> None:
+    file_id = upload(client, make_training_file())
+    running = start(client, file_id, 50)
+    queued = start(client, file_id, 1)
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    client.fine_tuning.jobs.cancel(running.id)
+    wait_event(client, running.id, "Training stopped")
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(queued.id)]
+    assert not any("started" in m for m in messages)
+    assert client.fine_tuning.jobs.retrieve(queued.id).status == "cancelled"
+
+
+def test_a_cancel_while_the_final_adapter_is_saved_registers_no_model(
+    served: LocalServer,
+    client: openai.OpenAI,
+    make_training_file: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from pytest_distill.local.trainer import checkpoints
+
+    saving, cancelled = threading.Event(), threading.Event()
+    save = checkpoints.save
+
+    def slow_save(model: Any, path: Path, state: Any = None) -> Path:
+        if path.name == "final":
+            saving.set()
+            cancelled.wait(30)
+        return save(model, path, state)
+
+    monkeypatch.setattr(checkpoints, "save", slow_save)
+    job = start(client, upload(client, make_training_file()), 1)
+    assert saving.wait(120)
+    client.fine_tuning.jobs.cancel(job.id)
+    cancelled.set()
+    wait_event(client, job.id, "Training stopped after step 3")
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert (done.status, done.fine_tuned_model) == ("cancelled", None)
+    served_ids = [m.id for m in client.models.list()]
+    assert not any(job.id[-8:] in model for model in served_ids)
+    assert not (served.data_dir / "adapters" / job.id / "final").exists()
+
+
+def test_a_line_too_long_for_the_context_is_refused_when_the_job_is_created(
+    client: openai.OpenAI, make_training_file: Any
+) -> None:
+    from pytest_distill.local.api.jobs import line_limit
+
+    limit = line_limit(2048)  # the tiny model's context
+    huge = json.dumps({"messages": [{"role": "user", "content": "x" * (10 << 20)}]}).encode()
+    file_id = upload(client, make_training_file() + huge + b"\n")
+    with pytest.raises(openai.BadRequestError) as info:
+        start(client, file_id, 1)
+    message = info.value.response.json()["error"]["message"]
+    assert "line 13" in message and str(limit) in message, message
+
+
+def test_training_files_are_read_line_by_line() -> None:
+    import io
+
+    from distill_shapes.training import (
+        InvalidTrainingFile,
+        parse_training_file,
+        parse_training_lines,
+        read_lines,
+    )
+
+    from .conftest import training_lines
+
+    data = ("\r\n".join(training_lines(12)) + "\r\n").encode()
+    assert parse_training_lines(read_lines(io.BytesIO(data), 1000)) == parse_training_file(data)
+
+    class Unbounded(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:
+            assert size is not None and 0 < size <= 1002, "a line read without a bound"
+            return super().readline(size)
+
+    with pytest.raises(InvalidTrainingFile, match="line 1: the line is longer than 1000 bytes"):
+        list(read_lines(Unbounded(b"x" * 5000 + b"\n"), 1000))
+
+
+def test_the_job_page_reads_only_the_head_of_its_training_file(
+    served: LocalServer, client: openai.OpenAI
+) -> None:
+    from pytest_distill.local.api.files import Files
+    from pytest_distill.local.store import Store
+
+    store = Store(served.data_dir / "head.sqlite3")
+    files = Files(store, served.data_dir / "head-files")
+    body = files.add("big.jsonl", "fine-tune", b"x" * (1 << 20) + b"\nsecond\n")
+    (line,) = files.head(body["id"], 20)
+    assert len(line) == 64 << 10
+    assert files.head(files.add("s", "fine-tune", b"a\nb\nc")["id"], 2) == ["a", "b"]
+    assert files.count_lines(body["id"]) == 2
+    store.close()

@@ -75,6 +75,22 @@ class Files:
     def content(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()
 
+    def head(self, file_id: str, lines: int, max_bytes: int = 64 << 10) -> list[str]:
+        """The file's first ``lines`` lines, from at most its first ``max_bytes`` (a line cut
+        there ends the list): a page showing a file never reads it whole."""
+        with self.path(file_id).open("rb") as stream:
+            data = stream.read(max_bytes)
+        return data.decode("utf-8", errors="replace").splitlines()[:lines]
+
+    def count_lines(self, file_id: str) -> int:
+        """The file's lines (as ``splitlines`` counts them), counted in 1 MB blocks."""
+        count, last = 0, b"\n"
+        with self.path(file_id).open("rb") as stream:
+            while block := stream.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+        return count + (last != b"\n")
+
     def path(self, file_id: str) -> Path:
         """Where an uploaded file's bytes are (404 for an unknown id)."""
         self.retrieve(file_id)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from distill_shapes.training import InvalidTrainingFile, parse_training_file
+from distill_shapes.training import InvalidTrainingFile, enough, iter_examples, read_lines
 from pytest_distill.local.api.files import Files, new_id
 from pytest_distill.local.errors import ApiError, bad_request, not_found
 from pytest_distill.local.lora_settings import LORA_KEYS, check_lora
@@ -23,6 +23,15 @@ from pytest_distill.local.store import Record, Store, paginate
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 AUTO_EPOCHS = 3
 _HYPER_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+BYTES_PER_TOKEN = 64
+"""A bound on a training line's bytes per token of the model's context (a token is a few
+characters; JSON's escapes make one character at most twelve bytes). A line past it cannot fit
+the context, and is refused when the job is created instead of costing the trainer memory."""
+
+
+def line_limit(context: int) -> int:
+    """The most bytes a training line may have for a model of ``context`` tokens."""
+    return context * BYTES_PER_TOKEN
 
 
 class Jobs:
@@ -40,11 +49,12 @@ class Jobs:
         job = self._new_job(request)
         self.event(job["id"], f"Validating training file: {job['training_file']}")
         param = "training_file"
+        limit = line_limit(self.registry.base(job["model"]).context_length())
         try:
-            n_examples = len(parse_training_file(self.files.content(job[param])))
+            n_examples = self.check_file(job[param], limit)
             if job["validation_file"]:
                 param = "validation_file"
-                parse_training_file(self.files.content(job[param]))
+                self.check_file(job[param], limit)
         except InvalidTrainingFile as exc:
             message = str(exc).replace("training file", param.replace("_", " "), 1)
             error = {"code": f"invalid_{param}", "message": message, "param": param}
@@ -55,6 +65,13 @@ class Jobs:
         with self.queued:
             self.queued.notify_all()
         return job
+
+    def check_file(self, file_id: str, max_line_bytes: int) -> int:
+        """How many examples a training file holds, checked line by line from disk."""
+        with self.files.path(file_id).open("rb") as stream:
+            count = sum(1 for _ in iter_examples(read_lines(stream, max_line_bytes)))
+        enough(count)
+        return count
 
     def retrieve(self, job_id: str) -> dict[str, Any]:
         return self._record(job_id).body
@@ -139,11 +156,13 @@ class Jobs:
 
     def _new_job(self, request: Mapping[str, Any]) -> dict[str, Any]:
         model = _required_str(request, "model")
-        self.registry.base(model)
-        training = self._fine_tune_file(_required_str(request, "training_file"), "training_file")
+        limit = line_limit(self.registry.base(model).context_length())
+        training = self._fine_tune_file(
+            _required_str(request, "training_file"), "training_file", limit
+        )
         validation = request.get("validation_file")
         if validation is not None:
-            self._fine_tune_file(str(validation), "validation_file")
+            self._fine_tune_file(str(validation), "validation_file", limit)
         suffix = request.get("suffix")
         if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
             raise bad_request("`suffix` must be a string of at most 64 characters.", "suffix")
@@ -174,7 +193,11 @@ class Jobs:
         self.store.put(Record("job", job_id, body, {"suffix": suffix}))
         return body
 
-    def _fine_tune_file(self, file_id: str, param: str) -> str:
+    def _fine_tune_file(self, file_id: str, param: str, max_line_bytes: int) -> str:
+        """The file's id, once it is known to be a fine-tune upload whose every line can fit
+        the model's context: a line past ``max_line_bytes`` is a 400 naming it and the limit,
+        found reading the file a block at a time (a 10 MB line would take the trainer
+        hundreds of MB to tokenize before failing)."""
         try:
             purpose = self.files.retrieve(file_id)["purpose"]
         except ApiError:
@@ -182,6 +205,13 @@ class Jobs:
         if purpose != "fine-tune":
             message = f"File {file_id!r} has purpose {purpose!r}; upload it with 'fine-tune'."
             raise bad_request(message, param, "invalid_file_purpose")
+        try:
+            with self.files.path(file_id).open("rb") as stream:
+                for _ in read_lines(stream, max_line_bytes):
+                    pass
+        except InvalidTrainingFile as exc:
+            message = str(exc).replace("training file", param.replace("_", " "), 1)
+            raise bad_request(message, param, "line_too_long") from None
         return file_id
 
 
