@@ -52,6 +52,11 @@ class ModelSource:
     def directory(self) -> Path:
         return self.path.parent if self.gguf_file else self.path
 
+    def model_type(self) -> str:
+        """The architecture's ``model_type`` (``general.architecture`` in a GGUF file), read
+        without loading the model; "" when its files do not say."""
+        return _model_type(self.path)
+
     def context_length(self) -> int:
         """Tokens the model attends to, prompt and completion together, read from its files
         without loading it (``max_tokens`` is checked against it before a request queues)."""
@@ -72,6 +77,19 @@ def _context_length(path: Path) -> int:
     if not config.is_file():
         return _FALLBACK_CONTEXT
     return int(json.loads(config.read_text()).get("max_position_embeddings", _FALLBACK_CONTEXT))
+
+
+@functools.cache
+def _model_type(path: Path) -> str:
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields.get("general.architecture")
+        return "" if field is None else bytes(field.parts[field.data[0]]).decode()
+    config = path / "config.json"
+    if not config.is_file():
+        return ""
+    return str(json.loads(config.read_text()).get("model_type", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +221,9 @@ class Registry:
 
     def retrieve(self, model_id: str) -> dict[str, Any]:
         self.resolve(model_id)
+        checkpoint = self._checkpoint(model_id)
+        if checkpoint is not None:
+            return checkpoint.body
         return next(body for body in self.bodies() if body["id"] == model_id)
 
     def delete(self, model_id: str) -> dict[str, Any]:
@@ -229,7 +250,7 @@ class Registry:
     def resolve(self, model_id: str) -> Resolved:
         if model_id in self._bases:
             return Resolved(model_id, self._bases[model_id], None)
-        record = self._store.get("model", model_id)
+        record = self._store.get("model", model_id) or self._checkpoint(model_id)
         if record is None or record.extra["base"] not in self._bases:
             served = ", ".join(body["id"] for body in self.bodies())
             raise ApiError(
@@ -240,6 +261,24 @@ class Registry:
             )
         base = self._bases[record.extra["base"]]
         return Resolved(model_id, base, located(self._root, record.extra["adapter"]))
+
+    def _checkpoint(self, model_id: str) -> Record | None:
+        """A checkpoint's model (``<fine-tuned id>:ckpt-step-N``, as the job's checkpoints
+        list it) as a model record, while its adapter's files are kept."""
+        if ":ckpt-step-" not in model_id:
+            return None
+        for record in self._store.list("checkpoint"):
+            if record.body.get("fine_tuned_model_checkpoint") != model_id:
+                continue
+            job = self._store.get("job", record.body["fine_tuning_job_id"])
+            adapter = located(self._root, record.extra["adapter"])
+            if job is None or not (adapter / "adapter_config.json").is_file():
+                return None
+            body = {"id": model_id, "object": "model", "created": record.body["created_at"]}
+            body["owned_by"] = _OWNER
+            extra = {"base": job.body["model"], "adapter": record.extra["adapter"]}
+            return Record("model", model_id, body, extra)
+        return None
 
     def base(self, model_id: str) -> ModelSource:
         """The base a fine-tuning job may start from: only configured bases."""

@@ -242,3 +242,47 @@ def test_the_job_page_reads_only_the_head_of_its_training_file(
     assert files.head(files.add("s", "fine-tune", b"a\nb\nc")["id"], 2) == ["a", "b"]
     assert files.count_lines(body["id"]) == 2
     store.close()
+
+
+@pytest.mark.parametrize("suffix", ["a\nb", "nul\x00", "a:b", "a/b", "x" * 65])
+def test_a_suffix_that_cannot_be_part_of_a_model_id_is_refused(
+    client: openai.OpenAI, make_training_file: Any, suffix: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.fine_tuning.jobs.create(
+            model="tiny", training_file=upload(client, make_training_file()), suffix=suffix
+        )
+    assert info.value.response.json()["error"]["param"] == "suffix"
+
+
+def test_lora_targets_the_base_model_lacks_are_refused(
+    client: openai.OpenAI, make_training_file: Any
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        start(client, upload(client, make_training_file()), 1, lora_target_modules=["no_such"])
+    error = info.value.response.json()["error"]
+    assert error["param"] == "lora_target_modules" and "'no_such'" in error["message"]
+
+
+def test_a_file_a_queued_job_trains_on_cannot_be_deleted(
+    client: openai.OpenAI, make_training_file: Any
+) -> None:
+    file_id = upload(client, make_training_file())
+    job = start(client, file_id, 50)
+    with pytest.raises(openai.ConflictError) as info:
+        client.files.delete(file_id)
+    assert job.id in info.value.response.json()["error"]["message"]
+    client.fine_tuning.jobs.cancel(job.id)
+    wait(client, job.id, FINAL)
+    assert client.files.delete(file_id).deleted
+
+
+def test_checkpoint_models_are_served(client: openai.OpenAI, make_training_file: Any) -> None:
+    job = wait(client, start(client, upload(client, make_training_file()), 2).id, FINAL)
+    for checkpoint in client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        model = checkpoint.fine_tuned_model_checkpoint
+        assert client.models.retrieve(model).id == model
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert reply.model == model

@@ -10,11 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_distill.local.errors import bad_request, not_found
+from pytest_distill.local.errors import ApiError, bad_request, not_found
 from pytest_distill.local.store import Record, Store, paginate
 
 PARTIAL = ".partial-"
 """Infix of an upload being written; what a killed process left is removed at start-up."""
+_JOBS_USING = (
+    "SELECT id, json_extract(body, '$.status') FROM objects WHERE kind = 'job' AND "
+    "json_extract(body, '$.status') NOT IN ('succeeded', 'failed', 'cancelled') AND "
+    "(json_extract(body, '$.training_file') = ? OR json_extract(body, '$.validation_file') = ?)"
+)
 PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
 
 
@@ -105,7 +110,18 @@ class Files:
         return paginate(bodies, after=after, limit=limit, newest_first=order != "asc").body()
 
     def delete(self, file_id: str) -> dict[str, Any]:
+        """Delete a file, unless a job that has not finished trains on it (409): deleting it
+        would fail that job later, far from the request that caused it."""
         self.retrieve(file_id)
+        using = self._store.query(_JOBS_USING, (file_id, file_id))
+        if using:
+            raise ApiError(
+                409,
+                f"File {file_id!r} is used by fine-tuning job {using[0][0]!r}, which is "
+                f"{using[0][1]}; cancel it or wait for it to finish, then delete the file.",
+                param="file_id",
+                code="file_in_use",
+            )
         self._store.delete("file", file_id)
         (self._root / file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}

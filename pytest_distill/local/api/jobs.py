@@ -8,6 +8,7 @@ cancel racing the trainer's last step cannot be overwritten by "succeeded".
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -15,14 +16,16 @@ from typing import Any
 
 from distill_shapes.training import InvalidTrainingFile, enough, iter_examples, read_lines
 from pytest_distill.local.api.files import Files, new_id
+from pytest_distill.local.architectures import module_names
 from pytest_distill.local.errors import ApiError, bad_request, not_found
 from pytest_distill.local.lora_settings import LORA_KEYS, check_lora
-from pytest_distill.local.models import Registry
+from pytest_distill.local.models import ModelSource, Registry
 from pytest_distill.local.store import Record, Store, paginate
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 AUTO_EPOCHS = 3
 _HYPER_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+_SUFFIX = re.compile(r"[A-Za-z0-9._-]{0,64}")
 BYTES_PER_TOKEN = 64
 """A bound on a training line's bytes per token of the model's context (a token is a few
 characters; JSON's escapes make one character at most twelve bytes). A line past it cannot fit
@@ -164,9 +167,14 @@ class Jobs:
         if validation is not None:
             self._fine_tune_file(str(validation), "validation_file", limit)
         suffix = request.get("suffix")
-        if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
-            raise bad_request("`suffix` must be a string of at most 64 characters.", "suffix")
+        if suffix is not None and not (isinstance(suffix, str) and _SUFFIX.fullmatch(suffix)):
+            raise bad_request(
+                f"`suffix` {suffix!r} must be at most 64 letters, digits, '-', '_' or '.': it "
+                "becomes part of the model's id (ft:<base>:<org>:<suffix>:<id>).",
+                "suffix",
+            )
         hyper = _hyperparameters(request)
+        _check_targets(hyper.get("lora_target_modules"), self.registry.base(model))
         job_id = new_id("ftjob-")
         seed = request.get("seed")
         body: dict[str, Any] = {
@@ -243,6 +251,20 @@ def _hyperparameters(request: Mapping[str, Any]) -> dict[str, Any]:
     if lr != "auto" and not (isinstance(lr, int | float) and lr > 0):
         raise bad_request("`learning_rate_multiplier` must be 'auto' or a positive number.", "lr")
     return {**hyper, **check_lora(given)}
+
+
+def _check_targets(modules: list[str] | None, base: ModelSource) -> None:
+    """LoRA target modules the base model has (checked for the families the server knows)."""
+    known = module_names(base.model_type())
+    if modules is None or known is None:
+        return
+    unknown = [m for m in modules if m.rsplit(".", 1)[-1] not in known]
+    if unknown:
+        raise bad_request(
+            f"`lora_target_modules`: {base.id!r} has no module {unknown[0]!r}; its modules are "
+            f"{', '.join(sorted(known))}.",
+            "lora_target_modules",
+        )
 
 
 def _resolve_auto(hyper: Mapping[str, Any], n_examples: int) -> dict[str, Any]:
