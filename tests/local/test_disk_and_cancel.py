@@ -286,3 +286,28 @@ def test_checkpoint_models_are_served(client: openai.OpenAI, make_training_file:
             model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
         assert reply.model == model
+
+
+def test_the_trainer_holds_no_model_after_a_job(
+    client: openai.OpenAI, make_training_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from pytest_distill.local.trainer import lora
+
+    trained: list[weakref.ref[Any]] = []
+    wrap = lora._lora
+
+    def recorded(base: Any, hp: Any) -> Any:
+        model = wrap(base, hp)
+        trained.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(lora, "_lora", recorded)
+    job = wait(client, start(client, upload(client, make_training_file()), 1).id, FINAL)
+    assert job.status == "succeeded"
+    # No collection here: the trainer keeps no reference to the model once a job ends.
+    deadline = time.monotonic() + 10
+    while trained[0]() is not None:  # the worker may still be leaving the job
+        assert time.monotonic() < deadline, "the trained model is still alive"
+        time.sleep(0.1)

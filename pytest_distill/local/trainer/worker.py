@@ -92,6 +92,7 @@ class Runner:
             # A finished job (succeeded, failed or cancelled) never resumes: no optimizer state.
             if self._jobs.retrieve(job_id)["status"] in FINAL:
                 self._jobs.registry.retain(job_id, resumable=False)
+            _release_memory()
 
     def _fit(self, job: dict[str, Any], model_id: str) -> None:
         from pytest_distill.local.trainer.lora import (
@@ -238,3 +239,23 @@ def _csv(metrics: list[StepMetrics]) -> bytes:
     lines = ["step,train_loss,train_accuracy"]
     lines += [f"{m.step},{m.train_loss:.6f},{m.train_mean_token_accuracy:.6f}" for m in metrics]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _release_memory() -> None:
+    """Give back what a job's model and optimizer held: their modules refer to each other, so
+    only a collection frees them (Python's oldest generation is rarely collected on its own);
+    then the GPU allocator's cache, and the C allocator's free pages (glibc keeps the freed
+    memory of the trainer thread's arena otherwise: a server grew 1.3 GB over a few jobs)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: musl has no malloc_trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
