@@ -64,6 +64,14 @@ def lora_targets(config: Any, override: Sequence[str] | None = None) -> list[str
     return "all-linear"
 
 
+def module_names(model_type: str) -> frozenset[str] | None:
+    """The names a LoRA may target on a model of ``model_type`` (its projections, the output
+    head and the embeddings), or None for a family not in the table above (not checked)."""
+    if model_type not in _FAMILIES:
+        return None
+    return frozenset(_FAMILIES[model_type]) | {"lm_head", "embed_tokens"}
+
+
 def context_limit(config: Any) -> int:
     """Tokens the model attends over: the first position limit its config declares."""
     text = getattr(config, "text_config", None) or config

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distill_server.devices import DEVICE_CHOICES, DeviceUnavailable, choose
-from distill_server.models import DEFAULT_MODEL_ID, ModelUnavailable
+from distill_server.models import DEFAULT_MODEL_ID, KEEP_CHECKPOINTS, ModelUnavailable
 from distill_server.owner import DataDirBusy
 from distill_server.server import API_KEY_ENV, LocalServer, UnsafeBind
 
@@ -83,7 +83,22 @@ def parser() -> argparse.ArgumentParser:
         help="where models run and train: auto is CUDA when torch sees a GPU (bfloat16 where "
         "supported, else float16), else the CPU in float32 (default: %(default)s)",
     )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=_positive,
+        default=KEEP_CHECKPOINTS,
+        metavar="N",
+        help="adapters kept of each job's last N checkpoints (older ones are deleted); "
+        "optimizer state is kept only on a running job's latest (default: %(default)s)",
+    )
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _models(specs: Sequence[str], p: argparse.ArgumentParser) -> dict[str, str] | None:
@@ -115,7 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.device == "cuda":
             choose("cuda")  # fail now, not on the first request
         models = _models(args.model, p)
-        server = LocalServer(args.data_dir, models, args.host, args.port, key, device=args.device)
+        server = LocalServer(
+            args.data_dir,
+            models,
+            args.host,
+            args.port,
+            key,
+            device=args.device,
+            keep_checkpoints=args.keep_checkpoints,
+        )
         server.start()
     except (ModelUnavailable, UnsafeBind, DataDirBusy, DeviceUnavailable) as exc:
         print(f"distill-server: {exc}", file=sys.stderr)

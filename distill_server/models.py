@@ -6,6 +6,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +22,11 @@ _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _OWNER = "local"
 _FALLBACK_CONTEXT = 2048
 _ADAPTERS = "adapters"
+OPTIMIZER_STATE = "trainer_state.pt"
+"""The file in a checkpoint's folder that resuming needs: optimizer state, data order, progress.
+On SmolLM2 it is twice the adapter's size, so only a running job's latest checkpoint keeps it."""
+KEEP_CHECKPOINTS = 3
+"""Checkpoints kept per job by default: OpenAI lists a job's last three."""
 
 
 class ModelUnavailable(RuntimeError):
@@ -46,6 +52,11 @@ class ModelSource:
     def directory(self) -> Path:
         return self.path.parent if self.gguf_file else self.path
 
+    def model_type(self) -> str:
+        """The architecture's ``model_type`` (``general.architecture`` in a GGUF file), read
+        without loading the model; "" when its files do not say."""
+        return _model_type(self.path)
+
     def context_length(self) -> int:
         """Tokens the model attends to, prompt and completion together, read from its files
         without loading it (``max_tokens`` is checked against it before a request queues)."""
@@ -66,6 +77,19 @@ def _context_length(path: Path) -> int:
     if not config.is_file():
         return _FALLBACK_CONTEXT
     return int(json.loads(config.read_text()).get("max_position_embeddings", _FALLBACK_CONTEXT))
+
+
+@functools.cache
+def _model_type(path: Path) -> str:
+    if path.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields.get("general.architecture")
+        return "" if field is None else bytes(field.parts[field.data[0]]).decode()
+    config = path / "config.json"
+    if not config.is_file():
+        return ""
+    return str(json.loads(config.read_text()).get("model_type", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +161,39 @@ def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
 class Registry:
     """Resolves model ids and lists them; fine-tuned ones live in the store."""
 
-    def __init__(self, store: Store, bases: Mapping[str, ModelSource], root: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bases: Mapping[str, ModelSource],
+        root: Path,
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
+    ) -> None:
+        if keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be at least 1 (resuming needs the latest).")
         self._store = store
         self._bases = dict(bases)
         self._root = root
+        self._keep = keep_checkpoints
         self._created = int(time.time())
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job's checkpoints and final adapter are written."""
+        return self._root / _ADAPTERS / job_id
+
+    def retain(self, job_id: str, *, resumable: bool) -> None:
+        """Give back a job's disk: only its last ``keep_checkpoints`` checkpoints are kept (the
+        others' records and files go), and optimizer state only on the latest, and only while
+        the job may still resume (``resumable``); a finished job keeps none."""
+        records = sorted(
+            self._store.list("checkpoint", job_id), key=lambda r: r.body["step_number"]
+        )
+        folders = [self.job_dir(job_id) / f"step-{r.body['step_number']}" for r in records]
+        dropped = max(0, len(records) - self._keep)
+        for record, folder in zip(records[:dropped], folders[:dropped], strict=False):
+            self._store.delete("checkpoint", record.id)
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in folders[dropped : len(folders) - 1 if resumable else None]:
+            (folder / OPTIMIZER_STATE).unlink(missing_ok=True)
 
     def register(self, model_id: str, base: str, adapter: Path) -> None:
         body = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": _OWNER}
@@ -169,6 +221,9 @@ class Registry:
 
     def retrieve(self, model_id: str) -> dict[str, Any]:
         self.resolve(model_id)
+        checkpoint = self._checkpoint(model_id)
+        if checkpoint is not None:
+            return checkpoint.body
         return next(body for body in self.bodies() if body["id"] == model_id)
 
     def delete(self, model_id: str) -> dict[str, Any]:
@@ -176,13 +231,26 @@ class Registry:
         self.resolve(model_id)
         if model_id in self._bases:
             raise ApiError(403, f"Base model {model_id!r} is configured, not fine-tuned.")
+        record = self._store.get("model", model_id)
         self._store.delete("model", model_id)
+        if record is not None:
+            self._delete_files(located(self._root, record.extra["adapter"]))
         return {"id": model_id, "object": "model", "deleted": True}
+
+    def _delete_files(self, adapter: Path) -> None:
+        """Delete a fine-tuned model's adapter with its job's checkpoints (records and files):
+        they live in one folder per job, ``adapters/<job id>/``."""
+        job_dir = adapter.parent
+        if job_dir.parent != self._root / _ADAPTERS:
+            return  # not written by this server's trainer: left alone
+        for checkpoint in self._store.list("checkpoint", job_dir.name):
+            self._store.delete("checkpoint", checkpoint.id)
+        shutil.rmtree(job_dir, ignore_errors=True)
 
     def resolve(self, model_id: str) -> Resolved:
         if model_id in self._bases:
             return Resolved(model_id, self._bases[model_id], None)
-        record = self._store.get("model", model_id)
+        record = self._store.get("model", model_id) or self._checkpoint(model_id)
         if record is None or record.extra["base"] not in self._bases:
             served = ", ".join(body["id"] for body in self.bodies())
             raise ApiError(
@@ -193,6 +261,24 @@ class Registry:
             )
         base = self._bases[record.extra["base"]]
         return Resolved(model_id, base, located(self._root, record.extra["adapter"]))
+
+    def _checkpoint(self, model_id: str) -> Record | None:
+        """A checkpoint's model (``<fine-tuned id>:ckpt-step-N``, as the job's checkpoints
+        list it) as a model record, while its adapter's files are kept."""
+        if ":ckpt-step-" not in model_id:
+            return None
+        for record in self._store.list("checkpoint"):
+            if record.body.get("fine_tuned_model_checkpoint") != model_id:
+                continue
+            job = self._store.get("job", record.body["fine_tuning_job_id"])
+            adapter = located(self._root, record.extra["adapter"])
+            if job is None or not (adapter / "adapter_config.json").is_file():
+                return None
+            body = {"id": model_id, "object": "model", "created": record.body["created_at"]}
+            body["owned_by"] = _OWNER
+            extra = {"base": job.body["model"], "adapter": record.extra["adapter"]}
+            return Record("model", model_id, body, extra)
+        return None
 
     def base(self, model_id: str) -> ModelSource:
         """The base a fine-tuning job may start from: only configured bases."""
@@ -231,3 +317,17 @@ def located(root: Path, stored: str) -> Path:
     if path.is_absolute():
         return path if path.exists() else root / portable(root, path)
     return root / path
+
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+"""The statuses a fine-tuning job ends in."""
+
+BYTES_PER_TOKEN = 64
+"""A bound on a training line's bytes per token of the model's context (a token is a few
+characters; JSON's escapes make one character at most twelve bytes). A line past it cannot fit
+the context, and is refused when the job is created instead of costing the trainer memory."""
+
+
+def line_limit(context: int) -> int:
+    """The most bytes a training line may have for a model of ``context`` tokens."""
+    return context * BYTES_PER_TOKEN

@@ -14,7 +14,7 @@ from typing import Any
 
 from distill_server.devices import DeviceChoice
 from distill_server.hosts import is_loopback
-from distill_server.models import base_sources
+from distill_server.models import KEEP_CHECKPOINTS, base_sources
 from distill_server.owner import Owner, Ownership
 
 log = logging.getLogger("distill_server")
@@ -44,7 +44,9 @@ class LocalServer:
     ``port=0`` picks a free port. ``api_key`` makes every request need
     ``Authorization: Bearer <api_key>``; binding an address other than loopback requires one.
     ``device`` is where models run and train: ``auto`` (CUDA when torch sees a GPU, else the
-    CPU), ``cpu`` or ``cuda``.
+    CPU), ``cpu`` or ``cuda``. ``keep_checkpoints``: how many of each job's last checkpoints
+    keep their adapters (optimizer state only on a running job's latest; a finished job's on
+    none).
 
     Models load lazily, on the first request that needs them, so ``start()`` is quick. Use::
 
@@ -60,6 +62,7 @@ class LocalServer:
         port: int = 0,
         api_key: str | None = None,
         device: DeviceChoice = "auto",
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
     ) -> None:
         if not is_loopback(host) and not api_key:
             raise UnsafeBind(
@@ -69,6 +72,7 @@ class LocalServer:
         self.data_dir = Path(data_dir).resolve()
         self.api_key = api_key
         self._bases = base_sources(models, device)
+        self._keep_checkpoints = keep_checkpoints
         self._address = (host, port)
         self._ownership = Ownership(self.data_dir)
         self._app: Any = None
@@ -123,7 +127,7 @@ class LocalServer:
         from distill_server.http.protocol import HeaderTimeoutProtocol
         from distill_server.http.routes import asgi_app
 
-        self._app = App.open(self.data_dir, self._bases)
+        self._app = App.open(self.data_dir, self._bases, self._keep_checkpoints)
         self._app.runner.start()
         policy = Policy(self._address[0], self._port, self.api_key)
         starlette = asgi_app(self._app)

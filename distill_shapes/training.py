@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 MIN_EXAMPLES = 10
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -37,16 +38,48 @@ class Example:
 
 def parse_training_file(data: bytes) -> list[Example]:
     """Every example of a chat fine-tune JSONL, or ``InvalidTrainingFile`` at the first fault."""
-    examples = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    return parse_training_lines(data.split(b"\n"))
+
+
+def parse_training_lines(lines: Iterable[bytes | str]) -> list[Example]:
+    """``parse_training_file`` over the file's lines (e.g. ``read_lines`` of an open file), so
+    that the file need not be in memory whole."""
+    examples = list(iter_examples(lines))
+    enough(len(examples))
+    return examples
+
+
+def iter_examples(lines: Iterable[bytes | str]) -> Iterator[Example]:
+    """The examples of the lines, checked one at a time; blank lines are skipped. The caller
+    checks the count with ``enough``."""
+    for number, raw in enumerate(lines, 1):
+        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         if line.strip():
-            examples.append(_example(number, line))
-    if len(examples) < MIN_EXAMPLES:
+            yield _example(number, line)
+
+
+def enough(count: int) -> None:
+    """The error for a file of fewer than ``MIN_EXAMPLES`` examples."""
+    if count < MIN_EXAMPLES:
         raise InvalidTrainingFile(
             None,
-            f"it has {len(examples)} examples; at least {MIN_EXAMPLES} are required.",
+            f"it has {count} examples; at least {MIN_EXAMPLES} are required.",
         )
-    return examples
+
+
+def read_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[bytes]:
+    """The lines of a binary file, never more than ``max_line_bytes`` of one in memory: a longer
+    line is refused naming it and the limit, before the rest of it is read."""
+    number = 0
+    while chunk := stream.readline(max_line_bytes + 2):  # the line, its "\r\n", one more
+        number += 1
+        if len(chunk.rstrip(b"\r\n")) > max_line_bytes:
+            raise InvalidTrainingFile(
+                number,
+                f"the line is longer than {max_line_bytes} bytes, the most a line may have "
+                "here (an example must fit the model's context).",
+            )
+        yield chunk
 
 
 def too_long(example: Example, tokens: int, limit: int) -> InvalidTrainingFile:

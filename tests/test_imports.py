@@ -1,33 +1,20 @@
 """No import cycles: no module imports one that imports it back, directly or round a longer loop.
 
 Every import counts, inside functions and under ``TYPE_CHECKING`` too: a cycle there is still
-two modules that each need the other. ``pytest_distill.local`` is left out here; its successor,
-``distill_server``, is checked once it is installed.
+two modules that each need the other. The plugin, the shapes and the server are all checked.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import grimp
 
 PACKAGES = ("pytest_distill", "distill_shapes", "distill_server")
-LEFT_OUT = ("pytest_distill.local",)
 
 
 def import_graph() -> dict[str, set[str]]:
     """Each checked module and the checked modules it imports."""
-    present = [p for p in PACKAGES if importlib.util.find_spec(p) is not None]
-    graph = grimp.build_graph(*present, include_external_packages=False, cache_dir=None)
-
-    def checked(module: str) -> bool:
-        return not any(module == o or module.startswith(o + ".") for o in LEFT_OUT)
-
-    return {
-        m: {i for i in graph.find_modules_directly_imported_by(m) if checked(i)}
-        for m in graph.modules
-        if checked(m)
-    }
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False, cache_dir=None)
+    return {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

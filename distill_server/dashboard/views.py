@@ -209,11 +209,17 @@ class Dashboard:
         return job, events, checkpoints
 
     def _file_lines(self, file_id: str, limit: int) -> list[str]:
+        """The file's first lines, read from its first 64 KB only."""
         try:
-            text = self.app.files.content(file_id).decode("utf-8", errors="replace")
-        except ApiError:
+            return self.app.files.head(file_id, limit)
+        except (ApiError, OSError):
             return []
-        return text.splitlines()[:limit]
+
+    def _line_count(self, file_id: str) -> int | None:
+        try:
+            return self.app.files.count_lines(file_id)
+        except (ApiError, OSError):
+            return None
 
     # --- models and the playground --------------------------------------------------------------
 
@@ -230,7 +236,7 @@ class Dashboard:
         rows = []
         for body in self.app.registry.bodies():
             job = jobs.get(body["id"])
-            lines = len(self._file_lines(job["training_file"], 10**9)) if job else None
+            lines = self._line_count(job["training_file"]) if job else None
             rows.append({"model": body, "job": job, "examples": lines})
         return rows
 

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distill_server.models import ModelSource, Registry
+from distill_server.models import KEEP_CHECKPOINTS, ModelSource, Registry
 from distill_server.services.chat import Chat, Serving
 from distill_server.services.files import PARTIAL, Files
 from distill_server.services.jobs import Jobs
@@ -30,14 +30,20 @@ class App:
     serving: Serving
 
     @classmethod
-    def open(cls, data_dir: Path, bases: dict[str, ModelSource]) -> App:
+    def open(
+        cls,
+        data_dir: Path,
+        bases: dict[str, ModelSource],
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
+    ) -> App:
         """The components over ``data_dir`` (absolute), which this process owns: debris of a
-        killed process is removed and stored paths are made relative before anything runs."""
+        killed process is removed and stored paths are made relative before anything runs.
+        ``keep_checkpoints``: how many of each job's last checkpoints keep their files."""
         remove_debris(data_dir)
         cache = data_dir / "converted"
         bases = {name: replace(source, cache=cache) for name, source in bases.items()}
         store = Store(data_dir / "state.sqlite3")
-        registry = Registry(store, bases, data_dir)
+        registry = Registry(store, bases, data_dir, keep_checkpoints)
         if moved := registry.migrate():
             log.info("%d stored adapter paths made relative to %s", moved, data_dir)
         files = Files(store, data_dir / "files")
@@ -55,7 +61,11 @@ class App:
 def remove_debris(data_dir: Path) -> list[Path]:
     """Partial uploads and model conversions a killed process left behind; only the owner of
     ``data_dir`` calls this, so nothing removed is being written."""
-    found = [*data_dir.glob(f"files/*{PARTIAL}*"), *data_dir.glob(f"converted/*{PARTIAL}*")]
+    found = [
+        *data_dir.glob(f"files/*{PARTIAL}*"),
+        *data_dir.glob(f"converted/*{PARTIAL}*"),
+        *data_dir.glob("adapters/*/*.partial"),  # a checkpoint being saved
+    ]
     for path in found:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -9,11 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from distill_server.errors import bad_request, not_found
+from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.store import Record, Store, new_id, paginate
 
 PARTIAL = ".partial-"
 """Infix of an upload being written; what a killed process left is removed at start-up."""
+_JOBS_USING = (
+    "SELECT id, json_extract(body, '$.status') FROM objects WHERE kind = 'job' AND "
+    "json_extract(body, '$.status') NOT IN ('succeeded', 'failed', 'cancelled') AND "
+    "(json_extract(body, '$.training_file') = ? OR json_extract(body, '$.validation_file') = ?)"
+)
 PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
 
 
@@ -70,6 +75,22 @@ class Files:
     def content(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()
 
+    def head(self, file_id: str, lines: int, max_bytes: int = 64 << 10) -> list[str]:
+        """The file's first ``lines`` lines, from at most its first ``max_bytes`` (a line cut
+        there ends the list): a page showing a file never reads it whole."""
+        with self.path(file_id).open("rb") as stream:
+            data = stream.read(max_bytes)
+        return data.decode("utf-8", errors="replace").splitlines()[:lines]
+
+    def count_lines(self, file_id: str) -> int:
+        """The file's lines (as ``splitlines`` counts them), counted in 1 MB blocks."""
+        count, last = 0, b"\n"
+        with self.path(file_id).open("rb") as stream:
+            while block := stream.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+        return count + (last != b"\n")
+
     def path(self, file_id: str) -> Path:
         """Where an uploaded file's bytes are (404 for an unknown id)."""
         self.retrieve(file_id)
@@ -84,7 +105,18 @@ class Files:
         return paginate(bodies, after=after, limit=limit, newest_first=order != "asc").body()
 
     def delete(self, file_id: str) -> dict[str, Any]:
+        """Delete a file, unless a job that has not finished trains on it (409): deleting it
+        would fail that job later, far from the request that caused it."""
         self.retrieve(file_id)
+        using = self._store.query(_JOBS_USING, (file_id, file_id))
+        if using:
+            raise ApiError(
+                409,
+                f"File {file_id!r} is used by fine-tuning job {using[0][0]!r}, which is "
+                f"{using[0][1]}; cancel it or wait for it to finish, then delete the file.",
+                param="file_id",
+                code="file_in_use",
+            )
         self._store.delete("file", file_id)
         (self._root / file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}

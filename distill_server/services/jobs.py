@@ -8,21 +8,23 @@ cancel racing the trainer's last step cannot be overwritten by "succeeded".
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from distill_server.architectures import module_names
 from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.lora_settings import LORA_KEYS, check_lora
-from distill_server.models import Registry
+from distill_server.models import FINAL, ModelSource, Registry, line_limit
 from distill_server.services.files import Files
 from distill_server.store import Record, Store, matches, new_id, paginate
-from distill_shapes.training import InvalidTrainingFile, parse_training_file
+from distill_shapes.training import InvalidTrainingFile, enough, iter_examples, read_lines
 
-FINAL = frozenset({"succeeded", "failed", "cancelled"})
 AUTO_EPOCHS = 3
 _HYPER_KEYS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+_SUFFIX = re.compile(r"[A-Za-z0-9._-]{0,64}")
 
 
 class Jobs:
@@ -40,11 +42,12 @@ class Jobs:
         job = self._new_job(request)
         self.event(job["id"], f"Validating training file: {job['training_file']}")
         param = "training_file"
+        limit = line_limit(self.registry.base(job["model"]).context_length())
         try:
-            n_examples = len(parse_training_file(self.files.content(job[param])))
+            n_examples = self.check_file(job[param], limit)
             if job["validation_file"]:
                 param = "validation_file"
-                parse_training_file(self.files.content(job[param]))
+                self.check_file(job[param], limit)
         except InvalidTrainingFile as exc:
             message = str(exc).replace("training file", param.replace("_", " "), 1)
             error = {"code": f"invalid_{param}", "message": message, "param": param}
@@ -55,6 +58,13 @@ class Jobs:
         with self.queued:
             self.queued.notify_all()
         return job
+
+    def check_file(self, file_id: str, max_line_bytes: int) -> int:
+        """How many examples a training file holds, checked line by line from disk."""
+        with self.files.path(file_id).open("rb") as stream:
+            count = sum(1 for _ in iter_examples(read_lines(stream, max_line_bytes)))
+        enough(count)
+        return count
 
     def retrieve(self, job_id: str) -> dict[str, Any]:
         return self._record(job_id).body
@@ -78,7 +88,11 @@ class Jobs:
         status = self.retrieve(job_id)["status"]
         if status in FINAL:
             raise bad_request(f"Job {job_id!r} is already {status} and cannot be cancelled.")
-        return self.finish(job_id, "cancelled", {}, message="Fine-tuning job cancelled")
+        body = self.finish(job_id, "cancelled", {}, message="Fine-tuning job cancelled")
+        # A job queued again after a restart has checkpoints: it will not resume now. (A running
+        # one's trainer does this too once it stops, after any checkpoint it was saving.)
+        self.registry.retain(job_id, resumable=False)
+        return body
 
     def next_queued(self) -> dict[str, Any] | None:
         """The oldest queued job, if any."""
@@ -135,15 +149,22 @@ class Jobs:
 
     def _new_job(self, request: Mapping[str, Any]) -> dict[str, Any]:
         model = _required_str(request, "model")
-        self.registry.base(model)
-        training = self._fine_tune_file(_required_str(request, "training_file"), "training_file")
+        limit = line_limit(self.registry.base(model).context_length())
+        training = self._fine_tune_file(
+            _required_str(request, "training_file"), "training_file", limit
+        )
         validation = request.get("validation_file")
         if validation is not None:
-            self._fine_tune_file(str(validation), "validation_file")
+            self._fine_tune_file(str(validation), "validation_file", limit)
         suffix = request.get("suffix")
-        if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
-            raise bad_request("`suffix` must be a string of at most 64 characters.", "suffix")
+        if suffix is not None and not (isinstance(suffix, str) and _SUFFIX.fullmatch(suffix)):
+            raise bad_request(
+                f"`suffix` {suffix!r} must be at most 64 letters, digits, '-', '_' or '.': it "
+                "becomes part of the model's id (ft:<base>:<org>:<suffix>:<id>).",
+                "suffix",
+            )
         hyper = _hyperparameters(request)
+        _check_targets(hyper.get("lora_target_modules"), self.registry.base(model))
         job_id = new_id("ftjob-")
         seed = request.get("seed")
         body: dict[str, Any] = {
@@ -170,7 +191,11 @@ class Jobs:
         self.store.put(Record("job", job_id, body, {"suffix": suffix}))
         return body
 
-    def _fine_tune_file(self, file_id: str, param: str) -> str:
+    def _fine_tune_file(self, file_id: str, param: str, max_line_bytes: int) -> str:
+        """The file's id, once it is known to be a fine-tune upload whose every line can fit
+        the model's context: a line past ``max_line_bytes`` is a 400 naming it and the limit,
+        found reading the file a block at a time (a 10 MB line would take the trainer
+        hundreds of MB to tokenize before failing)."""
         try:
             purpose = self.files.retrieve(file_id)["purpose"]
         except ApiError:
@@ -178,6 +203,13 @@ class Jobs:
         if purpose != "fine-tune":
             message = f"File {file_id!r} has purpose {purpose!r}; upload it with 'fine-tune'."
             raise bad_request(message, param, "invalid_file_purpose")
+        try:
+            with self.files.path(file_id).open("rb") as stream:
+                for _ in read_lines(stream, max_line_bytes):
+                    pass
+        except InvalidTrainingFile as exc:
+            message = str(exc).replace("training file", param.replace("_", " "), 1)
+            raise bad_request(message, param, "line_too_long") from None
         return file_id
 
 
@@ -209,6 +241,20 @@ def _hyperparameters(request: Mapping[str, Any]) -> dict[str, Any]:
     if lr != "auto" and not (isinstance(lr, int | float) and lr > 0):
         raise bad_request("`learning_rate_multiplier` must be 'auto' or a positive number.", "lr")
     return {**hyper, **check_lora(given)}
+
+
+def _check_targets(modules: list[str] | None, base: ModelSource) -> None:
+    """LoRA target modules the base model has (checked for the families the server knows)."""
+    known = module_names(base.model_type())
+    if modules is None or known is None:
+        return
+    unknown = [m for m in modules if m.rsplit(".", 1)[-1] not in known]
+    if unknown:
+        raise bad_request(
+            f"`lora_target_modules`: {base.id!r} has no module {unknown[0]!r}; its modules are "
+            f"{', '.join(sorted(known))}.",
+            "lora_target_modules",
+        )
 
 
 def _resolve_auto(hyper: Mapping[str, Any], n_examples: int) -> dict[str, Any]:

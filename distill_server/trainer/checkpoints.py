@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-STATE_FILE = "trainer_state.pt"
+from distill_server.models import OPTIMIZER_STATE as STATE_FILE
 
 
 @dataclass(frozen=True, slots=True)

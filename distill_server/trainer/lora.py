@@ -107,11 +107,24 @@ def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[
     return ids, labels
 
 
-def _encoded(tokenizer: Any, examples: Sequence[Example], limit: int) -> list[_Encoded]:
+class Stopped(Exception):
+    """Raised where a job is asked to stop before its first step (reading, tokenizing)."""
+
+
+STOP_EVERY = 16
+"""Examples tokenized between two looks at ``Callbacks.stop``."""
+
+
+def _encoded(
+    tokenizer: Any, examples: Sequence[Example], limit: int, stop: Callable[[], bool]
+) -> list[_Encoded]:
     """Every example tokenized; one longer than ``limit`` fails naming its line, since
-    cutting it would train on a conversation without the end of its answer."""
+    cutting it would train on a conversation without the end of its answer. Raises
+    ``Stopped`` when ``stop`` says so: a large file takes minutes."""
     encoded = []
-    for example in examples:
+    for index, example in enumerate(examples):
+        if index % STOP_EVERY == 0 and stop():
+            raise Stopped
         ids, labels = tokenize_example(tokenizer, example)
         if len(ids) > limit:
             raise too_long(example, len(ids), limit)
@@ -139,8 +152,11 @@ def train_lora(
     # and gradients or injected LoRA layers must never touch the weights being served.
     tokenizer, base = load_pretrained(source)
     context = context_limit(base.config)
-    train = _encoded(tokenizer, examples, context)
-    valid = _encoded(tokenizer, validation, context)
+    try:
+        train = _encoded(tokenizer, examples, context, callbacks.stop)
+        valid = _encoded(tokenizer, validation, context, callbacks.stop)
+    except Stopped:
+        return Outcome(None, 0, 0)
     model = _lora(base, hp)
     pad = int(tokenizer.pad_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]
