@@ -185,3 +185,13 @@ def test_a_request_cancelled_mid_prefill_runs_no_more_chunks(
     assert result.batch_size == 1 and called == []
     with pytest.raises(CancelledError):
         long.result()
+
+
+def test_prompts_run_together_by_length_so_a_short_one_waits_for_no_long_one(
+    engine: Engine,
+) -> None:
+    requests = [ask("Hi."), ask(LONG), ask("Hello there."), ask(LONG + " And more.")]
+    rows = [engine.row(request) for request in requests]
+    groups = engine.prefills(None, rows, CHUNK * 4)
+    assert [[rows.index(row) for row in p.rows] for p in groups] == [[0, 2], [1, 3]]
+    assert len(engine.prefills(None, rows)) == 1  # run whole, they all go together

@@ -8,9 +8,10 @@ batch of their model id (their adapter), up to ``max_batch`` rows. A short reque
 arrives while a long one decodes so waits for a step, not for the long one.
 
 Prompts run in chunks (chunked prefill): each step runs up to ``prefill_chunk`` prompt tokens
-besides the running rows' decoding, so a long prompt neither stalls the running streams nor
-keeps a short request waiting for the whole of it. The shortest prompts go first, save a
-quarter of the chunk that the oldest prompt always gets, so a long prompt still progresses.
+(by default the engine's: 512 on an accelerator, 64 on a CPU) besides the running rows'
+decoding, so a long prompt neither stalls the running streams nor keeps a short request
+waiting for the whole of it. The shortest prompts go first, save a quarter of the chunk that
+the oldest prompt always gets, so a long prompt still progresses.
 
 ``submit`` returns a ``Future``: cancelling it, queued or decoding, frees the request's row at
 the next step.
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
         Row,
     )
 
-PREFILL_CHUNK = 512
-"""Prompt tokens run per step, besides the running rows' decoding."""
-
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
@@ -57,14 +55,14 @@ class Batcher:
         *,
         max_batch: int = 64,
         window_s: float = 0.005,
-        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_chunk: int | None = None,
     ) -> None:
-        if prefill_chunk < 1:
+        if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk is {prefill_chunk}; it must be at least 1.")
         self._load = load
         self._engine: Engine | None = None
         self._max_batch = max_batch
-        self._chunk = prefill_chunk
+        self._prefill_chunk = prefill_chunk
         self._window_s = window_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._waiting: list[_Pending] = []
@@ -142,7 +140,7 @@ class Batcher:
         if not rows:
             return
         try:
-            self._prefilling += self._engine.prefills(adapter, rows, alone_over=self._chunk)
+            self._prefilling += self._engine.prefills(adapter, rows, self._chunk)
         except Exception as exc:  # these new rows fail; the running ones decode on
             for row in rows:
                 row.error = exc
@@ -154,7 +152,6 @@ class Batcher:
         The oldest gets a quarter of the chunk (or what it has left); then the shortest go
         first, so a short prompt runs within a step whatever long prompts are running.
         """
-        assert self._engine is not None or not self._prefilling
         for prefill in self._prefilling:
             assert self._engine is not None
             self._finish(self._engine.drop_cancelled(prefill))
@@ -192,6 +189,11 @@ class Batcher:
             if prefill in self._prefilling:
                 self._prefilling.remove(prefill)
         self._finish(done)
+
+    @property
+    def _chunk(self) -> int:
+        assert self._engine is not None
+        return self._prefill_chunk or self._engine.prefill_chunk
 
     def _row(self, pending: _Pending) -> Row | None:
         assert self._engine is not None
