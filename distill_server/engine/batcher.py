@@ -7,6 +7,12 @@ steps it takes the requests that arrived, runs their prompts and adds them to th
 batch of their model id (their adapter), up to ``max_batch`` rows. A short request that
 arrives while a long one decodes so waits for a step, not for the long one.
 
+Prompts run in chunks (chunked prefill): each step runs up to ``prefill_chunk`` prompt tokens
+(by default the engine's: 512 on an accelerator, 64 on a CPU) besides the running rows'
+decoding, so a long prompt neither stalls the running streams nor keeps a short request
+waiting for the whole of it. The shortest prompts go first, save a quarter of the chunk that
+the oldest prompt always gets, so a long prompt still progresses.
+
 ``submit`` returns a ``Future``: cancelling it, queued or decoding, frees the request's row at
 the next step.
 """
@@ -23,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distill_server.engine.decode import Decoding, Engine, GenRequest, GenResult, Row
+    from distill_server.engine.decode import (
+        Decoding,
+        Engine,
+        GenRequest,
+        GenResult,
+        Prefill,
+        Row,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +50,24 @@ class Batcher:
     """Queues requests for one base model and decodes them on a worker thread."""
 
     def __init__(
-        self, load: Callable[[], Engine], *, max_batch: int = 64, window_s: float = 0.005
+        self,
+        load: Callable[[], Engine],
+        *,
+        max_batch: int = 64,
+        window_s: float = 0.005,
+        prefill_chunk: int | None = None,
     ) -> None:
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk is {prefill_chunk}; it must be at least 1.")
         self._load = load
         self._engine: Engine | None = None
         self._max_batch = max_batch
+        self._prefill_chunk = prefill_chunk
         self._window_s = window_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._waiting: list[_Pending] = []
         self._running: dict[Path | None, Decoding] = {}
+        self._prefilling: list[Prefill] = []
         self._futures: dict[Row, Future[GenResult]] = {}
         self._stopping = threading.Event()
         # A daemon, and it checks ``_stopping`` every step: a decode never keeps the process
@@ -68,7 +90,7 @@ class Batcher:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                if not self._running and not self._waiting:
+                if not self._running and not self._waiting and not self._prefilling:
                     if not self._gather(block=True):
                         return
                     # A short window lets requests sent "at once" arrive before decoding.
@@ -76,6 +98,7 @@ class Batcher:
                 if not self._gather(block=False):
                     return
                 self._admit()
+                self._prefill()
                 for decoding in list(self._running.values()):
                     self._step(decoding)
         finally:
@@ -99,6 +122,7 @@ class Batcher:
         for adapter in dict.fromkeys(p.adapter for p in self._waiting):
             running = self._running.get(adapter)
             room = self._max_batch - (len(running.rows) if running else 0)
+            room -= sum(len(p.rows) for p in self._prefilling if p.adapter == adapter)
             batch = [p for p in self._waiting if p.adapter == adapter][:room]
             if batch:
                 self._waiting = [p for p in self._waiting if p not in batch]
@@ -116,17 +140,60 @@ class Batcher:
         if not rows:
             return
         try:
-            started, done = self._engine.start(adapter, rows)
-            running = self._running.get(adapter)
-            if started is not None and started.rows and running is not None:
-                self._engine.join(running, started)
-            elif started is not None and started.rows:
-                self._running[adapter] = started
+            self._prefilling += self._engine.prefills(adapter, rows, self._chunk)
         except Exception as exc:  # these new rows fail; the running ones decode on
             for row in rows:
                 row.error = exc
-            done = [row for row in rows if row in self._futures]
+            self._finish(rows)
+
+    def _prefill(self) -> None:
+        """Run up to ``prefill_chunk`` tokens of the prompts waiting to run.
+
+        The oldest gets a quarter of the chunk (or what it has left); then the shortest go
+        first, so a short prompt runs within a step whatever long prompts are running.
+        """
+        for prefill in self._prefilling:
+            assert self._engine is not None
+            self._finish(self._engine.drop_cancelled(prefill))
+        self._prefilling = [p for p in self._prefilling if p.rows]
+        if not self._prefilling:
+            return
+        oldest = self._prefilling[0]
+        shares = {oldest: min(oldest.remaining, max(self._chunk // 4, 1))}
+        left = self._chunk - shares[oldest]
+        for prefill in sorted(self._prefilling, key=lambda p: p.remaining):
+            more = min(prefill.remaining - shares.get(prefill, 0), left)
+            if more > 0:
+                shares[prefill] = shares.get(prefill, 0) + more
+                left -= more
+        for prefill, tokens in shares.items():
+            self._advance(prefill, tokens)
+
+    def _advance(self, prefill: Prefill, tokens: int) -> None:
+        assert self._engine is not None
+        try:
+            started = self._engine.advance(prefill, tokens)
+            if started is None:
+                return
+            self._prefilling.remove(prefill)
+            done = self._engine.leave(started)
+            running = self._running.get(prefill.adapter)
+            if started.rows and running is not None:
+                self._engine.join(running, started)
+            elif started.rows:
+                self._running[prefill.adapter] = started
+        except Exception as exc:  # this group's rows fail; the others go on
+            for row in prefill.rows:
+                row.error = exc
+            done = [row for row in prefill.rows if row in self._futures]
+            if prefill in self._prefilling:
+                self._prefilling.remove(prefill)
         self._finish(done)
+
+    @property
+    def _chunk(self) -> int:
+        assert self._engine is not None
+        return self._prefill_chunk or self._engine.prefill_chunk
 
     def _row(self, pending: _Pending) -> Row | None:
         assert self._engine is not None
@@ -174,6 +241,7 @@ class Batcher:
         for future in pending:
             future.cancel()
         self._waiting, self._running, self._futures = [], {}, {}
+        self._prefilling = []
 
 
 def _settle(future: Future[GenResult], outcome: GenResult | BaseException) -> None:

@@ -43,6 +43,13 @@ class RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers
         grown[..., : self._used, :] = room[..., : self._used, :]
         return grown
 
+    def reserve(self, length: int) -> None:
+        """Set aside room for ``length`` positions, so that the chunks up to it copy nothing."""
+        if length > self._key_room.shape[-2]:
+            self._key_room = self._grown(self._key_room, self._key_room, length)
+            self._value_room = self._grown(self._value_room, self._value_room, length)
+            self._view()
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         self._key_room = self._key_room.repeat_interleave(repeats, dim=0)
         self._value_room = self._value_room.repeat_interleave(repeats, dim=0)
@@ -74,6 +81,17 @@ def append_rows(cache: Cache, other: Cache) -> None:
         keys = torch.cat([_left_pad(layer.keys, length), _left_pad(extra.keys, length)])
         values = torch.cat([_left_pad(layer.values, length), _left_pad(extra.values, length)])
         _assign(layer, keys, values)
+
+
+def reserve(cache: Cache, length: int) -> None:
+    """Room for ``length`` positions and a few steps more in each layer that holds some.
+
+    A prompt that runs in chunks then takes the room its whole prompt needs once (the room
+    it takes run whole), instead of growing it chunk by chunk.
+    """
+    for layer in _layers(cache):
+        if isinstance(layer, RoomyLayer) and layer.is_initialized:
+            layer.reserve(length + RoomyLayer.ROOM)
 
 
 def drop_leading(cache: Cache, count: int) -> None:

@@ -18,7 +18,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from distill_server.architectures import context_limit
-from distill_server.engine.cache import RoomyLayer, append_rows, drop_leading
+from distill_server.engine.cache import RoomyLayer, append_rows, drop_leading, reserve
 from distill_server.engine.text import Answer
 from distill_server.errors import ApiError
 from distill_server.models import ModelSource
@@ -96,12 +96,45 @@ class Decoding:
     """The tokens the next step feeds in, one per row."""
 
 
+@dataclass(eq=False, slots=True)
+class Prefill:
+    """A group of rows whose prompts run a chunk at a time: a shared prefix, then the rest.
+
+    The shared prefix (tokens every row's prompt starts with) runs once, on one row of KV
+    cache, which is then copied to every row; the rest of each prompt is left-padded to the
+    longest and runs in columns. ``Engine.advance`` runs the next chunk.
+    """
+
+    adapter: Path | None
+    rows: list[Row]
+    past: Cache
+    shared: list[int]
+    ids: torch.Tensor
+    """Each row's prompt after the shared prefix, left-padded to the longest."""
+    mask: torch.Tensor
+    """The shared prefix, the padding and each row's own tokens."""
+    positions: torch.Tensor
+    """The position of each of ``ids``."""
+    ran: int = 0
+    """Tokens of the shared prefix, then columns of ``ids``, that have run."""
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to run: what is left of the prefix, once, and each row's columns."""
+        columns = self.ids.shape[1]
+        prefix_left = max(len(self.shared) - self.ran, 0)
+        column = max(self.ran - len(self.shared), 0)
+        return prefix_left + len(self.rows) * (columns - column)
+
+
 class Engine:
     """A loaded base model plus the LoRA adapters loaded onto it so far.
 
     ``generate`` decodes a list of requests to the end. The batcher instead drives decoding a
-    step at a time: ``row`` prepares a request, ``start`` runs new rows' prompts, ``join`` adds
-    them to a running ``Decoding`` and ``step`` decodes one more token for every row.
+    step at a time: ``row`` prepares a request, ``prefills`` groups new rows, ``advance`` runs
+    the next chunk of a group's prompts (until it returns the group's ``Decoding``), ``join``
+    adds those rows to a running ``Decoding`` and ``step`` decodes one more token for every
+    row. ``start`` runs new rows' prompts whole.
     """
 
     def __init__(self, source: ModelSource) -> None:
@@ -111,6 +144,9 @@ class Engine:
         self._eos = _eos_ids(self.tokenizer, self.base)
         self.context = context_limit(self.base.config)
         self.device = self.base.device
+        # Prompt tokens the batcher runs per step besides its decoding: an accelerator runs
+        # 512 in about a decoding step's time; a CPU computes each token, so it takes fewer.
+        self.prefill_chunk = 64 if self.device.type == "cpu" else 512
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
@@ -161,20 +197,133 @@ class Engine:
         """
         groups: list[Decoding] = []
         failed: list[Row] = []
-        for group in _by_leading_messages(rows):
+        for prefill in self.prefills(adapter, rows):
             try:
-                with self._model(adapter) as model, torch.inference_mode():
-                    groups.append(self._prefill(model, adapter, group))
+                decoding = None
+                while decoding is None and prefill.rows:
+                    failed += self.drop_cancelled(prefill)
+                    decoding = self.advance(prefill, prefill.remaining)
+                if decoding is not None:
+                    groups.append(decoding)
             except Exception as error:  # this group's prompts only; the others go on
-                for row in group:
+                for row in prefill.rows:
                     row.error = error
-                failed += group
+                failed += prefill.rows
         if not groups:
             return None, failed
         decoding = groups[0]
         for other in groups[1:]:
             self.join(decoding, other)
-        return decoding, failed + self._leave(decoding)
+        return decoding, failed + self.leave(decoding)
+
+    def prefills(
+        self, adapter: Path | None, rows: list[Row], chunk: int | None = None
+    ) -> list[Prefill]:
+        """``rows`` in groups whose prompts run together, none run yet.
+
+        Rows that share their leading messages form a group (and run their common prefix
+        once). The others go together, or with a ``chunk`` size, by length: prompts of up to
+        a chunk together, longer ones with those up to twice as long, so that a short prompt
+        neither waits for a long one's chunks nor is padded to its length.
+        """
+        groups: list[list[Row]] = []
+        for group in _by_leading_messages(rows):
+            if chunk is None or len(group) == 1 or _shared_prefix([r.prompt for r in group]):
+                groups.append(group)
+                continue
+            lengths: dict[int, list[Row]] = {}
+            for row in group:
+                size = ((len(row.prompt) - 1) // chunk).bit_length()
+                lengths.setdefault(size, []).append(row)
+            groups += lengths.values()
+        return [self._prefill(adapter, group) for group in groups]
+
+    def advance(self, prefill: Prefill, tokens: int) -> Decoding | None:
+        """Run about ``tokens`` more of ``prefill``'s prompt tokens (at least one column).
+
+        Returns the group's ``Decoding``, its first tokens picked, once the prompts have run;
+        None before, or when no row is left (``drop_cancelled``).
+        """
+        shared, columns = len(prefill.shared), prefill.ids.shape[1]
+        with self._model(prefill.adapter) as model, torch.inference_mode():
+            if prefill.ran < shared:
+                end = min(shared, prefill.ran + max(tokens, 1))
+                ids = torch.tensor([prefill.shared[prefill.ran : end]], device=self.device)
+                positions = torch.arange(prefill.ran, end, device=self.device).unsqueeze(0)
+                out = model(
+                    input_ids=ids,
+                    position_ids=positions,
+                    cache=prefill.past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                prefill.past = out.cache
+                reserve(prefill.past, shared)
+                tokens -= end - prefill.ran
+                prefill.ran = end
+                if end < shared or tokens <= 0 or not prefill.rows:
+                    return None
+            if prefill.ran == shared and shared:
+                prefill.past.batch_repeat_interleave(len(prefill.rows))
+            if not prefill.rows:
+                return None
+            begin = prefill.ran - shared
+            end = min(columns, begin + max(tokens // len(prefill.rows), 1))
+            out = model(
+                input_ids=prefill.ids[:, begin:end],
+                attention_mask=prefill.mask[:, : shared + end],
+                position_ids=prefill.positions[:, begin:end],
+                cache=prefill.past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            prefill.past = out.cache
+            reserve(prefill.past, shared + columns)
+            prefill.ran = shared + end
+        if end < columns:
+            return None
+        decoding = Decoding(
+            prefill.adapter,
+            prefill.rows,
+            prefill.past,
+            prefill.mask,
+            prefill.positions[:, -1:],
+            prefill.ids[:, -1:],
+        )
+        self._advance(decoding, out.logits[:, -1, :].float())
+        return decoding
+
+    def drop_cancelled(self, prefill: Prefill) -> list[Row]:
+        """Rows cancelled while their prompts run leave ``prefill``; returns them.
+
+        Their KV cache goes with them, and so do columns only their prompts needed that have
+        not run yet.
+        """
+        gone = [row for row in prefill.rows if row.cancelled()]
+        if not gone:
+            return []
+        for row in gone:
+            row.finish = "cancelled"
+        keep = [k for k, row in enumerate(prefill.rows) if not row.done]
+        prefill.rows = [prefill.rows[k] for k in keep]
+        if not keep:
+            prefill.past = Cache(layer_class_to_replicate=_RoomyLayer)
+            return gone
+        shared = len(prefill.shared)
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        if prefill.ran > shared:  # below it, the cache has the prefix's single row yet
+            prefill.past.batch_select_indices(index)
+        ids, mask = prefill.ids[index], prefill.mask[index]
+        positions = prefill.positions[index]
+        # Columns that are padding for every remaining row, not run yet, are skipped.
+        column = max(prefill.ran - shared, 0)
+        lead = int(mask[:, shared:].any(dim=0).int().argmax())
+        if lead > column:
+            kept = [*range(column), *range(lead, ids.shape[1])]
+            ids, positions = ids[:, kept], positions[:, kept]
+            mask = mask[:, [*range(shared), *(shared + k for k in kept)]]
+        prefill.ids, prefill.mask, prefill.positions = ids, mask, positions
+        return gone
 
     def join(self, decoding: Decoding, new: Decoding) -> None:
         """Add ``new``'s rows (of the same adapter) to ``decoding``, between two steps."""
@@ -198,20 +347,15 @@ class Engine:
             )
         decoding.past = out.cache
         self._advance(decoding, out.logits[:, -1, :].float())
-        return self._leave(decoding)
+        return self.leave(decoding)
 
-    def _prefill(self, model: Any, adapter: Path | None, rows: list[Row]) -> Decoding:
+    def _prefill(self, adapter: Path | None, rows: list[Row]) -> Prefill:
         pad = int(self.tokenizer.pad_token_id)
+        # Rows that start with the same tokens (a few-shot prompt, a long system message) run
+        # that prefix once and copy its KV cache to every row, so a batch pays for it once
+        # instead of once per row. The rest of each prompt is left-padded after it; the mask
+        # hides the padding wherever it sits.
         shared = _shared_prefix([row.prompt for row in rows])
-        past = Cache(layer_class_to_replicate=_RoomyLayer)
-        if shared:
-            # The rows start with the same tokens (a few-shot prompt, a long system message):
-            # that prefix is run once and its KV cache copied to every row, so a batch pays for
-            # it once instead of once per row. The rest of each prompt is left-padded after
-            # it; the mask hides the padding wherever it sits.
-            prefix = torch.tensor([shared], device=self.device)
-            model(input_ids=prefix, cache=past, use_cache=True, logits_to_keep=1)
-            past.batch_repeat_interleave(len(rows))
         rests = [row.prompt[len(shared) :] for row in rows]
         width = max(len(rest) for rest in rests)
         ids = torch.tensor(
@@ -221,17 +365,8 @@ class Engine:
             [[1] * len(shared) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests]
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        decoding = Decoding(adapter, rows, out.cache, mask, positions[:, -1:], ids[:, -1:])
-        self._advance(decoding, out.logits[:, -1, :].float())
-        return decoding
+        past = Cache(layer_class_to_replicate=_RoomyLayer)
+        return Prefill(adapter, rows, past, shared, ids, mask, positions)
 
     def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
         """Append each row's next token; the next step feeds them in."""
@@ -267,7 +402,7 @@ class Engine:
         if len(row.tokens) >= row.limit:
             row.finish = "length"
 
-    def _leave(self, decoding: Decoding) -> list[Row]:
+    def leave(self, decoding: Decoding) -> list[Row]:
         """Done rows leave the batch and its KV cache; so do positions no row still needs."""
         done = [row for row in decoding.rows if row.done]
         if not done:
