@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     )
 
 
+IDLE_CHUNKS = 4
+"""How many chunks a step of prompts may run when no other request waits on it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     adapter: Path | None
@@ -159,8 +163,12 @@ class Batcher:
         if not self._prefilling:
             return
         oldest = self._prefilling[0]
-        shares = {oldest: min(oldest.remaining, max(self._chunk // 4, 1))}
-        left = self._chunk - shares[oldest]
+        # Alone (nothing decoding, one group of prompts) a step may take more: the loop still
+        # looks for new requests between steps, and a newcomer brings the budget back down.
+        alone = not self._running and len(self._prefilling) == 1 and not self._waiting
+        budget = self._chunk * (IDLE_CHUNKS if alone else 1)
+        shares = {oldest: min(oldest.remaining, max(budget // 4, 1))}
+        left = budget - shares[oldest]
         for prefill in sorted(self._prefilling, key=lambda p: p.remaining):
             more = min(prefill.remaining - shares.get(prefill, 0), left)
             if more > 0:
