@@ -102,7 +102,7 @@ class Guard:
             return
         limit = UPLOAD_LIMIT if scope["path"].rstrip("/") == _UPLOAD_PATH else JSON_LIMIT
         length = headers.get("content-length", "0")
-        if length.isdigit() and int(length) > limit:
+        if length.isascii() and length.isdigit() and int(length) > limit:
             await drain(receive)
             await error_response(BodyTooLarge(limit), {"connection": "close"})(scope, receive, send)
             return

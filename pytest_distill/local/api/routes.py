@@ -26,7 +26,7 @@ from pytest_distill.local.api.app import App
 from pytest_distill.local.api.guard import error_response
 from pytest_distill.local.api.schemas import ChatRequest, JobRequest, UpdateCompletion, parse
 from pytest_distill.local.api.streaming import Deltas, event_stream, wait_unless_gone
-from pytest_distill.local.errors import ApiError, bad_request
+from pytest_distill.local.errors import ApiError, bad_request, whole_number
 
 log = logging.getLogger("pytest_distill.local")
 Body = TypeVar("Body", bound=BaseModel)
@@ -82,11 +82,7 @@ def no_body(request: Request) -> None:
 
 def int_query(request: Request, key: str, default: int) -> int:
     value = request.query_params.get(key)
-    if value is None:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= 10_000:
-        raise bad_request(f"`{key}` must be an integer from 1 to 10000, not {value!r}.", key)
-    return int(value)
+    return default if value is None else whole_number(value, key, 1, 10_000)
 
 
 def order_query(request: Request, default: str) -> str:

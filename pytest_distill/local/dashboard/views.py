@@ -24,7 +24,7 @@ from pytest_distill.local.api.app import App
 from pytest_distill.local.dashboard import distill, queries
 from pytest_distill.local.dashboard.charts import loss_chart
 from pytest_distill.local.dashboard.sessions import COOKIE, Session, Sessions
-from pytest_distill.local.errors import ApiError
+from pytest_distill.local.errors import MAX_CURSOR, ApiError, whole_number
 
 Page = Callable[[Request, Session], Awaitable[Response]]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -122,9 +122,10 @@ class Dashboard:
         )
         before = request.query_params.get("before", "")
         try:
-            rows, next_cursor = await run_in_threadpool(
-                queries.page, self.app.store, where, int(before) if before.isdigit() else None
-            )
+            cursor = whole_number(before, "before", 0, MAX_CURSOR) if before else None
+            rows, next_cursor = await run_in_threadpool(queries.page, self.app.store, where, cursor)
+        except ApiError as exc:
+            rows, next_cursor, extra["error"] = [], None, exc.message
         except ValueError as exc:
             rows, next_cursor, extra["error"] = [], None, str(exc)
         models = await run_in_threadpool(self._model_ids)
