@@ -3,7 +3,9 @@ floods, and the headers and permissions that keep a browser and other local user
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -34,7 +36,7 @@ def _error(response: httpx.Response, status: int, openapi: OpenApi) -> dict[str,
 
 # --- numbers, dates and cursors -------------------------------------------------------------
 
-ODD_NUMBERS = ["²", "١٢", "１０", "+5", " 5", "5_0", "9" * 30, "1e3", ""]
+ODD_NUMBERS = ["²", "١٢", "\uff11\uff10", "+5", " 5", "5_0", "9" * 30, "1e3", ""]
 
 
 @pytest.mark.parametrize("value", ODD_NUMBERS)
@@ -60,7 +62,7 @@ def test_an_odd_limit_is_a_400_naming_it(
     ("query", "named"),
     [
         ({"until": "9999-12-31"}, "until"),
-        ({"since": "２０２４-01-01"}, "since"),
+        ({"since": "\uff12\uff10\uff12\uff14-01-01"}, "since"),
         ({"since": "2024-W01-1"}, "since"),
         ({"until": "not a day"}, "until"),
         ({"before": "99999999999999999999"}, "before"),
@@ -90,3 +92,114 @@ def test_odd_epochs_on_the_distill_form_are_refused_on_the_page() -> None:
         with pytest.raises(SelectionError, match="epochs"):
             parse_request({"epochs": value, "base_model": "tiny"}, [])
     assert parse_request({"epochs": "7", "base_model": "tiny"}, []).epochs == 7
+
+
+# --- the API key ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, tiny_model: Path) -> Iterator[Any]:
+    from pytest_distill.local import LocalServer
+
+    with LocalServer(tmp_path / "keyed", models={"tiny": tiny_model}, api_key="s3cret") as srv:
+        yield srv
+
+
+def _models(base_url: str, key: str) -> httpx.Response:
+    return httpx.get(
+        f"{base_url}/models", headers={"authorization": f"Bearer {key}".rstrip()}, timeout=30
+    )
+
+
+def test_wrong_keys_from_one_address_are_slowed_and_right_keys_are_not_counted(
+    keyed: Any, openapi: OpenApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_distill.local.api import keys
+
+    monkeypatch.setattr(keys, "LOCKOUT_S", 1.0)
+    for _ in range(3 * keys.FAILURES):  # a right key is never counted
+        assert _models(keyed.base_url, "s3cret").status_code == 200
+    for _ in range(keys.FAILURES):
+        _error(_models(keyed.base_url, "guess"), 401, openapi)
+    locked = _models(keyed.base_url, "guess")
+    error = _error(locked, 429, openapi)
+    assert error["code"] == "rate_limit_exceeded"
+    assert 1 <= int(locked.headers["retry-after"]) <= 1
+    # While locked out no key is compared (else the answer would still tell a right guess).
+    assert _models(keyed.base_url, "s3cret").status_code == 429
+    # The login form is the same check, counted together with the API's.
+    root = keyed.base_url.removesuffix("/v1")
+    login = httpx.post(f"{root}/login", data={"key": "s3cret", "next": "/"}, timeout=30)
+    assert login.status_code == 429
+    assert "try again" in login.text and "retry-after" in login.headers
+    time.sleep(1.2)
+    assert _models(keyed.base_url, "s3cret").status_code == 200
+    # The next lockout is longer.
+    for _ in range(keys.FAILURES):
+        _models(keyed.base_url, "guess")
+    assert int(_models(keyed.base_url, "guess").headers["retry-after"]) == 2
+
+
+def test_the_login_form_and_the_api_check_the_key_the_same_way(keyed: Any) -> None:
+    root = keyed.base_url.removesuffix("/v1")
+    for given, right in [("s3cret", True), (" s3cret ", True), ("s3cre", False), ("", False)]:
+        assert (_models(keyed.base_url, given).status_code == 200) is right, given
+        login = httpx.post(f"{root}/login", data={"key": given, "next": "/"}, timeout=30)
+        assert (login.status_code == 303) is right, given
+
+
+def test_key_check_counts_per_address_and_forgets() -> None:
+    from pytest_distill.local.api.keys import FAILURES, KeyCheck, Verdict
+
+    now = [0.0]
+    check = KeyCheck("k", clock=lambda: now[0])
+    for _ in range(FAILURES):
+        assert check.check("10.0.0.1", "x") is Verdict.WRONG
+    assert check.check("10.0.0.1", "k") is Verdict.LOCKED
+    assert check.check("10.0.0.2", "k") is Verdict.RIGHT  # another address is not slowed
+    now[0] += 3
+    assert check.check("10.0.0.1", "k") is Verdict.RIGHT
+    assert KeyCheck(None).check("a", "anything") is Verdict.RIGHT
+
+
+@pytest.mark.parametrize("argv", [["--api-key", " "], ["--api-key", ""], ["--api-key", " k"]])
+def test_a_blank_key_stops_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from pytest_distill.local import cli
+
+    assert cli.main([*argv, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill-server: ") and err.count("\n") == 1
+    assert not (tmp_path / "state.sqlite3").exists()
+
+
+def test_a_blank_key_in_the_environment_stops_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_distill.local import cli
+
+    monkeypatch.setenv("DISTILL_SERVER_API_KEY", " \t")
+    assert cli.main(["--data-dir", str(tmp_path)]) == 2
+    assert "blank" in capsys.readouterr().err
+
+
+def test_the_key_can_come_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_distill.local import cli
+
+    good = tmp_path / "key"
+    good.write_text("s3cret\n")
+    assert cli._api_key(cli.parser().parse_args(["--api-key-file", str(good)])) == "s3cret"
+    for text in ["", "\n", "  \n"]:
+        bad = tmp_path / "empty"
+        bad.write_text(text)
+        assert cli.main(["--api-key-file", str(bad), "--data-dir", str(tmp_path / "d")]) == 2
+        assert "empty" in capsys.readouterr().err
+    assert cli.main(["--api-key-file", str(tmp_path / "none"), "--data-dir", str(tmp_path)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--api-key-file", str(good), "--api-key", "x"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "--api-key-file PATH" in capsys.readouterr().out

@@ -7,7 +7,7 @@ through untouched). It refuses, in OpenAI's error shape:
   own DNS name to 127.0.0.1 still sends its own name as the Host;
 - an ``Origin`` of a foreign site (403): browsers send one with every cross-site POST;
 - a missing or wrong ``Authorization: Bearer <key>`` when a key is set (401), compared in
-  constant time;
+  constant time, and a client address that guessed wrong too often (429, ``keys.KeyCheck``);
 - a body over the route's limit (413), by its Content-Length before reading, and by counting
   while it streams in (chunked bodies have no length).
 
@@ -20,13 +20,13 @@ thrown away first, for at most ``DRAIN_S`` seconds (as web servers' "lingering c
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
 
+from pytest_distill.local.api.keys import KeyCheck, Verdict, locked_message
 from pytest_distill.local.errors import ApiError
 from pytest_distill.local.server import is_loopback
 
@@ -85,18 +85,19 @@ class Policy:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+    def __init__(self, app: ASGIApp, policy: Policy, keys: KeyCheck | None = None) -> None:
         self.app = app
         self.policy = policy
         self._hosts = policy.hosts()
-        self._key = policy.api_key.encode() if policy.api_key else None
+        self._keys = keys if keys is not None else KeyCheck(policy.api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._refusal(headers, api=scope["path"].startswith("/v1"))
+        client = scope.get("client") or ("", 0)
+        refusal = self._refusal(headers, str(client[0]), api=scope["path"].startswith("/v1"))
         if refusal is not None:
             await error_response(*refusal)(scope, receive, send)
             return
@@ -109,7 +110,7 @@ class Guard:
         await self.app(scope, _counting(receive, limit), send)
 
     def _refusal(
-        self, headers: dict[str, str], *, api: bool
+        self, headers: dict[str, str], client: str, *, api: bool
     ) -> tuple[ApiError, dict[str, str]] | None:
         host = headers.get("host", "")
         if self._hosts is not None and host not in self._hosts:
@@ -123,20 +124,27 @@ class Guard:
             )
             return ApiError(403, message, code="origin_not_allowed"), {}
         # The dashboard's pages (outside /v1) ask for the key once and keep a session instead.
-        if api and self._key is not None and not self._authorized(headers.get("authorization", "")):
+        verdict = self._verdict(headers, client) if api else Verdict.RIGHT
+        if verdict is Verdict.LOCKED:
+            wait = self._keys.retry_after(client)
+            error = ApiError(429, locked_message(wait), type="requests", code="rate_limit_exceeded")
+            return error, {"retry-after": str(wait)}
+        if verdict is Verdict.WRONG:
             message = (
                 "Incorrect or missing API key: send `Authorization: Bearer <key>` with the key "
-                "the server was started with (--api-key or DISTILL_SERVER_API_KEY)."
+                "the server was started with (--api-key, --api-key-file or DISTILL_SERVER_API_KEY)."
             )
             error = ApiError(401, message, code="invalid_api_key")
             return error, {"www-authenticate": "Bearer"}
         return None
 
-    def _authorized(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
-        assert self._key is not None
-        return hmac.compare_digest(given, self._key)
+    def _verdict(self, headers: dict[str, str], client: str) -> Verdict:
+        if not self._keys.needed:
+            return Verdict.RIGHT
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        # Header bytes were read as latin-1; the key is compared as the UTF-8 it was sent as.
+        given = token.encode("latin-1").decode("utf-8", "surrogateescape")
+        return self._keys.check(client, given if scheme.lower() == "bearer" else "")
 
 
 def _counting(receive: Receive, limit: int) -> Receive:

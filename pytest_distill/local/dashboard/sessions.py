@@ -1,7 +1,8 @@
 """Who may use the dashboard: a session cookie, and a CSRF token on every form that changes state.
 
 Browsers cannot send the API's ``Authorization`` header with a page load, so when the server has
-an API key the dashboard asks for it once (a form) and keeps a session: a random id in an
+an API key the dashboard asks for it once (a form, checked by the API's own ``KeyCheck``, so
+guesses are slowed the same way) and keeps a session: a random id in an
 ``HttpOnly``, ``SameSite=Strict`` cookie, known only to this process. Every state-changing form
 carries the session's CSRF token, compared in constant time; the server's guard already
 refuses any request whose ``Origin`` is a foreign site.
@@ -14,6 +15,8 @@ import secrets
 import threading
 from dataclasses import dataclass
 
+from pytest_distill.local.api.keys import KeyCheck
+
 COOKIE = "distill_session"
 MAX_SESSIONS = 1000
 
@@ -25,25 +28,21 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, api_key: str | None) -> None:
-        self._key = api_key.encode() if api_key else None
+    def __init__(self, keys: KeyCheck) -> None:
+        self.keys = keys
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     @property
     def needs_key(self) -> bool:
-        return self._key is not None
+        return self.keys.needed
 
     def find(self, cookie: str | None) -> Session | None:
         with self._lock:
             return self._sessions.get(cookie or "")
 
-    def open(self, given_key: str | None) -> Session | None:
-        """A new session when the key is right (or none is needed); None otherwise."""
-        if self._key is not None:
-            given = (given_key or "").encode()
-            if not hmac.compare_digest(given, self._key):
-                return None
+    def open(self) -> Session:
+        """A new session: only after the key was checked (or when none is needed)."""
         session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
         with self._lock:
             if len(self._sessions) >= MAX_SESSIONS:  # the oldest go first

@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from pytest_distill.local.api.app import App
+from pytest_distill.local.api.keys import KeyCheck, Verdict, locked_message
 from pytest_distill.local.dashboard import distill, queries
 from pytest_distill.local.dashboard.charts import loss_chart
 from pytest_distill.local.dashboard.sessions import COOKIE, Session, Sessions
@@ -38,10 +39,10 @@ _REPORT_POLICY = (
 
 
 class Dashboard:
-    def __init__(self, app: App, data_dir: Path, api_key: str | None) -> None:
+    def __init__(self, app: App, data_dir: Path, keys: KeyCheck) -> None:
         self.app = app
         self.reports = data_dir / "reports"
-        self.sessions = Sessions(api_key)
+        self.sessions = Sessions(keys)
         self.env = Environment(
             loader=PackageLoader("pytest_distill.local.dashboard", "templates"),
             autoescape=select_autoescape(default=True),
@@ -74,17 +75,22 @@ class Dashboard:
         return RedirectResponse("/completions", 303)
 
     async def _login(self, request: Request) -> Response:
-        error, status = None, 200
+        error, status, headers = None, 200, {}
         target = request.query_params.get("next", "/completions")
         if request.method == "POST":
             form = await request.form()
             target = str(form.get("next", "/completions"))
-            session = self.sessions.open(str(form.get("key", "")))
-            if session is not None:
+            client = request.client.host if request.client else ""
+            verdict = self.sessions.keys.check(client, str(form.get("key", "")))
+            if verdict is Verdict.RIGHT:
+                session = self.sessions.open()
                 return _with_cookie(RedirectResponse(_local(target), 303), session)
             error, status = "That is not the server's API key.", 401
+            if verdict is Verdict.LOCKED:
+                wait = self.sessions.keys.retry_after(client)
+                error, status, headers = locked_message(wait), 429, {"retry-after": str(wait)}
         html = self.render("login.html.j2", None, error=error, next=_local(target))
-        return HTMLResponse(html, status)
+        return HTMLResponse(html, status, headers)
 
     def _page(self, handler: Page, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
@@ -95,8 +101,7 @@ class Dashboard:
                     if post:
                         return self._refuse("Your session has ended: open the page again.")
                     return RedirectResponse(f"/login?next={request.url.path}", 303)
-                session = fresh = self.sessions.open(None)
-                assert session is not None
+                session = fresh = self.sessions.open()
             if post:
                 form = await request.form()
                 if not self.sessions.csrf_ok(session, str(form.get("csrf", ""))):
