@@ -3,6 +3,9 @@ floods, and the headers and permissions that keep a browser and other local user
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +206,91 @@ def test_the_key_can_come_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "--api-key-file PATH" in capsys.readouterr().out
+
+
+# --- stalled bodies -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """What the server logs (uvicorn's loggers do not reach pytest's capture)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    names = ["uvicorn.error", "uvicorn", "pytest_distill.local", "asyncio"]
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    yield records
+    for name in names:
+        logging.getLogger(name).removeHandler(handler)
+
+
+def _stall(base_url: str, head: str, part: bytes) -> tuple[bytes, float]:
+    """Send ``head`` and ``part`` of a longer body, then wait: the answer and how long it took."""
+    host, port = base_url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head.encode() + b"\r\n" + part)
+        started = time.monotonic()
+        received = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            received += chunk
+        return received, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "part"),
+    [
+        ("/v1/chat/completions", "application/json", b'{"model": "tiny", "mess'),
+        ("/v1/files", "multipart/form-data; boundary=XX", b"--XX\r\nContent-Disposition: form"),
+        ("/login", "application/x-www-form-urlencoded", b"key=abc&ne"),
+    ],
+)
+def test_a_stalled_body_is_answered_408_and_closed_without_a_traceback(
+    server: Any,
+    openapi: OpenApi,
+    monkeypatch: pytest.MonkeyPatch,
+    server_log: list[logging.LogRecord],
+    path: str,
+    content_type: str,
+    part: bytes,
+) -> None:
+    from pytest_distill.local.api import guard
+
+    monkeypatch.setattr(guard, "BODY_TIMEOUT_S", 0.5)
+    host = server.base_url.split("//")[1].split("/")[0]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        "Content-Length: 1000\r\n"
+    )
+    answer, waited = _stall(server.base_url, head, part)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 408"), answer
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    error = json.loads(body)
+    openapi.validate_schema("ErrorResponse", error)
+    assert error["error"]["code"] == "request_timeout"
+    assert waited < 10
+    time.sleep(0.2)
+    assert [r.getMessage() for r in server_log] == []
+
+
+def test_a_slow_but_steady_body_is_read(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_distill.local.api import guard
+
+    monkeypatch.setattr(guard, "BODY_TIMEOUT_S", 1.0)
+
+    def pieces() -> Iterator[bytes]:
+        message = {"role": "user", "content": "hi"}
+        body = json.dumps({"model": "tiny", "messages": [message], "max_tokens": 2})
+        for i in range(0, len(body), 20):
+            time.sleep(0.3)
+            yield body[i : i + 20].encode()
+
+    response = httpx.post(
+        f"{server.base_url}/chat/completions",
+        content=pieces(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text

@@ -9,7 +9,9 @@ through untouched). It refuses, in OpenAI's error shape:
 - a missing or wrong ``Authorization: Bearer <key>`` when a key is set (401), compared in
   constant time, and a client address that guessed wrong too often (429, ``keys.KeyCheck``);
 - a body over the route's limit (413), by its Content-Length before reading, and by counting
-  while it streams in (chunked bodies have no length).
+  while it streams in (chunked bodies have no length);
+- a body that stops coming (408 and the connection closed): no piece of it for
+  ``BODY_TIMEOUT_S`` seconds while the app waits for the rest.
 
 A client still sending a refused body must be able to read the answer: a socket closed with
 unread data in it sends a reset, and the reset can discard the answer before the client reads
@@ -44,6 +46,8 @@ _UPLOAD_PATH = "/v1/files"
 DRAIN_S = 5.0
 """Seconds spent reading and discarding the rest of a refused body at most."""
 _DRAIN_IDLE_S = 0.5
+BODY_TIMEOUT_S = 30.0
+"""Seconds a request body may pause before the request is answered 408 (read per request)."""
 
 
 class BodyTooLarge(ApiError):
@@ -54,6 +58,16 @@ class BodyTooLarge(ApiError):
             "smaller body (upload large data with the Files API, up to "
             f"{UPLOAD_LIMIT} bytes).",
             code="request_too_large",
+        )
+
+
+class BodyTimeout(ApiError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"The request body stopped arriving: nothing came for {seconds:g} s. Send the "
+            "whole body without pausing.",
+            code="request_timeout",
         )
 
 
@@ -107,7 +121,13 @@ class Guard:
             await drain(receive)
             await error_response(BodyTooLarge(limit), {"connection": "close"})(scope, receive, send)
             return
-        await self.app(scope, _counting(receive, limit), send)
+        reading = _Reading(receive, limit)
+        try:
+            await self.app(scope, reading.receive, reading.closing(send))
+        except BodyTimeout as timeout:
+            # The route (or Starlette's last resort) already answered it; else answer here.
+            if not reading.answered:
+                await error_response(timeout, {"connection": "close"})(scope, receive, send)
 
     def _refusal(
         self, headers: dict[str, str], client: str, *, api: bool
@@ -147,22 +167,52 @@ class Guard:
         return self._keys.check(client, given if scheme.lower() == "bearer" else "")
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises ``BodyTooLarge`` once more than ``limit`` bytes came in."""
-    seen = 0
+class _Reading:
+    """One request's body as the app reads it: ``BodyTooLarge`` once more than ``limit``
+    bytes came in, ``BodyTimeout`` when the rest does not come (after the whole body, a
+    receive waits for the disconnect, as long as it takes)."""
 
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                if message.get("more_body"):
-                    await drain(receive)
-                raise BodyTooLarge(limit)
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._seen = 0
+        self._complete = False
+        self.timed_out = False
+        self.answered = False
+
+    async def receive(self) -> Message:
+        if self._complete:
+            return await self._receive()
+        seconds = BODY_TIMEOUT_S
+        try:
+            message = await asyncio.wait_for(self._receive(), seconds)
+        except TimeoutError:
+            self.timed_out = True
+            raise BodyTimeout(seconds) from None
+        if message["type"] != "http.request":
+            self._complete = True
+            return message
+        self._complete = not message.get("more_body")
+        self._seen += len(message.get("body", b""))
+        if self._seen > self._limit:
+            if message.get("more_body"):
+                await drain(self._receive)
+            raise BodyTooLarge(self._limit)
         return message
 
-    return wrapped
+    def closing(self, send: Send) -> Send:
+        """``send`` that closes the connection after an answer to a body that timed out:
+        the rest of it may still come, and must not be read as the next request."""
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.answered = True
+                if self.timed_out:
+                    headers = [*message.get("headers", []), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        return wrapped
 
 
 async def drain(receive: Receive) -> None:

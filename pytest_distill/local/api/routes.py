@@ -285,7 +285,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    # Starlette's last resort (a bug outside any endpoint) still answers in OpenAI's shape.
+    # Starlette's last resort (a bug outside any endpoint) still answers in OpenAI's shape; an
+    # ApiError raised where no route catches it (a dashboard form's body timed out) keeps its own.
+    if isinstance(exc, ApiError):
+        return error_response(exc)
     message = f"Internal error: {type(exc).__name__}: {exc}"
     return error_response(ApiError(500, message, type="server_error"))
 
