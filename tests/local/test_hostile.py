@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -294,3 +295,47 @@ def test_a_slow_but_steady_body_is_read(server: Any, monkeypatch: pytest.MonkeyP
         timeout=60,
     )
     assert response.status_code == 200, response.text
+
+
+# --- dashboard sessions ---------------------------------------------------------------------
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+def test_a_flood_of_cookie_less_page_views_leaves_a_session_alone(server: Any) -> None:
+    root = server.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=root, timeout=30) as browser:
+        csrf = _csrf(browser.get("/playground").text)
+        assert "distill_session" in browser.cookies
+        with httpx.Client(base_url=root, timeout=30) as flood:
+            for i in range(1000):
+                flood.cookies.clear()
+                page = flood.get("/jobs" if i % 2 else "/models")
+                assert page.status_code == 200
+                assert "set-cookie" not in page.headers  # no page without a form starts one
+        # The session is still known: its form is accepted.
+        answer = browser.post("/playground", data={"csrf": csrf, "prompt": ""})
+        assert answer.status_code == 200, answer.text
+
+
+def test_only_pages_with_a_form_start_a_session_and_only_this_process_signs_one(
+    server: Any,
+) -> None:
+    root = server.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=root, timeout=30) as browser:
+        for path in ["/jobs", "/models", "/completions/chatcmpl-none", "/login"]:
+            assert "set-cookie" not in browser.get(path).headers, path
+        for path in ["/completions", "/playground", "/reports"]:
+            browser.cookies.clear()
+            assert "distill_session=" in browser.get(path).headers["set-cookie"], path
+        csrf = _csrf(browser.get("/playground").text)
+        nonce = browser.cookies["distill_session"].partition(".")[0]
+        for forged in [nonce, f"{nonce}.{'0' * 64}", f"{nonce}.zz", "."]:
+            browser.cookies.clear()
+            browser.cookies.set("distill_session", forged)
+            answer = browser.post("/playground", data={"csrf": csrf, "prompt": ""})
+            assert answer.status_code == 403, forged

@@ -27,7 +27,7 @@ from pytest_distill.local.dashboard.charts import loss_chart
 from pytest_distill.local.dashboard.sessions import COOKIE, Session, Sessions
 from pytest_distill.local.errors import MAX_CURSOR, ApiError, whole_number
 
-Page = Callable[[Request, Session], Awaitable[Response]]
+Page = Callable[[Request, Session | None], Awaitable[Response]]
 FINAL = ("succeeded", "failed", "cancelled")
 _REPORT_NAME = re.compile(r"[\w.-]{1,120}\.html")
 _PLAYGROUND_TOKENS = 128
@@ -55,16 +55,16 @@ class Dashboard:
         return [
             Route("/", self._home, methods=get),
             Route("/login", self._login, methods=["GET", "POST"]),
-            Route("/completions", self._page(self.completions), methods=get),
+            Route("/completions", self._page(self.completions, shows_form=True), methods=get),
             Route("/completions/{cid}", self._page(self.completion), methods=get),
             Route("/distill", self._page(self.distill, post=True), methods=post),
             Route("/jobs", self._page(self.jobs), methods=get),
-            Route("/jobs/{job_id}", self._page(self.job), methods=get),
+            Route("/jobs/{job_id}", self._page(self.job, shows_form=True), methods=get),
             Route("/jobs/{job_id}/cancel", self._page(self.cancel, post=True), methods=post),
             Route("/models", self._page(self.models), methods=get),
-            Route("/playground", self._page(self.playground), methods=get),
+            Route("/playground", self._page(self.playground, shows_form=True), methods=get),
             Route("/playground", self._page(self.playground, post=True), methods=post),
-            Route("/reports", self._page(self.report_list), methods=get),
+            Route("/reports", self._page(self.report_list, shows_form=True), methods=get),
             Route("/reports", self._page(self.upload_report, post=True), methods=post),
             Route("/reports/{name}", self._page(self.report), methods=get),
         ]
@@ -92,7 +92,13 @@ class Dashboard:
         html = self.render("login.html.j2", None, error=error, next=_local(target))
         return HTMLResponse(html, status, headers)
 
-    def _page(self, handler: Page, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def _page(
+        self, handler: Page, post: bool = False, shows_form: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` for a session: a POST needs one (and its CSRF token); with a key every
+        page does. Without a key, a page that ``shows_form`` (a state-changing one) starts one, and
+        no other page sets a cookie."""
+
         async def run(request: Request) -> Response:
             session = self.sessions.find(request.cookies.get(COOKIE))
             fresh = None
@@ -101,8 +107,10 @@ class Dashboard:
                     if post:
                         return self._refuse("Your session has ended: open the page again.")
                     return RedirectResponse(f"/login?next={request.url.path}", 303)
-                session = fresh = self.sessions.open()
+                if shows_form:
+                    session = fresh = self.sessions.open()
             if post:
+                assert session is not None
                 form = await request.form()
                 if not self.sessions.csrf_ok(session, str(form.get("csrf", ""))):
                     return self._refuse("The form's security token is missing or stale.")
@@ -121,7 +129,9 @@ class Dashboard:
 
     # --- stored completions -------------------------------------------------------------------
 
-    async def completions(self, request: Request, session: Session, **extra: Any) -> Response:
+    async def completions(
+        self, request: Request, session: Session | None, **extra: Any
+    ) -> Response:
         where = extra.pop("where", None) or queries.CompletionFilter.from_query(
             request.query_params
         )
@@ -146,7 +156,7 @@ class Dashboard:
         )
         return HTMLResponse(html, 400 if extra.get("error") else 200)
 
-    async def completion(self, request: Request, session: Session) -> Response:
+    async def completion(self, request: Request, session: Session | None) -> Response:
         record = await run_in_threadpool(
             self.app.store.get, "completion", request.path_params["cid"]
         )
@@ -155,7 +165,7 @@ class Dashboard:
         html = self.render("completion.html.j2", session, body=record.body, extra=record.extra)
         return HTMLResponse(html)
 
-    async def distill(self, request: Request, session: Session) -> Response:
+    async def distill(self, request: Request, session: Session | None) -> Response:
         form = await request.form()
         where = queries.CompletionFilter.from_query(form)
         try:
@@ -174,11 +184,11 @@ class Dashboard:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    async def jobs(self, request: Request, session: Session) -> Response:
+    async def jobs(self, request: Request, session: Session | None) -> Response:
         listed = await run_in_threadpool(self.app.jobs.list, None, 100, {})
         return HTMLResponse(self.render("jobs.html.j2", session, jobs=listed["data"]))
 
-    async def job(self, request: Request, session: Session) -> Response:
+    async def job(self, request: Request, session: Session | None) -> Response:
         job_id = request.path_params["job_id"]
         try:
             job, events, checkpoints = await run_in_threadpool(self._job_parts, job_id)
@@ -197,7 +207,7 @@ class Dashboard:
         )
         return HTMLResponse(html)
 
-    async def cancel(self, request: Request, session: Session) -> Response:
+    async def cancel(self, request: Request, session: Session | None) -> Response:
         job_id = request.path_params["job_id"]
         try:
             await run_in_threadpool(self.app.jobs.cancel, job_id)
@@ -223,7 +233,7 @@ class Dashboard:
 
     # --- models and the playground --------------------------------------------------------------
 
-    async def models(self, request: Request, session: Session) -> Response:
+    async def models(self, request: Request, session: Session | None) -> Response:
         rows = await run_in_threadpool(self._lineage)
         return HTMLResponse(self.render("models.html.j2", session, models=rows))
 
@@ -243,7 +253,7 @@ class Dashboard:
     def _model_ids(self) -> list[str]:
         return [body["id"] for body in self.app.registry.bodies()]
 
-    async def playground(self, request: Request, session: Session) -> Response:
+    async def playground(self, request: Request, session: Session | None) -> Response:
         models = await run_in_threadpool(self._model_ids)
         source = await request.form() if request.method == "POST" else request.query_params
         sides = [
@@ -285,7 +295,9 @@ class Dashboard:
 
     # --- reports ------------------------------------------------------------------------------
 
-    async def report_list(self, request: Request, session: Session, **extra: Any) -> Response:
+    async def report_list(
+        self, request: Request, session: Session | None, **extra: Any
+    ) -> Response:
         found = sorted(self.reports.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
         reports = [
             {"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime} for p in found
@@ -293,7 +305,7 @@ class Dashboard:
         html = self.render("reports.html.j2", session, reports=reports, **extra)
         return HTMLResponse(html, 400 if extra.get("error") else 200)
 
-    async def upload_report(self, request: Request, session: Session) -> Response:
+    async def upload_report(self, request: Request, session: Session | None) -> Response:
         form = await request.form()
         upload = form.get("report")
         name = Path(str(getattr(upload, "filename", "") or "")).name
@@ -305,7 +317,7 @@ class Dashboard:
         await run_in_threadpool(_write_report, self.reports / name, data)
         return RedirectResponse("/reports", 303)
 
-    async def report(self, request: Request, session: Session) -> Response:
+    async def report(self, request: Request, session: Session | None) -> Response:
         name = request.path_params["name"]
         path = self.reports / name
         if not _REPORT_NAME.fullmatch(name) or not path.is_file():
