@@ -147,7 +147,7 @@ class LocalServer:
         from pytest_distill.local.api.keys import KeyCheck
         from pytest_distill.local.api.protocol import HeaderTimeoutProtocol
         from pytest_distill.local.api.routes import asgi_app
-        from pytest_distill.local.dashboard.views import Dashboard
+        from pytest_distill.local.dashboard.views import Dashboard, content_policy
 
         self._app = App.open(self.data_dir, self._bases)
         self._app.runner.start()
@@ -156,7 +156,7 @@ class LocalServer:
         starlette = asgi_app(self._app)
         starlette.router.routes.extend(Dashboard(self._app, self.data_dir, keys).routes())
         config = uvicorn.Config(
-            Guard(starlette, policy, keys),
+            Guard(starlette, policy, keys, content_policy()),
             backlog=BACKLOG,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=2,

@@ -339,3 +339,38 @@ def test_only_pages_with_a_form_start_a_session_and_only_this_process_signs_one(
             browser.cookies.set("distill_session", forged)
             answer = browser.post("/playground", data={"csrf": csrf, "prompt": ""})
             assert answer.status_code == 403, forged
+
+
+# --- headers and the Host check -------------------------------------------------------------
+
+
+def test_pages_and_answers_carry_the_safety_headers(server: Any) -> None:
+    import base64
+    import hashlib
+
+    root = server.base_url.removesuffix("/v1")
+    with httpx.Client(timeout=30) as client:
+        for url in [f"{root}/completions", f"{root}/jobs", f"{server.base_url}/models"]:
+            for response in [client.get(url), client.get(url, headers={"origin": "http://x"})]:
+                headers = response.headers
+                assert headers["x-frame-options"] == "DENY", url
+                assert headers["x-content-type-options"] == "nosniff"
+                assert headers["referrer-policy"] == "no-referrer"
+                policy = headers["content-security-policy"]
+                assert "frame-ancestors 'none'" in policy
+                assert "unsafe-inline" not in policy.split("script-src")[-1].split(";")[0]
+        page = client.get(f"{root}/completions")
+    # The page's one inline script is allowed by its hash, and nothing else inline is.
+    scripts = re.findall(r"<script>(.*?)</script>", page.text, re.DOTALL)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in page.headers["content-security-policy"]
+
+
+def test_the_host_check_ignores_case(server: Any) -> None:
+    port = server.base_url.split(":")[2].split("/")[0]
+    for host in [f"LOCALHOST:{port}", f"LocalHost:{port}", f"127.0.0.1:{port}"]:
+        response = httpx.get(f"{server.base_url}/models", headers={"host": host}, timeout=30)
+        assert response.status_code == 200, host
+    evil = httpx.get(f"{server.base_url}/models", headers={"host": f"EVIL:{port}"}, timeout=30)
+    assert evil.status_code == 403

@@ -13,6 +13,11 @@ through untouched). It refuses, in OpenAI's error shape:
 - a body that stops coming (408 and the connection closed): no piece of it for
   ``BODY_TIMEOUT_S`` seconds while the app waits for the rest.
 
+Every answer carries headers that keep browsers from framing, sniffing or leaking it:
+``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+no-referrer`` and a ``Content-Security-Policy`` (the dashboard's own for its pages, none but
+itself; nothing at all for the API's JSON), unless the route set its own.
+
 A client still sending a refused body must be able to read the answer: a socket closed with
 unread data in it sends a reset, and the reset can discard the answer before the client reads
 it (it did, now and then, for a 9 MB JSON body). So the rest of a refused body is read and
@@ -46,6 +51,13 @@ _UPLOAD_PATH = "/v1/files"
 DRAIN_S = 5.0
 """Seconds spent reading and discarding the rest of a refused body at most."""
 _DRAIN_IDLE_S = 0.5
+API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+"""The ``Content-Security-Policy`` of the API's answers: JSON, never a page to run."""
+_SAFE_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
 BODY_TIMEOUT_S = 30.0
 """Seconds a request body may pause before the request is answered 408 (read per request)."""
 
@@ -88,30 +100,40 @@ class Policy:
         """Acceptable ``Host`` headers; ``None`` means any (bound to every interface)."""
         if self.host in ("0.0.0.0", "::", ""):
             return None
-        names = {self.host, f"[{self.host}]" if ":" in self.host else self.host}
-        if is_loopback(self.host):
+        host = self.host.lower()  # host names are case-insensitive (RFC 3986, 3.2.2)
+        names = {host, f"[{host}]" if ":" in host else host}
+        if is_loopback(host):
             names |= {"localhost", "127.0.0.1", "[::1]"}
         return frozenset(f"{name}:{self.port}" for name in names) | frozenset(names)
 
     def origin_allowed(self, origin: str, host: str) -> bool:
         # Same-origin pages of the server itself may call it; every other site may not.
-        return origin in (f"http://{host}", f"https://{host}")
+        return origin.lower() in (f"http://{host.lower()}", f"https://{host.lower()}")
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, policy: Policy, keys: KeyCheck | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: Policy,
+        keys: KeyCheck | None = None,
+        page_policy: str = API_POLICY,
+    ) -> None:
         self.app = app
         self.policy = policy
         self._hosts = policy.hosts()
         self._keys = keys if keys is not None else KeyCheck(policy.api_key)
+        self._page_policy = page_policy.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        api = scope["path"].startswith("/v1")
+        send = _with_headers(send, API_POLICY.encode() if api else self._page_policy)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         client = scope.get("client") or ("", 0)
-        refusal = self._refusal(headers, str(client[0]), api=scope["path"].startswith("/v1"))
+        refusal = self._refusal(headers, str(client[0]), api=api)
         if refusal is not None:
             await error_response(*refusal)(scope, receive, send)
             return
@@ -133,7 +155,7 @@ class Guard:
         self, headers: dict[str, str], client: str, *, api: bool
     ) -> tuple[ApiError, dict[str, str]] | None:
         host = headers.get("host", "")
-        if self._hosts is not None and host not in self._hosts:
+        if self._hosts is not None and host.lower() not in self._hosts:
             message = f"Host {host!r} is not this server's address; use {sorted(self._hosts)[0]}."
             return ApiError(403, message, code="host_not_allowed"), {}
         origin = headers.get("origin")
@@ -165,6 +187,21 @@ class Guard:
         # Header bytes were read as latin-1; the key is compared as the UTF-8 it was sent as.
         given = token.encode("latin-1").decode("utf-8", "surrogateescape")
         return self._keys.check(client, given if scheme.lower() == "bearer" else "")
+
+
+def _with_headers(send: Send, content_policy: bytes) -> Send:
+    """``send`` that adds the safety headers to a response that lacks them."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            extra = [*_SAFE_HEADERS, (b"content-security-policy", content_policy)]
+            headers += [(name, value) for name, value in extra if name not in present]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
 
 
 class _Reading:
