@@ -374,3 +374,25 @@ def test_the_host_check_ignores_case(server: Any) -> None:
         assert response.status_code == 200, host
     evil = httpx.get(f"{server.base_url}/models", headers={"host": f"EVIL:{port}"}, timeout=30)
     assert evil.status_code == 403
+
+
+def test_an_abandoned_stream_leaves_no_pending_task(
+    server: Any, server_log: list[logging.LogRecord]
+) -> None:
+    import gc
+
+    question = [{"role": "user", "content": "Tell me a long story."}]
+    body = {"model": "tiny", "messages": question, "max_tokens": 400, "stream": True}
+    body |= {"temperature": 1, "seed": 2}
+    for _ in range(3):
+        with (
+            httpx.Client(base_url=server.base_url, timeout=60) as client,
+            client.stream("POST", "/chat/completions", json=body) as response,
+        ):
+            for line in response.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    break  # the first text arrived: leave mid-stream
+    time.sleep(1.0)  # the server sees the disconnects and closes the streams
+    gc.collect()
+    time.sleep(0.2)
+    assert [r.getMessage() for r in server_log if "destroyed" in r.getMessage()] == []
