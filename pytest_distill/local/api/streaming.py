@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import Future
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
@@ -107,7 +107,9 @@ async def event_stream(
         future.cancel()
 
 
-async def _pieces(queue: asyncio.Queue[str], waiter: asyncio.Future[Any]) -> AsyncIterator[str]:
+async def _pieces(
+    queue: asyncio.Queue[str], waiter: asyncio.Future[Any]
+) -> AsyncGenerator[str, None]:
     """Each piece as it arrives, until the decode is over (and every piece handed on).
 
     Closed early (the client left), the pending ``queue.get`` is cancelled: left pending, it
