@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -396,3 +397,84 @@ def test_an_abandoned_stream_leaves_no_pending_task(
     gc.collect()
     time.sleep(0.2)
     assert [r.getMessage() for r in server_log if "destroyed" in r.getMessage()] == []
+
+
+# --- the GGUF converter's child -------------------------------------------------------------
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from pytest_distill.local.engine import convert
+convert.convert(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(child) for child in text.split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_the_converter_child_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    # A converter that takes long: its transformers import (here a stand-in) never ends.
+    (tmp_path / "slow" / "transformers").mkdir(parents=True)
+    (tmp_path / "slow" / "transformers" / "__init__.py").write_text("import time\ntime.sleep(60)\n")
+    path = os.pathsep.join([str(tmp_path / "slow"), os.environ.get("PYTHONPATH", "")])
+    command = [sys.executable, "-c", _PARENT, str(gguf), str(tmp_path / "out")]
+    parent = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": path})
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := _children(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert children, "the converter child did not start"
+        (child,) = children
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the converter outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in children if "children" in locals() else ():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_the_portable_fallback_ends_the_child_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import os, subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, sys, time; "
+        "from pytest_distill.local.engine.convert import die_with_parent; "
+        "die_with_parent(int(sys.argv[1]), poll_only=True); time.sleep(60)', str(os.getpid())])\n"
+        "print(child.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    child = int(out.stdout)
+    deadline = time.monotonic() + 15
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
