@@ -478,3 +478,54 @@ def test_the_portable_fallback_ends_the_child_too(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+# --- the data directory's permissions -------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_the_data_dir_is_private_whatever_the_umask(tmp_path: Path, tiny_model: Path) -> None:
+    from pytest_distill.local import LocalServer
+    from pytest_distill.local.trainer.checkpoints import save
+
+    parent = tmp_path / "project"
+    parent.mkdir(mode=0o755)
+    data = parent / "data"
+    data.mkdir(mode=0o755)  # a data dir that exists already is made private too
+    old = os.umask(0o000)
+    try:
+        with LocalServer(data, models={"tiny": tiny_model}) as server:
+            uploaded = httpx.post(
+                f"{server.base_url}/files",
+                files={"file": ("a.jsonl", b"{}\n")},
+                data={"purpose": "batch"},
+                timeout=30,
+            ).json()
+            root = server.base_url.removesuffix("/v1")
+            with httpx.Client(base_url=root, timeout=30) as browser:
+                csrf = _csrf(browser.get("/reports").text)
+                sent = browser.post(
+                    "/reports", data={"csrf": csrf}, files={"report": ("r.html", b"<p>")}
+                )
+                assert sent.status_code == 303, sent.text
+
+        class Model:
+            def save_pretrained(self, where: str) -> None:
+                Path(where).mkdir(parents=True)
+                (Path(where) / "adapter.safetensors").write_bytes(b"x")
+
+        checkpoint = save(Model(), data / "adapters" / "ftjob-x" / "step-1")
+    finally:
+        os.umask(old)
+    assert _mode(parent) == 0o755  # the user's own folder is left alone
+    assert _mode(data) == 0o700
+    assert _mode(data / "state.sqlite3") == 0o600
+    assert _mode(data / "files") == 0o700
+    assert _mode(data / "files" / uploaded["id"]) == 0o600
+    assert _mode(data / "reports" / "r.html") == 0o600
+    assert _mode(checkpoint) == 0o700
+    assert _mode(checkpoint / "adapter.safetensors") == 0o600

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from pytest_distill.local.dashboard import distill, queries
 from pytest_distill.local.dashboard.charts import loss_chart
 from pytest_distill.local.dashboard.sessions import COOKIE, Session, Sessions
 from pytest_distill.local.errors import MAX_CURSOR, ApiError, whole_number
+from pytest_distill.local.private import private_dir
 
 Page = Callable[[Request, Session | None], Awaitable[Response]]
 FINAL = ("succeeded", "failed", "cancelled")
@@ -334,7 +336,10 @@ class Dashboard:
             return await self.report_list(
                 request, session, error="Choose an .html report (letters, digits, '.', '-', '_')."
             )
-        data = await upload.read()
+        try:
+            data = await upload.read()
+        finally:
+            await form.close()  # the spooled temporary file of the part
         await run_in_threadpool(_write_report, self.reports / name, data)
         return RedirectResponse("/reports", 303)
 
@@ -354,9 +359,10 @@ class Dashboard:
 
 
 def _write_report(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_bytes(data)
+    os.chmod(temporary, 0o600)
     temporary.replace(path)
 
 

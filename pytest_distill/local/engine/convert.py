@@ -68,6 +68,8 @@ def _main(gguf: Path, target: Path) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pytest_distill.local.private import private_tree
+
     kwargs = {"local_files_only": True, "gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
@@ -79,6 +81,7 @@ def _main(gguf: Path, target: Path) -> None:
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    private_tree(partial)
     try:
         os.replace(partial, target)
     except OSError:  # another process converted it first; theirs is as good

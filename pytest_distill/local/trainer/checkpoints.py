@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from pytest_distill.local.private import private_tree
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -38,6 +40,7 @@ def save(model: Any, path: Path, state: dict[str, Any] | None = None) -> Path:
         torch.save(state, partial / STATE_FILE)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(partial, path)
+    private_tree(path)
     return path
 
 
