@@ -12,7 +12,13 @@ from pathlib import Path
 from distill_server.devices import DEVICE_CHOICES, DeviceUnavailable, choose
 from distill_server.models import DEFAULT_MODEL_ID, KEEP_CHECKPOINTS, ModelUnavailable
 from distill_server.owner import DataDirBusy
-from distill_server.server import API_KEY_ENV, LocalServer, UnsafeBind
+from distill_server.server import (
+    API_KEY_ENV,
+    BadApiKey,
+    LocalServer,
+    UnsafeBind,
+    check_api_key,
+)
 
 _DESCRIPTION = f"""\
 Serve local models behind an OpenAI-compatible API on this machine: chat completions
@@ -26,8 +32,11 @@ under DATA_DIR/converted, so later starts are quick. State survives restarts, an
 DATA_DIR can be moved or copied: every path in it is stored relative to it.
 
 It binds 127.0.0.1 and refuses requests from web pages of other sites. Without an
-API key any local program may use it; with --api-key (or ${API_KEY_ENV}) every
-request needs `Authorization: Bearer KEY`, and only then may it bind another address.
+API key any local program may use it; with --api-key-file (or --api-key, or
+${API_KEY_ENV}) every request needs `Authorization: Bearer KEY`, and only then may it
+bind another address. A client address that gives a wrong key 20 times in a minute
+waits (429 with Retry-After), longer each time; a blank key is refused.
+--api-key-file keeps the key out of the process list that other users can read.
 One server owns a DATA_DIR: a second one on the same directory exits naming the PID
 and address of the first (pytest-distill uses that server instead of starting one).
 Ctrl-C (or SIGTERM) stops it within seconds; a job it was training is queued again.
@@ -39,6 +48,7 @@ examples:
   distill-server --data-dir .distill/server --model student=./models/my-llama
   OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local python my_app.py
   {API_KEY_ENV}=s3cret distill-server --host 0.0.0.0   # clients send OPENAI_API_KEY=s3cret
+  distill-server --api-key-file ~/.config/distill/key --host 0.0.0.0
   distill-server export MODEL_ID --to DIR --format peft|merged|ollama   (see: export --help)
 """
 _STOP_WAIT_S = 5.0
@@ -69,12 +79,22 @@ def parser() -> argparse.ArgumentParser:
         help="serve the Hugging Face directory or .gguf file PATH as model ID; repeatable. "
         f"Without it: {DEFAULT_MODEL_ID}.",
     )
-    p.add_argument(
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
         "--api-key",
         default=None,
         metavar="KEY",
         help="require `Authorization: Bearer KEY` on every request (compared in constant "
-        f"time); default: ${API_KEY_ENV}, else no key. Needed to bind a non-loopback --host.",
+        f"time); default: ${API_KEY_ENV}, else no key. Needed to bind a non-loopback --host. "
+        "Other users of this machine can see it in the process list: prefer --api-key-file.",
+    )
+    keys.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the key from PATH (its trailing newline dropped) instead, so it stays out "
+        "of the process list; an empty file is refused",
     )
     p.add_argument(
         "--device",
@@ -113,6 +133,29 @@ def _models(specs: Sequence[str], p: argparse.ArgumentParser) -> dict[str, str] 
     return models
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or the environment (set but empty: no key)."""
+    key: str | None
+    if args.api_key_file is not None:
+        try:
+            text = args.api_key_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadApiKey(
+                f"cannot read --api-key-file {str(args.api_key_file)!r}: {exc}"
+            ) from None
+        key = text.removesuffix("\n").removesuffix("\r")
+        if not key.strip():
+            raise BadApiKey(
+                f"--api-key-file {str(args.api_key_file)!r} is empty; put the key in it."
+            )
+    elif args.api_key is not None:
+        key = args.api_key
+    else:
+        key = os.environ.get(API_KEY_ENV) or None
+    check_api_key(key)
+    return key
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -125,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
-    key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
+        key = _api_key(args)
         if args.device == "cuda":
             choose("cuda")  # fail now, not on the first request
         models = _models(args.model, p)
@@ -140,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_checkpoints=args.keep_checkpoints,
         )
         server.start()
-    except (ModelUnavailable, UnsafeBind, DataDirBusy, DeviceUnavailable) as exc:
+    except (ModelUnavailable, UnsafeBind, BadApiKey, DataDirBusy, DeviceUnavailable) as exc:
         print(f"distill-server: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the port is taken, or the address is not this machine's

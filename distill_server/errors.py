@@ -39,3 +39,21 @@ def not_found(kind: str, object_id: str, param: str | None = None) -> ApiError:
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     """A 400 for a request whose body or query breaks the contract."""
     return ApiError(400, message, param=param, code=code)
+
+
+MAX_CURSOR = 2**63 - 1
+"""The largest integer SQLite stores: a bound for every number that reaches a query."""
+_MAX_DIGITS = 19
+
+
+def whole_number(value: str, name: str, low: int, high: int) -> int:
+    """``value`` (a query parameter or form field called ``name``) as an integer from ``low``
+    to ``high``, or a 400 naming it. ASCII digits only: ``str.isdigit`` accepts ``"²"`` and
+    other Unicode digits that ``int`` then refuses, and ``int`` alone accepts ``" 1_0"``."""
+    digits = value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS
+    if not digits or not low <= int(value) <= high:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise bad_request(
+            f"`{name}` must be a whole number from {low} to {high}, not {shown!r}.", name
+        )
+    return int(value)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from distill_server.private import private_dir
+
 LOCK = "server.lock"
 OWNER = "server.json"
 CLIENTS = "clients"
@@ -52,7 +54,7 @@ class Ownership:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)  # the server's own: other users read nothing in it
         # Not thread-local: a server may be started on one thread and stopped on another.
         self._lock = FileLock(data_dir / LOCK, thread_local=False)
 

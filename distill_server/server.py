@@ -31,6 +31,21 @@ class UnsafeBind(ValueError):
     """A non-loopback address without an API key: anyone on the network could use it."""
 
 
+class BadApiKey(ValueError):
+    """An API key that is blank, or that begins or ends with whitespace (which no
+    ``Authorization`` header carries, so no client could ever give it)."""
+
+
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key no client could give, or that anyone could guess."""
+    if api_key is None:
+        return
+    if not api_key.strip():
+        raise BadApiKey("The API key is blank; give a real key, or none.")
+    if api_key != api_key.strip():
+        raise BadApiKey("The API key begins or ends with whitespace; remove it.")
+
+
 class LocalServer:
     """An OpenAI-compatible server for local models, with LoRA fine-tuning.
 
@@ -64,6 +79,7 @@ class LocalServer:
         device: DeviceChoice = "auto",
         keep_checkpoints: int = KEEP_CHECKPOINTS,
     ) -> None:
+        check_api_key(api_key)
         if not is_loopback(host) and not api_key:
             raise UnsafeBind(
                 f"Refusing to serve on {host!r} without an API key: anyone who can reach it "
@@ -121,19 +137,21 @@ class LocalServer:
     def _serve(self, sock: socket.socket) -> None:
         import uvicorn
 
-        from distill_server.dashboard.views import Dashboard
+        from distill_server.dashboard.views import Dashboard, content_policy
         from distill_server.http.app import App
         from distill_server.http.guard import Guard, Policy
+        from distill_server.http.keys import KeyCheck
         from distill_server.http.protocol import HeaderTimeoutProtocol
         from distill_server.http.routes import asgi_app
 
         self._app = App.open(self.data_dir, self._bases, self._keep_checkpoints)
         self._app.runner.start()
         policy = Policy(self._address[0], self._port, self.api_key)
+        keys = KeyCheck(self.api_key)  # one count of wrong keys for the API and the login page
         starlette = asgi_app(self._app)
-        starlette.router.routes.extend(Dashboard(self._app, self.data_dir, self.api_key).routes())
+        starlette.router.routes.extend(Dashboard(self._app, self.data_dir, keys).routes())
         config = uvicorn.Config(
-            Guard(starlette, policy),
+            Guard(starlette, policy, keys, content_policy()),
             backlog=BACKLOG,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=2,

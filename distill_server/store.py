@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill_server.private import private_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,6 +78,7 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # SQLite gives its -wal and -shm files the database's mode
         # One connection behind a lock: the HTTP threads, batcher and trainer all write, and
         # SQLite serialises writers anyway; autocommit makes every put durable at once.
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from distill_server.errors import ApiError, whole_number
 from distill_server.http.app import App
 from distill_shapes.training import MIN_EXAMPLES, InvalidTrainingFile, parse_training_file
 
@@ -39,12 +40,17 @@ def parse_request(form: Any, ids: list[str]) -> Request:
             f"suffix {suffix!r} is not allowed: use 1 to 40 letters, digits, '-' or '_'"
         )
     raw_epochs = str(form.get("epochs", "")).strip() or "3"
-    if not raw_epochs.isdigit() or not 1 <= int(raw_epochs) <= 50:
-        raise SelectionError(f"epochs {raw_epochs!r} is not allowed: use a whole number 1 to 50")
+    try:
+        epochs = whole_number(raw_epochs, "epochs", 1, 50)
+    except ApiError:
+        shown = raw_epochs if len(raw_epochs) <= 40 else raw_epochs[:40] + "..."
+        raise SelectionError(
+            f"epochs {shown!r} is not allowed: use a whole number 1 to 50"
+        ) from None
     base = str(form.get("base_model", "")).strip()
     if not base:
         raise SelectionError("choose the base model to fine-tune")
-    return Request(tuple(dict.fromkeys(ids)), base, suffix, int(raw_epochs))
+    return Request(tuple(dict.fromkeys(ids)), base, suffix, epochs)
 
 
 def training_lines(app: App, ids: tuple[str, ...]) -> bytes:

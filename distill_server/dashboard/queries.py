@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from distill_server.store import Store
 
 PAGE_SIZE = 50
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MODEL = "json_extract(body, '$.model')"
 
 
@@ -57,10 +59,13 @@ class CompletionFilter:
         if self.model:
             clauses.append("json_extract(o.body, '$.model') = ?")
             args.append(self.model)
-        for bound, op, days in ((self.since, ">=", 0), (self.until, "<", 1)):
+        for name, bound, op, days in (
+            ("since", self.since, ">=", 0),
+            ("until", self.until, "<", 1),
+        ):
             if bound:
                 clauses.append(f"json_extract(o.body, '$.created') {op} ?")
-                args.append(_epoch(bound, days))
+                args.append(_epoch(name, bound, days))
         if self.text:
             pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             # The decoded texts, not the stored JSON (which escapes quotes and non-ASCII).
@@ -126,10 +131,18 @@ def _row(seq: int, body: str, extra: str) -> Row:
     )
 
 
-def _epoch(day: str, plus_days: int) -> int:
+def _epoch(name: str, day: str, plus_days: int) -> int:
+    """The first second (UTC) of ``day`` plus ``plus_days``; a ValueError naming the field
+    for anything but an ASCII ``YYYY-MM-DD`` from year 1 to 9999 (the last day excluded when a
+    day is added: its end is past what ``datetime`` can count)."""
+    shown = day if len(day) <= 40 else day[:40] + "..."
+    problem = f"`{name}`: {shown!r} is not a date; write it as YYYY-MM-DD"
+    if not _DATE.fullmatch(day):
+        raise ValueError(problem)
     try:
-        date = dt.date.fromisoformat(day)
+        date = dt.date.fromisoformat(day) + dt.timedelta(days=plus_days)
     except ValueError:
-        raise ValueError(f"{day!r} is not a date; write it as YYYY-MM-DD") from None
-    start = dt.datetime.combine(date + dt.timedelta(days=plus_days), dt.time(), dt.UTC)
-    return int(start.timestamp())
+        raise ValueError(problem) from None
+    except OverflowError:
+        raise ValueError(f"`{name}`: {shown!r} is too late; use a date before 9999-12-31") from None
+    return int(dt.datetime.combine(date, dt.time(), dt.UTC).timestamp())

@@ -7,8 +7,11 @@ is a few lines that tick every checkbox of a page. Components are called directl
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,13 +26,16 @@ from starlette.routing import BaseRoute, Route
 from distill_server.dashboard import distill, queries
 from distill_server.dashboard.charts import loss_chart
 from distill_server.dashboard.sessions import COOKIE, Session, Sessions
-from distill_server.errors import ApiError
+from distill_server.errors import MAX_CURSOR, ApiError, whole_number
 from distill_server.http.app import App
+from distill_server.http.keys import KeyCheck, Verdict, locked_message
+from distill_server.private import private_dir
 
-Page = Callable[[Request, Session], Awaitable[Response]]
+Page = Callable[[Request, Session | None], Awaitable[Response]]
 FINAL = ("succeeded", "failed", "cancelled")
 _REPORT_NAME = re.compile(r"[\w.-]{1,120}\.html")
 _PLAYGROUND_TOKENS = 128
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 # A report is a page of its own: its scripts run, sandboxed, with nothing fetched from anywhere.
 _REPORT_POLICY = (
     "sandbox allow-scripts; default-src 'none'; img-src data:; "
@@ -37,11 +43,29 @@ _REPORT_POLICY = (
 )
 
 
+def content_policy() -> str:
+    """The pages' ``Content-Security-Policy``: everything from this server only, and of
+    inline script just the templates' own (by hash: a page that echoes input runs none)."""
+    folder = Path(__file__).parent / "templates"
+    scripts = sorted(
+        {
+            "'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
+            for template in folder.glob("*.j2")
+            for code in _SCRIPT.findall(template.read_text(encoding="utf-8"))
+        }
+    )
+    return (
+        f"default-src 'self'; script-src 'self' {' '.join(scripts)}; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
 class Dashboard:
-    def __init__(self, app: App, data_dir: Path, api_key: str | None) -> None:
+    def __init__(self, app: App, data_dir: Path, keys: KeyCheck) -> None:
         self.app = app
         self.reports = data_dir / "reports"
-        self.sessions = Sessions(api_key)
+        self.sessions = Sessions(keys)
         self.env = Environment(
             loader=PackageLoader("distill_server.dashboard", "templates"),
             autoescape=select_autoescape(default=True),
@@ -54,16 +78,16 @@ class Dashboard:
         return [
             Route("/", self._home, methods=get),
             Route("/login", self._login, methods=["GET", "POST"]),
-            Route("/completions", self._page(self.completions), methods=get),
+            Route("/completions", self._page(self.completions, shows_form=True), methods=get),
             Route("/completions/{cid}", self._page(self.completion), methods=get),
             Route("/distill", self._page(self.distill, post=True), methods=post),
             Route("/jobs", self._page(self.jobs), methods=get),
-            Route("/jobs/{job_id}", self._page(self.job), methods=get),
+            Route("/jobs/{job_id}", self._page(self.job, shows_form=True), methods=get),
             Route("/jobs/{job_id}/cancel", self._page(self.cancel, post=True), methods=post),
             Route("/models", self._page(self.models), methods=get),
-            Route("/playground", self._page(self.playground), methods=get),
+            Route("/playground", self._page(self.playground, shows_form=True), methods=get),
             Route("/playground", self._page(self.playground, post=True), methods=post),
-            Route("/reports", self._page(self.report_list), methods=get),
+            Route("/reports", self._page(self.report_list, shows_form=True), methods=get),
             Route("/reports", self._page(self.upload_report, post=True), methods=post),
             Route("/reports/{name}", self._page(self.report), methods=get),
         ]
@@ -74,19 +98,30 @@ class Dashboard:
         return RedirectResponse("/completions", 303)
 
     async def _login(self, request: Request) -> Response:
-        error, status = None, 200
+        error, status, headers = None, 200, {}
         target = request.query_params.get("next", "/completions")
         if request.method == "POST":
             form = await request.form()
             target = str(form.get("next", "/completions"))
-            session = self.sessions.open(str(form.get("key", "")))
-            if session is not None:
+            client = request.client.host if request.client else ""
+            verdict = self.sessions.keys.check(client, str(form.get("key", "")))
+            if verdict is Verdict.RIGHT:
+                session = self.sessions.open()
                 return _with_cookie(RedirectResponse(_local(target), 303), session)
             error, status = "That is not the server's API key.", 401
+            if verdict is Verdict.LOCKED:
+                wait = self.sessions.keys.retry_after(client)
+                error, status, headers = locked_message(wait), 429, {"retry-after": str(wait)}
         html = self.render("login.html.j2", None, error=error, next=_local(target))
-        return HTMLResponse(html, status)
+        return HTMLResponse(html, status, headers)
 
-    def _page(self, handler: Page, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def _page(
+        self, handler: Page, post: bool = False, shows_form: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` for a session: a POST needs one (and its CSRF token); with a key every
+        page does. Without a key, a page that ``shows_form`` (a state-changing one) starts one, and
+        no other page sets a cookie."""
+
         async def run(request: Request) -> Response:
             session = self.sessions.find(request.cookies.get(COOKIE))
             fresh = None
@@ -95,9 +130,10 @@ class Dashboard:
                     if post:
                         return self._refuse("Your session has ended: open the page again.")
                     return RedirectResponse(f"/login?next={request.url.path}", 303)
-                session = fresh = self.sessions.open(None)
-                assert session is not None
+                if shows_form:
+                    session = fresh = self.sessions.open()
             if post:
+                assert session is not None
                 form = await request.form()
                 if not self.sessions.csrf_ok(session, str(form.get("csrf", ""))):
                     return self._refuse("The form's security token is missing or stale.")
@@ -116,15 +152,18 @@ class Dashboard:
 
     # --- stored completions -------------------------------------------------------------------
 
-    async def completions(self, request: Request, session: Session, **extra: Any) -> Response:
+    async def completions(
+        self, request: Request, session: Session | None, **extra: Any
+    ) -> Response:
         where = extra.pop("where", None) or queries.CompletionFilter.from_query(
             request.query_params
         )
         before = request.query_params.get("before", "")
         try:
-            rows, next_cursor = await run_in_threadpool(
-                queries.page, self.app.store, where, int(before) if before.isdigit() else None
-            )
+            cursor = whole_number(before, "before", 0, MAX_CURSOR) if before else None
+            rows, next_cursor = await run_in_threadpool(queries.page, self.app.store, where, cursor)
+        except ApiError as exc:
+            rows, next_cursor, extra["error"] = [], None, exc.message
         except ValueError as exc:
             rows, next_cursor, extra["error"] = [], None, str(exc)
         models = await run_in_threadpool(self._model_ids)
@@ -140,7 +179,7 @@ class Dashboard:
         )
         return HTMLResponse(html, 400 if extra.get("error") else 200)
 
-    async def completion(self, request: Request, session: Session) -> Response:
+    async def completion(self, request: Request, session: Session | None) -> Response:
         record = await run_in_threadpool(
             self.app.store.get, "completion", request.path_params["cid"]
         )
@@ -149,7 +188,7 @@ class Dashboard:
         html = self.render("completion.html.j2", session, body=record.body, extra=record.extra)
         return HTMLResponse(html)
 
-    async def distill(self, request: Request, session: Session) -> Response:
+    async def distill(self, request: Request, session: Session | None) -> Response:
         form = await request.form()
         where = queries.CompletionFilter.from_query(form)
         try:
@@ -168,11 +207,11 @@ class Dashboard:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    async def jobs(self, request: Request, session: Session) -> Response:
+    async def jobs(self, request: Request, session: Session | None) -> Response:
         listed = await run_in_threadpool(self.app.jobs.list, None, 100, {})
         return HTMLResponse(self.render("jobs.html.j2", session, jobs=listed["data"]))
 
-    async def job(self, request: Request, session: Session) -> Response:
+    async def job(self, request: Request, session: Session | None) -> Response:
         job_id = request.path_params["job_id"]
         try:
             job, events, checkpoints = await run_in_threadpool(self._job_parts, job_id)
@@ -191,7 +230,7 @@ class Dashboard:
         )
         return HTMLResponse(html)
 
-    async def cancel(self, request: Request, session: Session) -> Response:
+    async def cancel(self, request: Request, session: Session | None) -> Response:
         job_id = request.path_params["job_id"]
         try:
             await run_in_threadpool(self.app.jobs.cancel, job_id)
@@ -223,7 +262,7 @@ class Dashboard:
 
     # --- models and the playground --------------------------------------------------------------
 
-    async def models(self, request: Request, session: Session) -> Response:
+    async def models(self, request: Request, session: Session | None) -> Response:
         rows = await run_in_threadpool(self._lineage)
         return HTMLResponse(self.render("models.html.j2", session, models=rows))
 
@@ -243,7 +282,7 @@ class Dashboard:
     def _model_ids(self) -> list[str]:
         return [body["id"] for body in self.app.registry.bodies()]
 
-    async def playground(self, request: Request, session: Session) -> Response:
+    async def playground(self, request: Request, session: Session | None) -> Response:
         models = await run_in_threadpool(self._model_ids)
         source = await request.form() if request.method == "POST" else request.query_params
         sides = [
@@ -285,7 +324,9 @@ class Dashboard:
 
     # --- reports ------------------------------------------------------------------------------
 
-    async def report_list(self, request: Request, session: Session, **extra: Any) -> Response:
+    async def report_list(
+        self, request: Request, session: Session | None, **extra: Any
+    ) -> Response:
         found = sorted(self.reports.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True)
         reports = [
             {"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime} for p in found
@@ -293,7 +334,7 @@ class Dashboard:
         html = self.render("reports.html.j2", session, reports=reports, **extra)
         return HTMLResponse(html, 400 if extra.get("error") else 200)
 
-    async def upload_report(self, request: Request, session: Session) -> Response:
+    async def upload_report(self, request: Request, session: Session | None) -> Response:
         form = await request.form()
         upload = form.get("report")
         name = Path(str(getattr(upload, "filename", "") or "")).name
@@ -301,11 +342,14 @@ class Dashboard:
             return await self.report_list(
                 request, session, error="Choose an .html report (letters, digits, '.', '-', '_')."
             )
-        data = await upload.read()
+        try:
+            data = await upload.read()
+        finally:
+            await form.close()  # the spooled temporary file of the part
         await run_in_threadpool(_write_report, self.reports / name, data)
         return RedirectResponse("/reports", 303)
 
-    async def report(self, request: Request, session: Session) -> Response:
+    async def report(self, request: Request, session: Session | None) -> Response:
         name = request.path_params["name"]
         path = self.reports / name
         if not _REPORT_NAME.fullmatch(name) or not path.is_file():
@@ -321,9 +365,10 @@ class Dashboard:
 
 
 def _write_report(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_bytes(data)
+    os.chmod(temporary, 0o600)
     temporary.replace(path)
 
 

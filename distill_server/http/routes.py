@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from distill_server.errors import ApiError, bad_request
+from distill_server.errors import ApiError, bad_request, whole_number
 from distill_server.http.app import App
 from distill_server.http.guard import error_response
 from distill_server.http.streaming import Deltas, event_stream, wait_unless_gone
@@ -82,11 +82,7 @@ def no_body(request: Request) -> None:
 
 def int_query(request: Request, key: str, default: int) -> int:
     value = request.query_params.get(key)
-    if value is None:
-        return default
-    if not value.isdigit() or not 1 <= int(value) <= 10_000:
-        raise bad_request(f"`{key}` must be an integer from 1 to 10000, not {value!r}.", key)
-    return int(value)
+    return default if value is None else whole_number(value, key, 1, 10_000)
 
 
 def order_query(request: Request, default: str) -> str:
@@ -289,7 +285,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    # Starlette's last resort (a bug outside any endpoint) still answers in OpenAI's shape.
+    # Starlette's last resort (a bug outside any endpoint) still answers in OpenAI's shape; an
+    # ApiError raised where no route catches it (a dashboard form's body timed out) keeps its own.
+    if isinstance(exc, ApiError):
+        return error_response(exc)
     message = f"Internal error: {type(exc).__name__}: {exc}"
     return error_response(ApiError(500, message, type="server_error"))
 

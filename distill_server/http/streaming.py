@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import Future
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -87,8 +88,9 @@ async def event_stream(
     chunk = _Chunks(prepared.model)
     try:
         yield chunk.event({"role": "assistant", "content": "", "refusal": None})
-        async for piece in _pieces(deltas.queue, waiter):
-            yield chunk.event({"content": piece})
+        async with aclosing(_pieces(deltas.queue, waiter)) as pieces:
+            async for piece in pieces:
+                yield chunk.event({"content": piece})
         try:
             result = waiter.result()
         except ApiError as error:
@@ -105,15 +107,23 @@ async def event_stream(
         future.cancel()
 
 
-async def _pieces(queue: asyncio.Queue[str], waiter: asyncio.Future[Any]) -> AsyncIterator[str]:
-    """Each piece as it arrives, until the decode is over (and every piece handed on)."""
+async def _pieces(
+    queue: asyncio.Queue[str], waiter: asyncio.Future[Any]
+) -> AsyncGenerator[str, None]:
+    """Each piece as it arrives, until the decode is over (and every piece handed on).
+
+    Closed early (the client left), the pending ``queue.get`` is cancelled: left pending, it
+    was destroyed with the queue, and asyncio logged "Task was destroyed but it is pending!".
+    """
     while not waiter.done():
         getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
+        try:
+            await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if not getter.cancelled():
             yield getter.result()
-        else:
-            getter.cancel()
     # Pieces are queued before the result is set, on the same loop: none is left behind.
     while not queue.empty():
         yield queue.get_nowait()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from distill_server.errors import ApiError, bad_request, not_found
+from distill_server.private import private_dir
 from distill_server.store import Record, Store, new_id, paginate
 
 PARTIAL = ".partial-"
@@ -28,7 +29,7 @@ class Files:
     def __init__(self, store: Store, root: Path) -> None:
         self._store = store
         self._root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def create(self, filename: str, purpose: str, data: IO[bytes]) -> dict[str, Any]:
         """An upload: checked, then streamed to disk (a temporary name, renamed when whole)."""
@@ -48,7 +49,8 @@ class Files:
         target = self._root / file_id
         partial = target.with_name(f"{file_id}{PARTIAL}{os.getpid()}")
         try:
-            with partial.open("wb") as out:
+            with open(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600), "wb") as out:
+                os.fchmod(out.fileno(), 0o600)  # whatever the umask
                 write(out)
             size = partial.stat().st_size
             os.replace(partial, target)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from distill_server.models import OPTIMIZER_STATE as STATE_FILE
+from distill_server.private import private_tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ def save(model: Any, path: Path, state: dict[str, Any] | None = None) -> Path:
         torch.save(state, partial / STATE_FILE)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(partial, path)
+    private_tree(path)
     return path
 
 
