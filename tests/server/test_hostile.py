@@ -119,7 +119,7 @@ def _models(base_url: str, key: str) -> httpx.Response:
 def test_wrong_keys_from_one_address_are_slowed_and_right_keys_are_not_counted(
     keyed: Any, openapi: OpenApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distill_server.api import keys
+    from distill_server.http import keys
 
     monkeypatch.setattr(keys, "LOCKOUT_S", 1.0)
     for _ in range(3 * keys.FAILURES):  # a right key is never counted
@@ -256,7 +256,7 @@ def test_a_stalled_body_is_answered_408_and_closed_without_a_traceback(
     content_type: str,
     part: bytes,
 ) -> None:
-    from distill_server.api import guard
+    from distill_server.http import guard
 
     monkeypatch.setattr(guard, "BODY_TIMEOUT_S", 0.5)
     host = server.base_url.split("//")[1].split("/")[0]
@@ -278,7 +278,7 @@ def test_a_stalled_body_is_answered_408_and_closed_without_a_traceback(
 
 
 def test_a_slow_but_steady_body_is_read(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from distill_server.api import guard
+    from distill_server.http import guard
 
     monkeypatch.setattr(guard, "BODY_TIMEOUT_S", 1.0)
 
@@ -404,7 +404,7 @@ def test_an_abandoned_stream_leaves_no_pending_task(
 _PARENT = """
 import sys, time
 from pathlib import Path
-from distill_server.engine import convert
+from distill_server.weights import convert
 convert.convert(Path(sys.argv[1]), Path(sys.argv[2]))
 """
 
