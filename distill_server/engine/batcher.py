@@ -8,9 +8,11 @@ batch of their model id (their adapter), up to ``max_batch`` rows. A short reque
 arrives while a long one decodes so waits for a step, not for the long one.
 
 Prompts run in chunks (chunked prefill): each step runs up to ``prefill_chunk`` prompt tokens
-(by default the engine's: 512 on an accelerator, 64 on a CPU) besides the running rows'
-decoding, so a long prompt neither stalls the running streams nor keeps a short request
-waiting for the whole of it. The shortest prompts go first, save a quarter of the chunk that
+(by default the engine's: 512 on an accelerator, 256 on a CPU) besides the running rows'
+decoding; beside other requests, only as many as run in about one decoding step (both timed
+as the worker runs), so a long prompt neither stalls the running streams nor keeps a short
+request waiting for the whole of it. A group of prompts alone takes ``IDLE_CHUNKS`` chunks a
+step. The shortest prompts go first, save a quarter of the chunk that
 the oldest prompt always gets, so a long prompt still progresses.
 
 ``submit`` returns a ``Future``: cancelling it, queued or decoding, frees the request's row at
@@ -41,6 +43,12 @@ if TYPE_CHECKING:
 
 IDLE_CHUNKS = 4
 """How many chunks a step of prompts may run when no other request waits on it."""
+MIN_CHUNK = 16
+"""The fewest prompt tokens a step runs, so a long prompt always moves on."""
+
+
+def _average(mean: float | None, value: float, weight: float = 0.2) -> float:
+    return value if mean is None else (1 - weight) * mean + weight * value
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,11 @@ class Batcher:
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._waiting: list[_Pending] = []
         self._running: dict[Path | None, Decoding] = {}
+        # Measured as the batcher runs (moving averages): a decoding step's seconds and a
+        # prompt token's, so a step of prompts beside running rows takes about a decoding
+        # step's time whatever the machine, the model and the prompt's length so far.
+        self._step_s: float | None = None
+        self._token_s: float | None = None
         self._prefilling: list[Prefill] = []
         self._futures: dict[Row, Future[GenResult]] = {}
         self._stopping = threading.Event()
@@ -166,7 +179,7 @@ class Batcher:
         # Alone (nothing decoding, one group of prompts) a step may take more: the loop still
         # looks for new requests between steps, and a newcomer brings the budget back down.
         alone = not self._running and len(self._prefilling) == 1 and not self._waiting
-        budget = self._chunk * (IDLE_CHUNKS if alone else 1)
+        budget = self._chunk * IDLE_CHUNKS if alone else self._shared_budget()
         shares = {oldest: min(oldest.remaining, max(budget // 4, 1))}
         left = budget - shares[oldest]
         for prefill in sorted(self._prefilling, key=lambda p: p.remaining):
@@ -177,10 +190,20 @@ class Batcher:
         for prefill, tokens in shares.items():
             self._advance(prefill, tokens)
 
+    def _shared_budget(self) -> int:
+        """Prompt tokens for a step beside running or waiting requests: what runs in about
+        one decoding step, between ``MIN_CHUNK`` and the chunk."""
+        if self._step_s is None or self._token_s is None:
+            return self._chunk
+        fits = int(self._step_s / self._token_s)
+        return max(min(MIN_CHUNK, self._chunk), min(fits, self._chunk))
+
     def _advance(self, prefill: Prefill, tokens: int) -> None:
         assert self._engine is not None
         try:
+            began = time.perf_counter()
             started = self._engine.advance(prefill, tokens)
+            self._token_s = _average(self._token_s, (time.perf_counter() - began) / tokens)
             if started is None:
                 return
             self._prefilling.remove(prefill)
@@ -216,7 +239,9 @@ class Batcher:
     def _step(self, decoding: Decoding) -> None:
         assert self._engine is not None
         try:
+            began = time.perf_counter()
             done = self._engine.step(decoding)
+            self._step_s = _average(self._step_s, time.perf_counter() - began)
         except Exception as exc:  # the model itself failed: every row of this batch fails
             for row in decoding.rows:
                 row.error = exc
