@@ -57,3 +57,20 @@ def test_a_followed_job_shows_every_step() -> None:
 @pytest.fixture(autouse=True)
 def _no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+
+
+def test_the_latency_columns_say_they_are_round_trips_and_the_endpoint_time_is_shown(
+    project: pytest.Pytester, server: Any
+) -> None:
+    from conftest import SUITE
+
+    server.processing_ms = 7
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result = project.runpytest()
+    result.stdout.fnmatch_lines(
+        [
+            "*cases*rt p50 ms*rt p95 ms*",
+            "rt ms: a call's round trip, time waiting in the endpoint's queue included; the "
+            "endpoint's processing time (openai-processing-ms), p50: teacher 7 ms, student 7 ms",
+        ]
+    )
