@@ -128,6 +128,7 @@ def _train(config: pytest.Config, runtime: Runtime, progress: jobs.Progress) -> 
             _job_settings(runtime, student.model, trainer),
             state,
             progress,
+            replaying=runtime.replaying,
         )
     dataset.update_manifest(
         data,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_distill import options, xdist
+from pytest_distill import options, selection, xdist
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
@@ -157,6 +157,19 @@ class Controller:
         self.other_failures = 0
         self.outcome: report.Outcome | None = None
         self.verdict: view.Verdict | None = None
+        self.stopped_early = False
+        self.suites: set[str] = set()  # every eval suite collected, before any deselection
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        suite = selection.suite_of(item)
+        if suite is not None:
+            self.suites.add(suite)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Before the first model call: the gate's names exist, a --distill selection trains."""
+        selection.check_gate_names(self.gate, self.suites)
+        if self.runtime.settings.distill:
+            selection.check_training_selection(self.runtime, self.config, session.items)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -172,6 +185,7 @@ class Controller:
             self.other_failures += 1
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.stopped_early = bool(session.shouldfail or session.shouldstop)
         run = self._run()
         self.outcome = outcome = report.finish(run)
         session.exitstatus = code = report.exit_status(
@@ -202,4 +216,5 @@ class Controller:
             runtime.distill_error,
             runtime.training,
             self.gate,
+            stopped_early=bool(self.stopped_early),
         )

@@ -92,8 +92,9 @@ class CallRecord:
     completion_id: str | None
     prompt_tokens: int
     completion_tokens: int
-    latency_s: float
+    latency_s: float  # the round trip as the client saw it, waiting in queues included
     stored: bool = False
+    server_s: float | None = None  # the endpoint's processing time, where it says it
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -197,13 +198,14 @@ def send_chat(
     merged = {k: v for k, v in {**role.params, **(params or {})}.items() if k != "model"}
     extra: dict[str, Any] = {"store": True, "metadata": dict(store)} if store else {}
     started = time.perf_counter()
-    response = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=list(messages),  # type: ignore[arg-type]  # plain dicts, checked at load
         **merged,
         **extra,
     )
-    latency = time.perf_counter() - started
+    latency = time.perf_counter() - started  # the round trip, waiting in queues included
+    response = raw.parse()
     usage = response.usage
     choice = response.choices[0].message.content if response.choices else None
     return response, CallRecord(
@@ -217,7 +219,17 @@ def send_chat(
         completion_tokens=usage.completion_tokens if usage else 0,
         latency_s=latency,
         stored=bool(store),
+        server_s=_processing_s(raw.headers.get("openai-processing-ms")),
     )
+
+
+def _processing_s(header: str | None) -> float | None:
+    """``openai-processing-ms`` (OpenAI and the embedded server send it): the endpoint's own
+    time on the request, without the time it waited in a queue or on the network."""
+    try:
+        return float(header) / 1000 if header is not None else None
+    except ValueError:
+        return None
 
 
 class _Completions:

@@ -41,6 +41,7 @@ class ScriptedServer:
         self.failures: list[Failure] = []
         self.api = ScriptedApi()  # files, fine-tuning jobs, stored completions
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
+        self.processing_ms: int | None = None  # sent as openai-processing-ms, as OpenAI does
         # Fine-tuning, as a remote trainer (Azure OpenAI's v1 API takes OpenAI's shape): the
         # job creates it saw, with their headers, and the model each job "trains".
         self.job_creates: list[tuple[dict[str, Any], dict[str, str]]] = []
@@ -240,7 +241,12 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             arrived = time.perf_counter()
             if server.delay:
                 time.sleep(server.delay)
-            self._send(200, server.completion(body))
+            timing = (
+                {}
+                if server.processing_ms is None
+                else {"openai-processing-ms": str(server.processing_ms)}
+            )
+            self._send(200, server.completion(body), timing)
             server.chat_spans.append((arrived, time.perf_counter()))
 
         def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:

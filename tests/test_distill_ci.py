@@ -147,21 +147,31 @@ def test_training_settings_inside_the_apis_ranges_reach_the_job(
         ["-k", "i0"],
         ["--deselect", "codes.eval.yaml::i05[teacher]"],
         ["codes.eval.yaml::i05[teacher]"],
-        ["-n", "2", "--deselect", "codes.eval.yaml::i05[teacher]"],
     ],
 )
-def test_a_selection_that_leaves_teacher_cases_out_stops_before_the_upload(
+def test_a_selection_that_leaves_teacher_cases_out_is_refused_at_collection(
     codes: pytest.Pytester, trainer: ScriptedServer, selection: list[str]
 ) -> None:
     result = codes.runpytest("--distill", *selection)
-    assert result.ret == 7
-    result.stdout.fnmatch_lines(
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
         [
-            "distill: * of * train-split teacher cases did not run (-k, --lf, --deselect, node "
-            "ids or --distill-roles left them out), and training on a subset starts a new job; "
-            "run them all, or pass --distill-allow-subset (ini distill_allow_subset)*"
+            "ERROR: --distill: the selection leaves * of * train-split teacher cases out (-k, -m, "
+            "--lf, --deselect, node ids or --distill-roles), and training on a subset changes "
+            "the data and starts a new job; run them all, or pass --distill-allow-subset "
+            "(ini distill_allow_subset)"
         ]
     )
+    assert trainer.requests == []  # not one model call was made
+
+
+def test_under_xdist_a_selection_that_leaves_teacher_cases_out_stops_before_the_upload(
+    codes: pytest.Pytester, trainer: ScriptedServer
+) -> None:
+    # The controller collects nothing: it finds out when the workers' results come back.
+    result = codes.runpytest("--distill", "-n", "2", "--deselect", "codes.eval.yaml::i05[teacher]")
+    assert result.ret == 7
+    result.stdout.fnmatch_lines(["distill: 1 of * train-split teacher cases did not run (-k, *"])
     assert _paths(trainer, "POST", "/v1/files") == []
 
 
@@ -169,9 +179,24 @@ def test_distill_roles_without_the_teacher_is_a_subset_too(
     codes: pytest.Pytester, trainer: ScriptedServer
 ) -> None:
     result = codes.runpytest("--distill", "--distill-roles=student")
-    assert result.ret == 7
-    result.stdout.fnmatch_lines(["distill: 2? of 2? train-split teacher cases did not run *"])
-    assert _paths(trainer, "POST", "/v1/files") == []
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --distill: the selection leaves 2? of 2? train-split *"])
+    assert trainer.requests == []
+
+
+def test_a_selection_too_small_to_train_is_refused_at_collection(
+    codes: pytest.Pytester, trainer: ScriptedServer
+) -> None:
+    result = codes.runpytest("--distill", "--distill-allow-subset", "-k", "i0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --distill: the selection keeps ? train-split teacher cases, so at most ? "
+            "training examples, and training needs at least 10; select more cases (widen -k / "
+            "-m, drop --deselect or node ids)"
+        ]
+    )
+    assert trainer.requests == []
 
 
 def test_allow_subset_trains_on_what_ran(codes: pytest.Pytester, trainer: ScriptedServer) -> None:

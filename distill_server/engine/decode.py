@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class GenResult:
     finish_reason: str
     batch_size: int
     """The most requests decoded together in one step with this one (itself included)."""
+    decode_s: float = 0.0
+    """Seconds from when the batcher took the request off its queue until it was done."""
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +74,7 @@ class Row:
     finish: str | None = None
     error: BaseException | None = None
     batch_size: int = 0
+    taken: float = field(default_factory=time.perf_counter)  # off the queue, into a batch
 
     @property
     def done(self) -> bool:
@@ -79,7 +83,14 @@ class Row:
     def result(self) -> GenResult:
         text = self.answer.finish(self.tokens)
         finish = self.finish or "length"
-        return GenResult(text, len(self.prompt), len(self.tokens), finish, self.batch_size)
+        return GenResult(
+            text,
+            len(self.prompt),
+            len(self.tokens),
+            finish,
+            self.batch_size,
+            time.perf_counter() - self.taken,
+        )
 
 
 @dataclass(eq=False, slots=True)

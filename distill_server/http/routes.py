@@ -171,7 +171,13 @@ class Routes:
         result = await wait_unless_gone(request, chat, prepared)
         answer = await run_in_threadpool(chat.completion, prepared, result)
         # Lets clients and tests see that concurrent requests were decoded together.
-        return JSONResponse(answer, headers={"x-distill-batch-size": str(result.batch_size)})
+        # openai-processing-ms, as OpenAI sends it: the time spent on the request once taken
+        # off the queue, so a client can tell the model's time from the queue's.
+        headers = {
+            "x-distill-batch-size": str(result.batch_size),
+            "openai-processing-ms": str(round(result.decode_s * 1000)),
+        }
+        return JSONResponse(answer, headers=headers)
 
     async def update_completion(self, request: Request) -> Any:
         body = await json_body(request, UpdateCompletion)

@@ -65,15 +65,19 @@ def train(
     settings: TrainingSettings,
     state: State,
     progress: Progress,
+    *,
+    replaying: bool = False,
 ) -> Outcome:
-    """Find or start the job for this dataset and settings, then follow it unless no_wait."""
+    """Find or start the job for this dataset and settings, then follow it unless no_wait.
+    ``replaying``: the job's polls come from cassettes, so its step lines are counted, not
+    printed again one by one."""
     key = job_key(settings, dataset)
     try:
         job, file_id, reused = _find_or_start(client, dataset, settings, state, key, progress)
         if settings.no_wait or job.status in FINAL:
             return _outcome(job, file_id, reused)
         metrics: dict[int, dict[str, Any]] = {}
-        job = follow(client, job.id, settings, progress, metrics)
+        job = follow(client, job.id, settings, progress, metrics, replaying=replaying)
         return _outcome(job, file_id, reused, tuple(metrics[s] for s in sorted(metrics)))
     except DistillError:
         raise
@@ -213,11 +217,15 @@ def follow(
     settings: TrainingSettings,
     progress: Progress,
     metrics: dict[int, dict[str, Any]] | None = None,
+    *,
+    replaying: bool = False,
 ) -> Any:
     """Poll the job and its events until it is final; an unknown status counts as running.
-    Each metrics event seen is kept in ``metrics`` by its step."""
+    Each metrics event seen is kept in ``metrics`` by its step. Replaying, only the first and
+    the final line are shown, with the number of step lines between them."""
     started = time.monotonic()
     last_state, last_shown = "", 0.0
+    replayed = 0
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
         events = client.fine_tuning.jobs.list_events(job_id, limit=20).data  # newest first
@@ -226,7 +234,13 @@ def follow(
         elapsed = time.monotonic() - started
         state = _progress_line(job, events)
         # A line when the state or step changes, else a heartbeat every 30 s.
-        if state != last_state or elapsed - last_shown >= 30:
+        if replaying and last_state and job.status not in FINAL:
+            replayed += state != last_state
+            last_state = state
+        elif state != last_state or elapsed - last_shown >= 30:
+            if replayed:
+                progress(f"distill: {replayed} recorded progress lines of job {job_id} replayed")
+                replayed = 0
             progress(f"{state}, {elapsed:.0f}s elapsed")
             last_state, last_shown = state, elapsed
         if job.status in FINAL:

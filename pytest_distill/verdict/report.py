@@ -56,6 +56,7 @@ class Run:
     distill_error: str | None = None
     training: Mapping[str, Any] | None = None  # the distill step's lineage
     gate: Gate | None = None
+    stopped_early: bool = False  # -x or --maxfail ended the session before every item ran
 
     def __post_init__(self) -> None:
         if self.gate is None and self.settings.gate:
@@ -121,20 +122,37 @@ def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
         found.role_stats(lambda items: _stats(aggregate(items, prices))), found.pair
     )
     if result.missing_roles:
-        why = "; ".join(_why_missing(run, role) for role in result.missing_roles)
+        why = _why_missing(run, result.missing_roles)
         return dataclasses.replace(result, reason=f"{result.reason} ({why})")
     return result
 
 
-def _why_missing(run: Run, label: str) -> str:
+def _why_missing(run: Run, labels: Sequence[str]) -> str:
+    """One cause per missing label, labels that share a cause named together, a suite label
+    folded into its role's when the role is missing for the same reason."""
+    causes = {label: _cause(run, label) for label in labels}
+    grouped: dict[str, list[str]] = {}
+    for label, cause in causes.items():
+        role, suite = paired.parse_label(label)
+        if suite is not None and causes.get(role) == cause:
+            continue  # said once, for the role
+        grouped.setdefault(cause, []).append(label)
+    return "; ".join(f"{', '.join(names)}: {cause}" for cause, names in grouped.items())
+
+
+def _cause(run: Run, label: str) -> str:
     role, suite = paired.parse_label(label)
-    if suite is not None and role in run.settings.roles:
-        return f"{label}: no {role} results in suite {suite!r} (a typo in the suite's name?)"
+    stopped = "the session stopped early (-x or maxfail)"
     if run.distill_error and role == "finetuned":
-        return "finetuned: the distill step failed"
+        return f"not run, {stopped}" if run.stopped_early else "the distill step failed"
     if role not in run.settings.roles:
-        return f"{role}: not selected by --distill-roles / ini distill_roles"
-    return f"{role}: none of its items ran (deselected by -k, -m or node ids, or not collected)"
+        return "not selected by --distill-roles / ini distill_roles"
+    if run.stopped_early:
+        return f"not run, {stopped}"
+    ran = any(r.role == role for r in run.results.items)
+    if suite is not None and ran:
+        return "no results in this suite (its items were deselected by -k, -m or node ids)"
+    return "none of its items ran (deselected by -k, -m or node ids, or not collected)"
 
 
 def secrets(settings: Settings) -> list[str]:

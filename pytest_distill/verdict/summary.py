@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from pytest_distill.records import ItemResult
 from pytest_distill.verdict import evidence as paired
 from pytest_distill.verdict.gate import DISTILL_FAILED_EXIT_CODE, percentile
 from pytest_distill.verdict.report import Outcome, Run
@@ -30,8 +31,8 @@ _COLUMNS = (
     "score",
     "prompt tok",
     "compl tok",
-    "p50 ms",
-    "p95 ms",
+    "rt p50 ms",
+    "rt p95 ms",
     "cost",
 )
 
@@ -92,6 +93,20 @@ def tables(run: Run) -> Iterator[Line]:
             )
         ]
         yield from _table("by suite, holdout cases" if holdout else "by suite", rows)
+    yield _latency_legend(results.items, roles)
+
+
+def _latency_legend(items: Sequence[ItemResult], roles: Sequence[str]) -> Line:
+    """What the latency columns measure, and the endpoints' own time where they sent it."""
+    text = "rt ms: a call's round trip, time waiting in the endpoint's queue included"
+    own = {
+        role: [i.call.server_s for i in items if i.role == role and i.call and i.call.server_s]
+        for role in roles
+    }
+    known = [f"{role} {percentile(v, 50) * 1000:.0f} ms" for role, v in own.items() if v]
+    if known:
+        text += f"; the endpoint's processing time (openai-processing-ms), p50: {', '.join(known)}"
+    return Line(text)
 
 
 def _row(label: str, agg: Aggregate) -> tuple[str, ...]:

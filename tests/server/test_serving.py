@@ -200,6 +200,8 @@ def test_disconnected_client_withdraws_its_request(server: Any) -> None:
     assert response.status_code == 200
     assert response.headers["x-distill-batch-size"] == "1"
     assert waited < one_long, (waited, one_long)
+    # The server's own time on it, counted from when it was taken off the queue.
+    assert 0 <= int(response.headers["openai-processing-ms"]) <= waited * 1000
 
 
 def test_top_p_zero_samples_the_likeliest_token_instead_of_failing(server: Any) -> None:
