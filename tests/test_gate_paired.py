@@ -159,5 +159,7 @@ def test_clauses_over_too_few_paired_cases_fail_closed():
     ).evaluate(STATS, pairs)
     assert result.passed is False
     assert [c.passed for c in result.clauses] == [False, False, True]
-    assert result.clauses[0].explanation.endswith(": 4 paired cases, at least 5 are needed -> False")
+    assert result.clauses[0].explanation.endswith(
+        ": 4 paired cases, at least 5 are needed -> False"
+    )
     assert "too few cases that both finetuned and teacher ran (n=4" in result.clauses[1].explanation

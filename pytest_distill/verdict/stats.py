@@ -158,9 +158,7 @@ def compare(
     )
 
 
-def difference_range(
-    a_scores: Sequence[float], b_scores: Sequence[float]
-) -> tuple[float, float]:
+def difference_range(a_scores: Sequence[float], b_scores: Sequence[float]) -> tuple[float, float]:
     """Where a mean difference can lie: [-1, 1] when every score is in [0, 1] (as graders
     give them), else unbounded."""
     if all(0 <= s <= 1 for s in (*a_scores, *b_scores)):
