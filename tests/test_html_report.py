@@ -252,7 +252,7 @@ def test_by_suite_table_shows_the_gates_split_of_a_version_2_report() -> None:
     assert caption == "By suite · Holdout cases · the gate's"
     assert rows["meetings · finetuned"][:3] == ["20", "5.0%", "0.050"]
     assert rows["meetings · teacher"][:3] == ["20", "5.0%", "0.050"]
-    assert "–" not in rows["meetings · teacher"][:5]
+    assert "\N{EN DASH}" not in rows["meetings · teacher"][:5]
 
 
 def test_by_suite_table_of_a_version_1_report_shows_all_cases() -> None:

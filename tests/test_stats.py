@@ -206,7 +206,7 @@ def test_an_interval_never_leaves_the_range_of_a_difference():
     assert (pair.low, pair.high) == (-1.0, 1.0)  # the t interval alone is [-5.853, +6.853]
     assert pair.lower_bound >= -1.0
     wide = compare("a", "b", [1.0, 0.9, 0.0, 1.0, 0.2], [0.0, 0.1, 1.0, 0.0, 0.9], 0.95)
-    assert not wide.too_few and -1.0 <= wide.low and wide.high <= 1.0
+    assert not wide.too_few and wide.low >= -1.0 and wide.high <= 1.0
 
 
 def test_scores_outside_zero_one_are_not_clipped():

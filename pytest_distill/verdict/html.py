@@ -132,7 +132,7 @@ def _suite_table(
                 agg, shown = figures, "all"
             if agg.get("cases"):
                 rows.append((f"{suite} · {role}", agg))
-    caption = f"By suite · {SPLITS[shown] if shown in SPLITS else shown}"
+    caption = f"By suite · {SPLITS.get(shown, shown)}"
     return caption + (" · the gate's" if shown == split else ""), rows
 
 
