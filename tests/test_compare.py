@@ -189,6 +189,9 @@ def test_assertrepr_renders_the_diff_for_a_failed_match() -> None:
     lines = assertrepr("==", json_match({"qty": 2}), '{"qty": 3}')
     assert lines is not None
     assert lines[1:] == ["JSON differs (score 0.00):", "qty: expected 2, got 3"]
+    two = assertrepr("==", json_match({"qty": 2, "sku": "A"}), '{"qty": 3, "sku": "B"}')
+    assert two is not None and two[1] == "JSON differs in 2 fields (score 0.00):"
+    assert two[2:] == ["qty: expected 2, got 3", 'sku: expected "A", got "B"']
     reflected = assertrepr("==", '{"qty": 3}', json_match({"qty": 2}))
     assert reflected == ["'{\"qty\": 3}' does not match json_match({'qty': 2})", *lines[1:]]
 

@@ -107,7 +107,7 @@ def test_a_clause_without_paired_cases_fails():
         "noninferior(finetuned, student, margin=0.05) and (student - teacher).low > 0"
     ).evaluate(STATS, pairs_from({}))
     assert result.passed is False
-    assert result.clauses[0].explanation.endswith("0 paired cases, at least 2 are needed -> False")
+    assert result.clauses[0].explanation.endswith("0 paired cases, at least 5 are needed -> False")
     assert "no cases that both student and teacher ran" in result.clauses[1].explanation
 
 
@@ -146,4 +146,20 @@ def test_a_clause_on_one_paired_case_fails_and_says_one_case():
     )
     result = Gate.parse("noninferior(finetuned, teacher, margin=0.05)").evaluate(STATS, one)
     assert result.passed is False
-    assert result.clauses[0].explanation.endswith(": 1 paired case, at least 2 are needed -> False")
+    assert result.clauses[0].explanation.endswith(": 1 paired case, at least 5 are needed -> False")
+
+
+def test_clauses_over_too_few_paired_cases_fail_closed():
+    # 4 cases, all better: a bound could clear the margin, but 4 cases say nothing
+    four = compare("finetuned", "teacher", [1.0] * 4, [0.0] * 4, 0.95)
+    pairs = pairs_from({("finetuned", "teacher"): four})
+    result = Gate.parse(
+        "superior(finetuned, teacher, margin=0) and (finetuned - teacher).low > 0"
+        " and (finetuned - teacher).n >= 4"
+    ).evaluate(STATS, pairs)
+    assert result.passed is False
+    assert [c.passed for c in result.clauses] == [False, False, True]
+    assert result.clauses[0].explanation.endswith(
+        ": 4 paired cases, at least 5 are needed -> False"
+    )
+    assert "too few cases that both finetuned and teacher ran (n=4" in result.clauses[1].explanation

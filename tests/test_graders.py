@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -182,6 +183,23 @@ def test_json_grader_failure_shows_path_diff_and_partial_score() -> None:
     assert result.score == pytest.approx(0.75)
     assert result.reason == "JSON differs: qty: expected 2, got 3"
     assert result.detail == ("qty: expected 2, got 3",)
+
+
+def test_json_grader_reason_names_every_differing_field_on_one_line() -> None:
+    meeting = {"id": "m-1", "reference": '{"minutes": 60, "time": "10:00", "room": "A"}'}
+    result = grade({"type": "json"}, '{"minutes": 1, "time": "9:00", "room": "A"}', meeting)
+    assert result.reason == (
+        'JSON differs in 2 fields: minutes: expected 60, got 1; time: expected "10:00", got "9:00"'
+    )
+    assert result.detail == ("minutes: expected 60, got 1", 'time: expected "10:00", got "9:00"')
+
+
+def test_json_grader_reason_caps_the_paths_it_names() -> None:
+    wide = {"id": "w", "reference": json.dumps({f"k{n:02d}": n for n in range(12)})}
+    result = grade({"type": "json"}, json.dumps({f"k{n:02d}": -1 for n in range(12)}), wide)
+    assert result.reason.startswith("JSON differs in 12 fields: k00: expected 0, got -1; ")
+    assert result.reason.endswith("k04: expected 4, got -1; and 7 more")
+    assert "\n" not in result.reason and result.reason.count(";") == 5
 
 
 def test_json_grader_options_ignore_order_tolerance_and_exclusions() -> None:

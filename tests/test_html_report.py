@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,65 @@ def test_render_does_not_change_the_report_it_is_given() -> None:
     before = copy.deepcopy(data)
     html.render(data)
     assert data == before
+
+
+def table_rows(page: str, table_id: str) -> tuple[str, dict[str, list[str]]]:
+    """A rendered table's caption and its rows: header cell -> the data cells' text."""
+    found = re.search(rf'<table class="agg" id="{table_id}">(.*?)</table>', page, re.S)
+    assert found, f"no table {table_id}"
+    body = found.group(1)
+    caption = re.search(r"<caption>(.*?)</caption>", body, re.S)
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1], re.S):
+        head = re.search(r'<th scope="row">(.*?)</th>', row, re.S)
+        cells = [
+            unescape(re.sub(r"<[^>]+>", "", c)).strip()
+            for c in re.findall(r"<td>(.*?)</td>", row, re.S)
+        ]
+        rows[unescape(head.group(1)).strip() if head else ""] = cells
+    return (unescape(caption.group(1)).strip() if caption else ""), rows
+
+
+def test_by_suite_table_shows_the_gates_split_of_a_version_2_report() -> None:
+    data = factory.report(OUTCOMES)
+    data["schema"] = "pytest-distill/report/2"
+    data["suites"] = {
+        "meetings": {
+            role: {
+                "all": factory.agg(100, 60, 0.6),
+                "train": factory.agg(80, 59, 0.74),
+                "holdout": factory.agg(20, 1, 0.05),
+            }
+            for role in ("teacher", "finetuned")
+        }
+    }
+    caption, rows = table_rows(html.render(data), "table-suites")
+    assert caption == "By suite · Holdout cases · the gate's"
+    assert rows["meetings · finetuned"][:3] == ["20", "5.0%", "0.050"]
+    assert rows["meetings · teacher"][:3] == ["20", "5.0%", "0.050"]
+    assert "\N{EN DASH}" not in rows["meetings · teacher"][:5]
+
+
+def test_by_suite_table_of_a_version_1_report_shows_all_cases() -> None:
+    caption, rows = table_rows(html.render(factory.report(OUTCOMES)), "table-suites")
+    assert caption == "By suite · All cases"
+    assert rows["due_dates · teacher"][:3] == ["3", "66.7%", "0.667"]
+
+
+def test_paired_table_says_too_few_and_errored_instead_of_numbers() -> None:
+    data = factory.report(OUTCOMES)
+    data["schema"] = "pytest-distill/report/2"
+    pair = {"a": "finetuned", "b": "teacher", "better": 1, "worse": 0, "errored": 0}
+    data["paired"] = {
+        "confidence": 0.95,
+        "pairs": [
+            {**pair, "n": 40, "mean_difference": 0.1, "low": 0.02, "high": 0.18, "too_few": False},
+            {**pair, "b": "student", "n": 2, "mean_difference": 0.5, "low": None, "too_few": True},
+            {**pair, "a": "student", "n": 0, "mean_difference": None, "errored": 46},
+        ],
+    }
+    caption, rows = table_rows(html.render(data), "table-paired")
+    assert caption.startswith("Paired differences on holdout cases (95% CI")
+    assert rows["finetuned - teacher"][:3] == ["40", "+0.100 [+0.020, +0.180]", "1"]
+    assert rows["finetuned - student"][1] == "too few cases (n=2)"
+    assert rows["student - teacher"][1] == "no paired cases (46 errored)"

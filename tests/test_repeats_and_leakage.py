@@ -136,8 +136,8 @@ def test_summary_prints_paired_differences_per_pair_and_per_suite(project: pytes
     result.stdout.fnmatch_lines(
         [
             "paired differences (95% CI, by case):",
-            "  teacher - student: +0.800  95% CI [+0.498, +1.102]  n=10 paired  (8 better, 0 worse)  exact p=0.00781",
-            "  student - teacher: -0.800  95% CI [-1.102, -0.498]  n=10 paired  (0 better, 8 worse)  exact p=0.00781",
+            "  teacher - student: +0.800  95% CI [+0.498, +1.000]  n=10 paired  (8 better, 0 worse)  exact p=0.00781",
+            "  student - teacher: -0.800  95% CI [-1.000, -0.498]  n=10 paired  (0 better, 8 worse)  exact p=0.00781",
             "  student?capitals? - teacher?capitals?: -0.800 *n=5 paired  (0 better, 4 worse)*",
             "  student?more? - teacher?more?: -0.800 *n=5 paired*",
             "  ok   noninferior(teacher, student, margin=0.05): teacher - student = +0.800, one-sided 95% lower bound +0.* > -0.050 (n=10 paired, 8 better, 0 worse) -> True",

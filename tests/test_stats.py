@@ -192,6 +192,23 @@ def test_power_says_how_many_cases_a_small_holdout_would_need():
     assert f"about {needed} holdout cases" in found.line()
 
 
-def test_fewer_than_two_cases_give_an_unbounded_interval():
+def test_fewer_than_two_cases_give_the_whole_range_and_too_few():
     pair = compare("finetuned", "teacher", [1.0], [0.0], 0.95)
-    assert pair.low == -math.inf and pair.lower_bound == -math.inf
+    assert (pair.low, pair.high, pair.lower_bound) == (-1.0, 1.0, -1.0)
+    assert pair.too_few
+    assert pair.line() == "finetuned - teacher: too few cases (n=1 paired, at least 5 needed)"
+
+
+def test_an_interval_never_leaves_the_range_of_a_difference():
+    pair = compare("finetuned", "teacher", [1.0, 0.0], [0.0, 0.5], 0.95)
+    assert pair.n == 2 and pair.too_few
+    assert -1.0 <= pair.low <= pair.mean <= pair.high <= 1.0
+    assert (pair.low, pair.high) == (-1.0, 1.0)  # the t interval alone is [-5.853, +6.853]
+    assert pair.lower_bound >= -1.0
+    wide = compare("a", "b", [1.0, 0.9, 0.0, 1.0, 0.2], [0.0, 0.1, 1.0, 0.0, 0.9], 0.95)
+    assert not wide.too_few and wide.low >= -1.0 and wide.high <= 1.0
+
+
+def test_scores_outside_zero_one_are_not_clipped():
+    pair = compare("a", "b", [3.0, 0.0], [0.0, 2.0], 0.95)
+    assert pair.low < -1.0 and pair.high > 1.0

@@ -24,6 +24,7 @@ from typing import Any, Final
 from pytest_distill.text import shorten
 
 MAX_DIFF_LINES: Final = 10
+MAX_REASON_PATHS: Final = 5  # a one-line reason names this many differing paths, then a count
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n(.*?)\n?```", re.DOTALL)
 _QUOTED = r"\['(?P<sq>[^']*)'\]|\[\"(?P<dq>[^\"]*)\"\]|\[(?P<index>\d+|\*)\]"
 _NATIVE_SEGMENT = re.compile(_QUOTED)
@@ -64,6 +65,19 @@ class JsonComparison:
     equal: bool
     score: float  # fraction of expected (plus unexpected) leaves that match; 1.0 when equal
     lines: tuple[str, ...]  # e.g. "items[0].qty: expected 2, got 3"; capped, then "... and N more"
+    differences: int = 1  # how many paths differ (``lines`` may stop short of them all)
+
+    def reason(self, limit: int = MAX_REASON_PATHS) -> str:
+        """One line naming every differing path, up to ``limit`` of them, then how many more:
+        ``JSON differs in 2 fields: minutes: expected 60, got 1; time: expected "10:00", got
+        "9:00"``."""
+        paths = [line for line in self.lines if not line.startswith("... and ")]
+        total = max(self.differences, len(paths))
+        shown = paths[:limit]
+        if total <= 1:
+            return f"JSON differs: {shown[0]}" if shown else "JSON differs"
+        more = f"; and {total - len(shown)} more" if total > len(shown) else ""
+        return f"JSON differs in {total} fields: {'; '.join(shown)}{more}"
 
 
 def parse_model_json(text: str) -> Any:
@@ -123,7 +137,12 @@ def compare_json(
     levels = _diff_levels(want, got, tolerance)
     if not levels:
         return JsonComparison(equal=True, score=1.0, lines=())
-    return JsonComparison(equal=False, score=_score(want, levels), lines=_lines(levels, max_lines))
+    return JsonComparison(
+        equal=False,
+        score=_score(want, levels),
+        lines=_lines(levels, max_lines),
+        differences=len(levels),
+    )
 
 
 def _normalize(value: Any, path: tuple[Segment, ...], patterns: tuple[Pattern, ...]) -> Any:
@@ -360,4 +379,6 @@ def assertrepr(op: str, left: object, right: object) -> list[str] | None:
     if comparison.equal:
         return None
     header = f"{shorten(repr(other))} does not match {shorten(repr(match))}"
-    return [header, f"JSON differs (score {comparison.score:.2f}):", *comparison.lines]
+    many = comparison.differences
+    differs = f"JSON differs in {many} fields" if many > 1 else "JSON differs"
+    return [header, f"{differs} (score {comparison.score:.2f}):", *comparison.lines]

@@ -177,9 +177,7 @@ class JsonCheck:
         )
         if result.equal:
             return Grade(self.name, 1.0, True)
-        return Grade(
-            self.name, result.score, False, f"JSON differs: {result.lines[0]}", result.lines
-        )
+        return Grade(self.name, result.score, False, result.reason(), result.lines)
 
     def _expected(self, sample: Sample, item: Mapping[str, Any]) -> Any:
         expected = self.reference.resolve(sample, item)

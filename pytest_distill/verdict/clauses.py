@@ -9,6 +9,9 @@ paired differences and the ``noninferior`` / ``superior`` tests.
 - ``noninferior(finetuned, teacher, margin=0.05)`` passes when the one-sided lower confidence
   bound of ``finetuned - teacher`` is above ``-margin``; ``superior(...)`` when it is above
   ``+margin``.
+
+A clause over fewer than ``MIN_PAIRED_CASES`` paired cases (cases where either role errored
+are no pairs) fails: too few cases say nothing either way. ``.n`` is read at any count.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from pytest_distill.verdict.stats import Pair, signed
+from pytest_distill.verdict.stats import MIN_PAIRED_CASES, Pair, signed
 from pytest_distill.verdict.tree import Difference, Test
 
 
@@ -28,10 +31,10 @@ def evaluate(test: Test, pairs: Pairs) -> tuple[bool, str]:
     """Whether the clause passes, and its explanation with the numbers."""
     pair = pairs(test.a.label, test.b.label)
     head = f"{test.name}({test.a.label}, {test.b.label}, margin={test.margin:g})"
-    if pair is None or pair.n < 2:
+    if pair is None or pair.too_few:
         n = 0 if pair is None else pair.n
         cases = "1 paired case" if n == 1 else f"{n} paired cases"
-        return False, f"{head}: {cases}, at least 2 are needed -> False"
+        return False, f"{head}: {cases}, at least {MIN_PAIRED_CASES} are needed -> False"
     passed = pair.lower_bound > test.threshold
     return passed, (
         f"{head}: {pair.label} = {signed(pair.mean)}, one-sided {pair.confidence:.0%} lower "
@@ -44,6 +47,11 @@ def difference_value(node: Difference, pairs: Pairs) -> float:
     pair = pairs(node.a.label, node.b.label)
     if pair is None:
         raise LookupError(f"no cases that both {node.a.label} and {node.b.label} ran")
+    if pair.too_few and node.attribute != "n":
+        raise LookupError(
+            f"too few cases that both {node.a.label} and {node.b.label} ran "
+            f"(n={pair.n}, at least {MIN_PAIRED_CASES} are needed)"
+        )
     return float(getattr(pair, node.attribute))
 
 
@@ -52,6 +60,8 @@ def render_difference(node: Difference, pairs: Pairs) -> str:
     pair = pairs(node.a.label, node.b.label)
     if pair is None:
         return "?"
+    if pair.too_few:
+        return f"{pair.n}" if node.attribute == "n" else f"? (too few cases, n={pair.n})"
     value = getattr(pair, node.attribute)
     shown = str(value) if node.attribute == "n" else signed(value)
     return (

@@ -85,7 +85,8 @@ def context(data: Mapping[str, Any]) -> dict[str, Any]:
         "role_models": data.get("roles") or {},
         "split": split,
         "scores": scores,
-        "suites": data.get("suites") or {},
+        "suite_table": _suite_table(data.get("suites") or {}, roles, split),
+        "paired": _paired(data.get("paired")),
         "tables": _tables(scores, roles, split),
         "chart": _score_chart(scores, roles, split),
         "training": data.get("training"),
@@ -110,6 +111,50 @@ def _tables(
         if rows:
             tables.append((name, SPLITS[name] + (" · the gate's" if name == split else ""), rows))
     return tables
+
+
+def _suite_table(
+    suites: Mapping[str, Any], roles: list[str], split: str
+) -> tuple[str, list[tuple[str, Mapping[str, Any]]]]:
+    """The by-suite caption and rows (``suite · role``, aggregate) on the gate's split.
+    Version 2 splits each suite's role by ``all``/``train``/``holdout``; version 1 holds one
+    aggregate of all cases."""
+    rows = []
+    shown = split
+    for suite, per_role in suites.items():
+        for role in roles:
+            figures = (per_role or {}).get(role)
+            if not isinstance(figures, Mapping):
+                continue
+            if any(isinstance(figures.get(s), Mapping) for s in SPLITS):
+                agg = figures.get(split) or {}
+            else:  # version 1: one aggregate over every case
+                agg, shown = figures, "all"
+            if agg.get("cases"):
+                rows.append((f"{suite} · {role}", agg))
+    caption = f"By suite · {SPLITS.get(shown, shown)}"
+    return caption + (" · the gate's" if shown == split else ""), rows
+
+
+def _paired(section: Any) -> list[dict[str, Any]]:
+    """The report's paired comparisons, each with its ``shown`` text: the interval, or why
+    there is none (too few cases, every case errored)."""
+    if not isinstance(section, Mapping):
+        return []
+    found = []
+    for pair in section.get("pairs") or ():
+        if not isinstance(pair, Mapping):
+            continue
+        n, errored = pair.get("n") or 0, pair.get("errored") or 0
+        low, high, mean = pair.get("low"), pair.get("high"), pair.get("mean_difference")
+        if not n:
+            shown = f"no paired cases ({errored} errored)"
+        elif pair.get("too_few") or not all(isinstance(v, (int, float)) for v in (low, high)):
+            shown = f"too few cases (n={n})"
+        else:
+            shown = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        found.append({**pair, "label": f"{pair.get('a')} - {pair.get('b')}", "shown": shown})
+    return found
 
 
 def _score_chart(scores: Mapping[str, Any], roles: list[str], split: str) -> charts.BarChart:

@@ -28,6 +28,13 @@ n = 500; the normal quantile would not), the skewness, the exact binomial test o
 discordant cases (McNemar's exact test), the paired bootstrap and the root of Tango's bound.
 It is imported here only, and only when a pair is compared: ``import pytest_distill.plugin``
 stays cheap.
+
+Every interval stays inside the range a difference can take: [-1, 1] for scores in [0, 1]
+(the t interval of a few cases would otherwise reach past it). Below ``MIN_PAIRED_CASES``
+paired cases no interval is shown and no clause that reads one passes: at n = 2 the 95% t
+interval is twelve standard deviations wide, and at n = 4 a Student quantile of 3.2 still
+makes it say little. Five is also the fewest cases at which a one-sided 95% Tango bound of
+cases that all agree (5 better, 0 worse) clears zero.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Final
 BOOTSTRAP_RESAMPLES: Final = 2000
 BOOTSTRAP_SEED: Final = 20241104  # fixed: the same data gives the same interval
 POWER: Final = 0.8  # the share of runs a real drop should fail, as sample-size tables use
+MIN_PAIRED_CASES: Final = 5  # fewer paired cases: "too few cases", and clauses fail closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +76,25 @@ class Pair:
     def label(self) -> str:
         return f"{self.a} - {self.b}"
 
-    def line(self) -> str:
+    @property
+    def too_few(self) -> bool:
+        """Fewer than ``MIN_PAIRED_CASES`` cases: no interval is shown, no clause passes."""
+        return self.n < MIN_PAIRED_CASES
+
+    def line(self, errored: int = 0) -> str:
         """``finetuned - teacher: +0.100  95% CI [+0.031, +0.169]  n=100 paired  (12 better,
-        2 worse)`` and the exact test or the bootstrap interval."""
+        2 worse)`` and the exact test or the bootstrap interval; ``too few cases (n=2 paired,
+        at least 5 needed)`` below ``MIN_PAIRED_CASES``. ``errored``: cases left out because
+        either role has no grade there."""
+        left_out = f", {errored} errored" if errored else ""
+        if self.too_few:
+            return (
+                f"{self.label}: too few cases (n={self.n} paired{left_out}, "
+                f"at least {MIN_PAIRED_CASES} needed)"
+            )
         text = (
             f"{self.label}: {signed(self.mean)}  {self.confidence:.0%} CI "
-            f"[{signed(self.low)}, {signed(self.high)}]  n={self.n} paired  "
+            f"[{signed(self.low)}, {signed(self.high)}]  n={self.n} paired{left_out}  "
             f"({self.better} better, {self.worse} worse)"
         )
         if self.exact_p is not None:
@@ -116,6 +137,7 @@ def compare(
         lower = score_lower_bound(better, worse, n, confidence)
     else:
         lower = graded_lower_bound(d, confidence)
+    floor, ceiling = difference_range(a_scores, b_scores)
     return Pair(
         a=a,
         b=b,
@@ -123,9 +145,9 @@ def compare(
         mean=mean,
         sd=sd,
         se=se,
-        low=mean - two_sided,
-        high=mean + two_sided,
-        lower_bound=lower,
+        low=max(mean - two_sided, floor),
+        high=min(mean + two_sided, ceiling),
+        lower_bound=max(lower, floor),
         confidence=confidence,
         correlation=_correlation(a_scores, b_scores),
         better=better,
@@ -134,6 +156,14 @@ def compare(
         exact_p=exact_test(better, worse) if binary else None,
         bootstrap=None if binary or n < 2 or not resamples else bootstrap(d, confidence, resamples),
     )
+
+
+def difference_range(a_scores: Sequence[float], b_scores: Sequence[float]) -> tuple[float, float]:
+    """Where a mean difference can lie: [-1, 1] when every score is in [0, 1] (as graders
+    give them), else unbounded."""
+    if all(0 <= s <= 1 for s in (*a_scores, *b_scores)):
+        return -1.0, 1.0
+    return -math.inf, math.inf
 
 
 def t_quantile(p: float, n: int) -> float:
