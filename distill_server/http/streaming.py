@@ -122,7 +122,7 @@ async def _pieces(
         finally:
             if not getter.done():
                 getter.cancel()
-        if not getter.cancelled():
+        if getter.done() and not getter.cancelled():  # else its piece stays queued
             yield getter.result()
     # Pieces are queued before the result is set, on the same loop: none is left behind.
     while not queue.empty():
