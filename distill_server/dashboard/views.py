@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ _REPORT_POLICY = (
 class Dashboard:
     def __init__(self, app: App, data_dir: Path, api_key: str | None) -> None:
         self.app = app
+        self.data_dir = data_dir
         self.reports = data_dir / "reports"
         self.sessions = Sessions(api_key)
         self.env = Environment(
@@ -219,7 +221,9 @@ class Dashboard:
 
     async def models(self, request: Request, session: Session) -> Response:
         rows = await run_in_threadpool(self._lineage)
-        return HTMLResponse(self.render("models.html.j2", session, models=rows))
+        # The export command names this server's data directory, to run from any folder
+        data_dir = shlex.quote(str(self.data_dir.resolve()))
+        return HTMLResponse(self.render("models.html.j2", session, models=rows, data_dir=data_dir))
 
     def _lineage(self) -> list[dict[str, Any]]:
         jobs = {
