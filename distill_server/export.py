@@ -17,9 +17,9 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,13 +142,25 @@ def _staged(target: Path) -> Iterator[Path]:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"{str(target)!r} exists and is not empty; remove it or pick another")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = _new_folder_beside(target)
     try:
         yield staging
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _new_folder_beside(target: Path) -> Path:
+    """A new folder ``.NAME.XXXXXXXX`` beside ``target`` with the mode of any new folder (0777
+    less the umask), not ``mkdtemp``'s owner-only one: the export is the user's to share."""
+    while True:
+        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:  # pragma: no cover - a name already taken: draw another
+            continue
 
 
 def _write_adapter(adapter: Path, config: Mapping[str, Any], out: Path) -> None:

@@ -155,6 +155,7 @@ class Controller:
         self.runtime = config.stash[RUNTIME_KEY]
         self.gate = gate  # parsed once, at start-up
         self.other_failures = 0
+        self.collection_errors = 0
         self.outcome: report.Outcome | None = None
         self.verdict: view.Verdict | None = None
         self.stopped_early = False
@@ -183,6 +184,7 @@ class Controller:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.other_failures += 1
+            self.collection_errors += 1
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.stopped_early = bool(session.shouldfail or session.shouldstop)
@@ -216,5 +218,9 @@ class Controller:
             runtime.distill_error,
             runtime.training,
             self.gate,
+            # pytest stops after collection errors unless told to go on: then no item ran
+            collection_errors=(
+                0 if self.config.option.continue_on_collection_errors else self.collection_errors
+            ),
             stopped_early=bool(self.stopped_early),
         )

@@ -100,3 +100,26 @@ def test_markdown_in_case_ids_and_reasons_cannot_break_the_table() -> None:
     outcomes = {"x|y<b>": {"teacher": True, "student": False, "finetuned": False}}
     text = job_summary.render(factory.report(outcomes, gate_passed=False))
     assert "| x\\|y&lt;b&gt; | due\\_dates |" in text
+
+
+def test_counts_are_singular_or_plural() -> None:
+    one = job_summary.render(factory.report({"d1": {"teacher": True, "finetuned": False}}))
+    assert "Largest regressions: 1 case scores below the teacher" in one
+    assert "1 cases" not in one
+    two = job_summary.render(
+        factory.report({c: {"teacher": True, "finetuned": False} for c in ("d1", "d2")})
+    )
+    assert "Largest regressions: 2 cases score below the teacher" in two
+
+
+def test_a_report_where_no_item_ran_shows_the_verdict_and_no_empty_table() -> None:
+    data = factory.report({}, gate_passed=None, exit_code=2)
+    data["gate"]["reason"] = "gate not evaluated: collection failed (1 error), no item ran"
+    data["gate"]["clauses"] = []
+    data["scores"] = {}
+    text = job_summary.render(data)
+    assert text.splitlines()[0] == (
+        "### ⚠️ pytest-distill: gate **not evaluated** (not passed): gate not evaluated: "
+        "collection failed (1 error), no item ran"
+    )
+    assert "by role" not in text and "| role |" not in text

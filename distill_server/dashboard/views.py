@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def content_policy() -> str:
 class Dashboard:
     def __init__(self, app: App, data_dir: Path, keys: KeyCheck) -> None:
         self.app = app
+        self.data_dir = data_dir
         self.reports = data_dir / "reports"
         self.sessions = Sessions(keys)
         self.env = Environment(
@@ -264,7 +266,9 @@ class Dashboard:
 
     async def models(self, request: Request, session: Session | None) -> Response:
         rows = await run_in_threadpool(self._lineage)
-        return HTMLResponse(self.render("models.html.j2", session, models=rows))
+        # The export command names this server's data directory, to run from any folder
+        data_dir = shlex.quote(str(self.data_dir.resolve()))
+        return HTMLResponse(self.render("models.html.j2", session, models=rows, data_dir=data_dir))
 
     def _lineage(self) -> list[dict[str, Any]]:
         jobs = {

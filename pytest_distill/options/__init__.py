@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_distill.options import path_flags
 from pytest_distill.options.option import Values, register
 from pytest_distill.options.role_options import role_config
 from pytest_distill.options.settings import (
@@ -47,7 +48,9 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
 
     ``trained`` is the fine-tuned model (and its endpoint) that an earlier ``--distill`` run
     left in ``.distill/state.json``: the ``finetuned`` role's model unless one is configured.
+    A path flag given after a space that made pytest pick another rootdir is refused first.
     """
+    path_flags.check(config, OPTIONS)
     return settings(Values(config, OPTIONS), trained)
 
 

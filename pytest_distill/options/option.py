@@ -44,8 +44,8 @@ class Option:
     choices: tuple[str, ...] | None = None  # the values allowed: the flag's, and the parser's
     env: bool = False  # DISTILL_ROLE_NAME is read (only per_role options have variables)
     per_role: bool = False
-    # The value is a path. Nothing reads this yet: it marks the options for which a value given
-    # after a space (``--distill-report ../x.json``) should be told apart from a test path.
+    # The value is a path: its flag given after a space (``--distill-report ../x.json``) is
+    # refused when pytest took the value for a test path and moved the rootdir (path_flags).
     path: bool = False
 
     @property

@@ -62,6 +62,8 @@ def _verdict_words(verdict: view.Verdict) -> str:
 def _role_table(out: _Budget, data: Mapping[str, Any]) -> None:
     split = view.gate_split(data)
     scores = data.get("scores") or {}
+    if not view.roles(data):  # no item ran (a collection error): the verdict line says why
+        return
     out.add(f"**{split} cases, by role**\n\n")
     out.add("| role | cases | pass | score | prompt tok | compl tok | p50 ms | cost |\n")
     out.add("|---|--:|--:|--:|--:|--:|--:|--:|\n")
@@ -105,7 +107,8 @@ def _regressions(out: _Budget, data: Mapping[str, Any], cases: bool) -> None:
     roles = [r for r in view.roles(data) if r in ("teacher", "student", "finetuned")]
     shown = ranked[:MAX_REGRESSIONS]
     out.add(
-        f"<details><summary>Largest regressions: {len(ranked)} cases score below the teacher"
+        f"<details><summary>Largest regressions: {_count(len(ranked), 'case')} "
+        f"{'scores' if len(ranked) == 1 else 'score'} below the teacher"
         f"{f' (the {len(shown)} largest here)' if len(shown) < len(ranked) else ''}"
         "</summary>\n\n",
         closing="\n</details>\n",
@@ -145,6 +148,11 @@ def _cell(value: Any) -> str:
     """One line of plain text: no markup, emphasis or table break survives."""
     text = html.escape(" ".join(str(value if value is not None else "").split()), quote=False)
     return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 case``, ``2 cases``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: Any, fmt: str) -> str:

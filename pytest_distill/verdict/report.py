@@ -56,6 +56,7 @@ class Run:
     distill_error: str | None = None
     training: Mapping[str, Any] | None = None  # the distill step's lineage
     gate: Gate | None = None
+    collection_errors: int = 0  # errors that stopped the session before any item ran
     stopped_early: bool = False  # -x or --maxfail ended the session before every item ran
 
     def __post_init__(self) -> None:
@@ -93,10 +94,15 @@ def _stats(agg: Aggregate) -> RoleStats:
 
 def finish(run: Run) -> Outcome:
     """Evaluate the gate, if one is configured. Not evaluated means it fails closed, except
-    when a role it names has no model yet (a project before its first ``--distill``)."""
+    when a role it names has no model yet (a project before its first ``--distill``). After a
+    collection error that stopped the session it is not evaluated, whatever its roles."""
     split = view.gate_split(r.split for r in run.results.items)
     found = gather(run, split)
     result = _evaluate(run, run.gate, found) if run.gate is not None else None
+    if run.gate is not None and run.collection_errors:
+        n = run.collection_errors
+        reason = f"gate not evaluated: collection failed ({n} error{'s' * (n != 1)}), no item ran"
+        result = GateResult(run.gate.expression, None, (), (), reason)
     return Outcome(result, split, run.settings.report_path, found)
 
 

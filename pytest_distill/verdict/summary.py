@@ -145,7 +145,9 @@ def pair_lines(run: Run, outcome: Outcome) -> Iterator[Line]:
 def gate_lines(run: Run, outcome: Outcome, verdict: Verdict) -> Iterator[Line]:
     gate = outcome.gate
     if gate is not None:
-        yield Line(f"gate on {outcome.gate_split} cases: {gate.expression}")
+        # A gate that read no cases (skipped, or not evaluated) names no split it was on
+        read = f" on {outcome.gate_split} cases" if gate.clauses else ""
+        yield Line(f"gate{read}: {gate.expression}")
         for clause in gate.clauses:
             yield Line(f"  {'ok  ' if clause.passed else 'FAIL'} {clause.explanation}")
         if gate.status in ("passed", "failed"):
