@@ -157,3 +157,28 @@ def test_the_header_never_shows_a_password_in_an_endpoint(
     assert "hunter2" not in result.stdout.str()
     result.stdout.fnmatch_lines(["  teacher    big @ http://[[]redacted]@*"])
 
+
+def test_a_replay_ignores_the_fine_tuned_model_a_live_distill_left_in_the_folder(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    project.makepyfile(
+        test_summary="""
+        def test_reply(distill_client):
+            distill_client.complete("Capital of France?")
+        """
+    )
+    project.runpytest("--distill-record-mode=once").assert_outcomes(passed=8, failed=4)
+    # What a later live `pytest --distill` leaves behind: a fine-tuned model, on this folder.
+    state = project.path / ".distill" / "state.json"
+    state.parent.mkdir(exist_ok=True)
+    finetuned = {"model": "ft:small:distill", "endpoint": server.base_url, "job_id": "ftjob-1"}
+    state.write_text(json.dumps({"finetuned": finetuned}))
+    sent = len(server.requests)
+    replay = project.runpytest("--distill-record-mode=none", "-p", "no:randomly")
+    replay.assert_outcomes(passed=8, failed=4)  # as recorded: no finetuned item, no miss
+    assert "finetuned" not in replay.stdout.str()
+    assert len(server.requests) == sent
+    # Live, the fine-tuned model is a role again.
+    live = project.runpytest("--distill-record-mode=off", "--co", "-q")
+    live.stdout.fnmatch_lines(["*test_reply[[]finetuned[]]*"])
