@@ -94,7 +94,13 @@ def test_cli_overrides_environment_which_overrides_ini(
 
 def test_report_header_names_roles_and_endpoints(project: pytest.Pytester) -> None:
     result = project.runpytest()
-    result.stdout.fnmatch_lines(["distill: teacher=big@http://127.0.0.1:*/v1, student=small@*"])
+    result.stdout.fnmatch_lines(
+        [
+            "distill: holdout 0.2; roles (model @ endpoint: parameters):",
+            "  teacher  big @ http://127.0.0.1:*/v1: none (the endpoint's defaults)",
+            "  student  small @ http://127.0.0.1:*/v1: *",
+        ]
+    )
 
 
 def test_api_key_comes_from_environment_and_never_reaches_the_report(

@@ -87,7 +87,9 @@ class Suite:
 
     def messages_for(self, case: EvalCase, role: str) -> list[Message]:
         """The chat messages ``role`` is sent for ``case``: the role's prompt, rendered."""
-        prompt = self.prompt.merged(self.role_prompts.get(role))
+        prompt = self.prompt
+        for each in lineage(role):
+            prompt = prompt.merged(self.role_prompts.get(each))
         if case.messages is not None:
             return _with_prompt(list(case.messages), prompt)
         assert prompt.user is not None  # checked at load time
@@ -103,7 +105,18 @@ class Suite:
         return messages
 
     def params_for(self, role: str) -> dict[str, Any]:
-        return {**self.params, **self.role_params.get(role, {})}
+        """The suite's ``params``, then each of the role's lineage's ``roles: <role>: params``."""
+        params = dict(self.params)
+        for each in lineage(role):
+            own = self.role_params.get(each, {})
+            params.update(own if each == role else {k: v for k, v in own.items() if k != "model"})
+        return params
+
+
+def lineage(role: str) -> tuple[str, ...]:
+    """The roles whose settings ``role`` takes, itself last: ``finetuned`` is the student after
+    training, so it is sent the student's prompt and parameters unless it sets its own."""
+    return ("student", role) if role == "finetuned" else (role,)
 
 
 def _with_prompt(messages: list[Message], prompt: Prompt) -> list[Message]:

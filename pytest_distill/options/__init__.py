@@ -47,8 +47,9 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
     """Read CLI, environment and ini once; raise UsageError on the first bad value.
 
     ``trained`` is the fine-tuned model (and its endpoint) that an earlier ``--distill`` run
-    left in ``.distill/state.json``: the ``finetuned`` role's model unless one is configured.
-    A path flag given after a space that made pytest pick another rootdir is refused first.
+    left in ``.distill/state.json``: the ``finetuned`` role's model unless one is configured,
+    and unless the session replays its cassettes (record mode ``none``). A path flag given
+    after a space that made pytest pick another rootdir is refused first.
     """
     path_flags.check(config, OPTIONS)
     return settings(Values(config, OPTIONS), trained)
@@ -56,6 +57,11 @@ def resolve(config: pytest.Config, trained: tuple[str, str] | None = None) -> Se
 
 def settings(read: Values, trained: tuple[str, str] | None = None) -> Settings:
     """The settings the declared options make, each read through ``read``."""
+    record_mode = read("record_mode")
+    if record_mode == "none":
+        # A replay is the recorded run again: the model a live --distill left in this folder
+        # was no part of it (a clean copy has none), and its items would have no recording.
+        trained = None
     role_configs = {role: role_config(read, role, trained) for role in ROLES}
     roles = read("roles") or tuple(r for r in RUN_ROLES if role_configs[r].model)
     return Settings(
@@ -74,7 +80,7 @@ def settings(read: Values, trained: tuple[str, str] | None = None) -> Settings:
         timeout=read("timeout"),
         max_retries=read("max_retries"),
         rootpath=read.rootpath,
-        record_mode=read("record_mode"),
+        record_mode=record_mode,
         cassette_dir=read("cassette_dir"),
         html_path=read("html"),
         summary_cases=read("summary_cases"),

@@ -15,14 +15,19 @@ from pytest_distill.roles import Endpoint, RoleConfig, check_params, parse_endpo
 
 def role_config(read: Values, role: str, trained: tuple[str, str] | None = None) -> RoleConfig:
     """One role's settings; ``trained`` is the (model, endpoint) an earlier ``--distill`` made,
-    used for ``finetuned`` when no model is configured."""
+    used for ``finetuned`` when no model is configured.
+
+    The fine-tuned model is the student after training, so it is called as the student is: its
+    parameters are the student's, with its own ``distill_finetuned_params`` over them key by key.
+    """
     model, endpoint = read("model", role), read("endpoint", role)
     key_env = read("api_key_env", role)
-    if role == "finetuned" and model is None and trained is not None:
-        model, endpoint = trained[0], parse_endpoint(trained[1])
-    return RoleConfig(
-        name=role, model=model, endpoint=endpoint, params=read("params", role), api_key_env=key_env
-    )
+    params = read("params", role)
+    if role == "finetuned":
+        params = {**read("params", "student"), **params}
+        if model is None and trained is not None:
+            model, endpoint = trained[0], parse_endpoint(trained[1])
+    return RoleConfig(name=role, model=model, endpoint=endpoint, params=params, api_key_env=key_env)
 
 
 def endpoint(given: Given) -> Endpoint:

@@ -69,7 +69,7 @@ OPTIONS: tuple[Option, ...] = (
         role_options.role_params,
         per_role=True,
         ini_help="sampling parameters of the {role} role: KEY=VALUE pairs with JSON values, "
-        "separated by spaces or new lines",
+        "separated by spaces or new lines (finetuned's go over the student's)",
         ini_type="linelist",
         default=[],
     ),

@@ -65,14 +65,32 @@ class Run:
 
 
 def header(settings: Settings) -> str | None:
-    configured = [
-        f"{name}={cfg.model}@{cfg.endpoint}"
+    """The session header's lines: each role's model, endpoint and sampling parameters."""
+    roles = role_settings(settings)
+    if not roles:
+        return None
+    width = max(len(name) for name in roles)
+    lines = [f"distill: holdout {settings.holdout:g}; roles (model @ endpoint: parameters):"]
+    for name, role in roles.items():
+        params = format_params(role["params"]) or "none (the endpoint's defaults)"
+        lines.append(f"  {name:<{width}}  {role['model']} @ {role['endpoint']}: {params}")
+    text: str = scrub("\n".join(lines), secrets(settings))
+    return text
+
+
+def role_settings(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each role with a model as it is called: model, endpoint (never a key) and the sampling
+    parameters of its configuration (a suite's ``params`` go over these for its cases)."""
+    return {
+        name: {"model": cfg.model, "endpoint": str(cfg.endpoint), "params": dict(cfg.params)}
         for name, cfg in settings.role_configs.items()
         if cfg.model
-    ]
-    if not configured:
-        return None
-    return f"distill: {', '.join(configured)}; holdout {settings.holdout:g}"
+    }
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """``temperature=0 max_tokens=64 stop=["END"]``: the ini's own spelling, values as JSON."""
+    return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in params.items())
 
 
 def _stats(agg: Aggregate) -> RoleStats:
@@ -242,11 +260,7 @@ def to_json(run: Run, outcome: Outcome, exit_code: int | None = None) -> dict[st
         "schema": SCHEMA,
         "pytest_distill": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "roles": {
-            name: {"model": cfg.model, "endpoint": str(cfg.endpoint)}
-            for name, cfg in run.settings.role_configs.items()
-            if cfg.model
-        },
+        "roles": role_settings(run.settings),
         "holdout": run.settings.holdout,
         "exit_code": exit_code,
         "gate": _gate_json(outcome),
