@@ -162,3 +162,19 @@ def test_the_conversion_end_is_shown_once_a_call_comes_back_after_it() -> None:
         ]
     finally:
         runtime.close()
+
+
+def test_the_plugin_lines_made_at_configure_reach_the_terminal(project: pytest.Pytester) -> None:
+    # The writer is made before pytest's terminal reporter exists (the conversion notice uses it).
+    project.makeconftest(
+        """
+        from pytest_distill.runtime import RUNTIME_KEY
+
+        def pytest_collection_finish(session):
+            session.config.stash[RUNTIME_KEY].notice("distill: a notice")
+        """
+    )
+    project.makepyfile("def test_one(): pass")
+    result = project.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "distill: a notice" in result.outlines
