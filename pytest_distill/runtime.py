@@ -66,6 +66,7 @@ class Runtime:
     _submitted: int = 0
     _answered: int = 0
     _calls_since: float | None = None
+    _rate_since: tuple[float, int] | None = None  # the rate is counted from here (time, answered)
     _progress_at: float | None = None
     _converting: tuple[list[str], float, Callable[[], list[str]]] | None = None
     _converted: str | None = None
@@ -188,7 +189,9 @@ class Runtime:
             if left:
                 self._converting = converting
             else:
-                seconds = self.clock() - since
+                now = self.clock()
+                seconds = now - since
+                self._rate_since = (now, self._answered)  # the conversion's wait is not a rate
                 self._converted = (
                     f"distill: the embedded server converted {', '.join(models)}; its first "
                     f"answer came {_duration(seconds)} after it started"
@@ -203,6 +206,7 @@ class Runtime:
         with self._progress_lock:
             converted, self._converted = self._converted, None
             answered, submitted, since = self._answered, self._submitted, self._calls_since
+            rate_since = self._rate_since
         if converted:
             notice(converted)
         every = self.progress_every
@@ -215,11 +219,12 @@ class Runtime:
         total = max(self.calls_total, submitted)
         line = f"distill: model calls {answered}/{total} items answered"
         elapsed = now - since
-        if answered and elapsed > 0:
-            rate = answered / elapsed
+        rate_from, rate_base = rate_since or (since, 0)
+        if answered > rate_base and now > rate_from:
+            rate = (answered - rate_base) / (now - rate_from)
             left = (total - answered) / rate
             line += f", {rate:.2g} items/s, about {_duration(left)} left"
-        else:
+        elif not answered:
             line += f", the first still running after {_duration(elapsed)}"
         notice(line)
 

@@ -24,8 +24,8 @@ def pytest_collection_finish(session):
         runtime.progress_every = 0.0  # a line at every item while calls are in flight
 """
 LINE = re.compile(
-    r"^distill: model calls (\d+)/10 items answered, "
-    r"(\S+ items/s, about \d+(s| min) left|the first still running after \d+s)$"
+    r"^distill: model calls (\d+)/10 items answered"
+    r"(, \S+ items/s, about \d+(s| min) left|, the first still running after \d+s|)$"
 )
 
 
@@ -178,3 +178,31 @@ def test_the_plugin_lines_made_at_configure_reach_the_terminal(project: pytest.P
     result = project.runpytest()
     result.assert_outcomes(passed=1)
     assert "distill: a notice" in result.outlines
+
+
+def test_the_rate_is_counted_from_the_conversion_end() -> None:
+    clock, lines = _Clock(), cast(list[str], [])
+    runtime = _runtime(clock, lines)
+    runtime._converting = (["smollm2"], clock.now, lambda: [])
+    gates = [threading.Event() for _ in range(3)]
+    try:
+        for n, gate in enumerate(gates):
+            runtime.prefetch(f"item{n}", lambda gate=gate: gate.wait(10))
+        clock.now += 60  # converting
+        gates[0].set()
+        runtime.call("item0", lambda: None)
+        runtime.progress()
+        assert lines == [
+            "distill: the embedded server converted smollm2; its first answer came 60s after "
+            "it started",
+            "distill: model calls 1/4 items answered",
+        ]
+        clock.now += 10
+        gates[1].set()
+        runtime.call("item1", lambda: None)
+        runtime.progress()
+        assert lines[-1] == "distill: model calls 2/4 items answered, 0.1 items/s, about 20s left"
+    finally:
+        for gate in gates:
+            gate.set()
+        runtime.close()
