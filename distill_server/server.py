@@ -25,6 +25,11 @@ clients must wait, not be reset."""
 KEEP_ALIVE_S = 30
 """An idle keep-alive connection is closed after this long."""
 API_KEY_ENV = "DISTILL_SERVER_API_KEY"
+STOP_GRACE_S = 0.5
+"""On ``stop``, requests that finish within this long are answered; then requests waiting on
+a model are answered 503."""
+GRACEFUL_S = 3
+"""The longest uvicorn waits for the last requests to end on ``stop`` before cancelling them."""
 
 
 class UnsafeBind(ValueError):
@@ -154,7 +159,7 @@ class LocalServer:
             Guard(starlette, policy, keys, content_policy()),
             backlog=BACKLOG,
             timeout_keep_alive=KEEP_ALIVE_S,
-            timeout_graceful_shutdown=2,
+            timeout_graceful_shutdown=GRACEFUL_S,
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -182,6 +187,11 @@ class LocalServer:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._thread is not None:
+            # Requests that end soon are answered; those still waiting on a model then get a
+            # 503 at once, so uvicorn never has to cancel them (one logged traceback each).
+            self._thread.join(STOP_GRACE_S)
+            if self._thread.is_alive() and self._app is not None:
+                self._app.serving.stop_requests()
             self._thread.join()
             self._thread = None
         finished = self._close_app(timeout)
@@ -208,8 +218,10 @@ class LocalServer:
 
     def serve_forever(self) -> None:
         """Block until interrupted (the console command's main loop)."""
+        # Polled, not joined: on Python 3.11 a Ctrl-C that interrupts ``Thread.join`` can mark
+        # the thread finished while it runs, and ``stop`` would then not wait for it.
         while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.5)
+            time.sleep(0.2)
 
     def __enter__(self) -> LocalServer:
         self.start()

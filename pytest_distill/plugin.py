@@ -12,7 +12,7 @@ from pytest_distill.cassettes import recorder
 from pytest_distill.evals import pyevals
 from pytest_distill.evals.items import DistillCaseFailure, DistillFile, DistillItem, is_eval_file
 from pytest_distill.records import take_from
-from pytest_distill.runtime import RUNTIME_KEY, Runtime, terminal_line
+from pytest_distill.runtime import RUNTIME_KEY, Runtime, progress_every, terminal_line
 from pytest_distill.training.state import trained_model
 from pytest_distill.verdict import report, summary, view
 from pytest_distill.verdict.gate import Gate, check_gate
@@ -36,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
     if not xdist.is_worker(config):  # a worker's terminal output is not shown
         runtime.notice = terminal_line(config)
+        runtime.item_notice = terminal_line(config, before_an_item=True)
     if settings.distill and not xdist.is_worker(config):
         from pytest_distill import pipeline
 
@@ -74,7 +75,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    session.config.stash[RUNTIME_KEY].order = {i.nodeid: n for n, i in enumerate(session.items)}
+    runtime = session.config.stash[RUNTIME_KEY]
+    runtime.order = {i.nodeid: n for n, i in enumerate(session.items)}
+    runtime.calls_total = sum(isinstance(i, DistillItem) for i in session.items)
+    if runtime.notice is not None:
+        runtime.progress_every = progress_every(session.config)
 
 
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -89,6 +94,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     for other in ahead:
         if isinstance(other, DistillItem):
             other.prefetch()
+    runtime.progress()  # between items, so never inside a line of progress dots
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -29,6 +30,10 @@ T = TypeVar("T")
 RUNTIME_KEY = pytest.StashKey["Runtime"]()
 RETIREMENT_WINDOW_DAYS = 60
 LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
+PROGRESS_EVERY_TTY_S = 10.0
+"""The least time between two progress lines of the model calls on a terminal..."""
+PROGRESS_EVERY_LOG_S = 30.0
+"""...and in a log (output not a terminal, or CI)."""
 
 
 class DistillWarning(pytest.PytestWarning):
@@ -45,6 +50,7 @@ class Runtime:
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
     transport: Callable[[], Any] | None = None  # the cassettes' transport (set by recording)
     notice: Callable[[str], None] | None = None  # a line of the plugin's own on the terminal
+    item_notice: Callable[[str], None] | None = None  # the same, just before an item starts
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
     _local: Any = None
@@ -52,6 +58,18 @@ class Runtime:
     _pool: CallPool | None = None
     _futures: dict[str, Future[Any]] = field(default_factory=dict)
     _retirement_checked: set[str] = field(default_factory=set)
+    # Progress of the prefetched model calls, shown between items (``progress``).
+    progress_every: float | None = None  # seconds between lines; None: no progress lines
+    clock: Callable[[], float] = time.monotonic
+    calls_total: int = 0  # items whose model calls the prefetch runs (set after collection)
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
+    _submitted: int = 0
+    _answered: int = 0
+    _calls_since: float | None = None
+    _rate_since: tuple[float, int] | None = None  # the rate is counted from here (time, answered)
+    _progress_at: float | None = None
+    _converting: tuple[list[str], float, Callable[[], list[str]]] | None = None
+    _converted: str | None = None
 
     def role(self, name: str) -> RoleConfig:
         return self.settings.role_configs[name]
@@ -112,11 +130,20 @@ class Runtime:
             data_dir = paths.server_dir(self.settings.rootpath)
             models = dict(self.settings.local_models) or None
             notice = self.notice or (lambda line: None)
-            for model_id in pending_conversions(data_dir, models) if self.notice else ():
+            pending = pending_conversions(data_dir, models) if self.notice else []
+            for model_id in pending:
                 notice(
                     f"distill: the embedded server converts {model_id} from GGUF once (about "
                     "half a minute on 2 cores; later runs load the converted copy); the first "
                     "model call waits for it"
+                )
+            if pending:
+                # The server converts when a model is first used, not as it starts: the end is
+                # seen as model calls come back (``_call_answered``) and shown between items.
+                self._converting = (
+                    pending,
+                    self.clock(),
+                    lambda: pending_conversions(data_dir, models),
                 )
             # Started here, or the one another process (an xdist worker, a concurrent session,
             # a distill-server) already runs on this data directory: one model in memory.
@@ -136,11 +163,70 @@ class Runtime:
                 return
             if self._pool is None:
                 self._pool = CallPool(self.settings.concurrency)
-            self._futures[key] = self._pool.submit(call)
+            future = self._futures[key] = self._pool.submit(call)
+        with self._progress_lock:
+            self._submitted += 1
+            if self._calls_since is None:
+                self._calls_since = self.clock()
+        future.add_done_callback(self._call_answered)
 
     def call(self, key: str, call: Callable[[], T]) -> T:
         self.prefetch(key, call)
         return cast(T, self._futures.pop(key).result())
+
+    def _call_answered(self, future: Future[Any]) -> None:  # on a call's thread
+        with self._progress_lock:
+            self._answered += 1
+            converting, self._converting = self._converting, None
+        if converting is None:
+            return
+        models, since, still_pending = converting
+        try:
+            left = still_pending()
+        except Exception:  # the check must never fail a call
+            left = []
+        with self._progress_lock:
+            if left:
+                self._converting = converting
+            else:
+                now = self.clock()
+                seconds = now - since
+                self._rate_since = (now, self._answered)  # the conversion's wait is not a rate
+                self._converted = (
+                    f"distill: the embedded server converted {', '.join(models)}; its first "
+                    f"answer came {_duration(seconds)} after it started"
+                )
+
+    def progress(self) -> None:
+        """Between items: the conversion's end once seen, and, at most every
+        ``progress_every`` seconds while model calls run ahead of the items, how far they are."""
+        notice = self.item_notice or self.notice
+        if notice is None:
+            return
+        with self._progress_lock:
+            converted, self._converted = self._converted, None
+            answered, submitted, since = self._answered, self._submitted, self._calls_since
+            rate_since = self._rate_since
+        if converted:
+            notice(converted)
+        every = self.progress_every
+        if every is None or since is None or answered >= submitted or not self.calls_total:
+            return  # nothing running ahead (a replay answers at once)
+        now = self.clock()
+        if now - (self._progress_at if self._progress_at is not None else since) < every:
+            return
+        self._progress_at = now
+        total = max(self.calls_total, submitted)
+        line = f"distill: model calls {answered}/{total} items answered"
+        elapsed = now - since
+        rate_from, rate_base = rate_since or (since, 0)
+        if answered > rate_base and now > rate_from:
+            rate = (answered - rate_base) / (now - rate_from)
+            left = (total - answered) / rate
+            line += f", {rate:.2g} items/s, about {_duration(left)} left"
+        elif not answered:
+            line += f", the first still running after {_duration(elapsed)}"
+        notice(line)
 
     # --- model retirement ---------------------------------------------------------------------
 
@@ -229,6 +315,15 @@ class CallPool:
                 future.set_exception(exc)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))}s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
 def _as_date(value: Any) -> dt.date | None:
     if isinstance(value, (int, float)):
         return dt.datetime.fromtimestamp(value, dt.UTC).date()
@@ -240,13 +335,29 @@ def _as_date(value: Any) -> dt.date | None:
     return None
 
 
-def terminal_line(config: pytest.Config) -> Callable[[str], None]:
-    """Writes one line of the plugin's own to the terminal, on a line of its own (also after
-    ``-q``'s progress letters), outside any test's captured output."""
+def progress_every(config: pytest.Config) -> float | None:
+    """Seconds between progress lines of the model calls: fewer in a log than on a terminal,
+    none with ``-qq``. Asked once the terminal reporter exists (after ``pytest_configure``)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or config.get_verbosity() <= -2:
+        return None
+    on_terminal = reporter.isatty() and not os.environ.get("CI")
+    return PROGRESS_EVERY_TTY_S if on_terminal else PROGRESS_EVERY_LOG_S
+
+
+def terminal_line(config: pytest.Config, *, before_an_item: bool = False) -> Callable[[str], None]:
+    """Writes one line of the plugin's own to the terminal, on a line of its own (also after
+    ``-q``'s progress letters), outside any test's captured output.
+
+    ``before_an_item``: written just before pytest reports an item, the line is left for
+    pytest to end as it starts the item's line (its file name and dots, or the item's name),
+    so no blank line follows it."""
 
     def write(line: str) -> None:
+        # Looked up as each line is written: the plugin's ``pytest_configure`` (which makes
+        # this writer) runs before the terminal reporter exists.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
         if reporter is None:
             return
         released = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
@@ -254,6 +365,9 @@ def terminal_line(config: pytest.Config) -> Callable[[str], None]:
             reporter.ensure_newline()
             if reporter._tw.width_of_current_line:  # -q: after the progress letters
                 reporter._tw.line()
-            reporter.write_line(line)
+            if before_an_item and (reporter.showfspath or reporter.showlongtestinfo):
+                reporter._tw.write(line, flush=True)  # pytest ends it: currentfspath is None
+            else:
+                reporter.write_line(line)
 
     return write

@@ -87,6 +87,9 @@ class Batcher:
         self._prefilling: list[Prefill] = []
         self._futures: dict[Row, Future[GenResult]] = {}
         self._stopping = threading.Event()
+        # Every unsettled future, so ``stop_requests`` can cancel them from any thread at once.
+        self._outstanding: set[Future[GenResult]] = set()
+        self._lock = threading.Lock()
         # A daemon, and it checks ``_stopping`` every step: a decode never keeps the process
         # alive, and ``close`` returns within a step.
         self._thread = threading.Thread(target=self._run, name="distill-batcher", daemon=True)
@@ -95,13 +98,32 @@ class Batcher:
     def submit(self, adapter: Path | None, request: GenRequest) -> Future[GenResult]:
         """Queue ``request``; its future's ``cancel()`` stops it, queued or decoding."""
         future: Future[GenResult] = Future()
+        with self._lock:
+            if self._stopping.is_set():
+                future.cancel()
+                return future
+            self._outstanding.add(future)
+        future.add_done_callback(self._settled)
         self._queue.put(_Pending(adapter, request, future))
         return future
 
+    def _settled(self, future: Future[GenResult]) -> None:
+        with self._lock:
+            self._outstanding.discard(future)
+
+    def stop_requests(self) -> None:
+        """Cancel every unfinished request's future now (later ones are cancelled as they
+        come), without waiting for the decoding step under way; the worker stops after it."""
+        with self._lock:
+            self._stopping.set()
+            pending = list(self._outstanding)
+        self._queue.put(None)
+        for future in pending:
+            future.cancel()
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop within a decoding step; every unfinished request's future is cancelled."""
-        self._stopping.set()
-        self._queue.put(None)
+        self.stop_requests()
         self._thread.join(timeout)
 
     def _run(self) -> None:

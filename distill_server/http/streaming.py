@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from distill_server.errors import ApiError
-from distill_server.services.chat import Chat, Prepared, usage
+from distill_server.services.chat import STOPPING, Chat, Prepared, usage
 from distill_server.store import new_id
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ class ClientGone(ApiError):
         super().__init__(499, "The client closed the connection.", code="client_closed")
 
 
-_STOPPING = "The server is shutting down."
-
-
 async def decoded(future: Future[GenResult]) -> GenResult:
     """The result of ``future``; cancelling this coroutine cancels the request."""
     try:
@@ -47,7 +44,7 @@ async def decoded(future: Future[GenResult]) -> GenResult:
     except asyncio.CancelledError:
         if future.cancelled() and not _current_task_cancelling():
             # Cancelled by the batcher closing, not by our client: the server is stopping.
-            raise ApiError(503, _STOPPING, type="server_error") from None
+            raise ApiError(503, STOPPING, type="server_error") from None
         raise
 
 
@@ -122,7 +119,8 @@ async def _pieces(
         finally:
             if not getter.done():
                 getter.cancel()
-        if getter.done() and not getter.cancelled():  # else its piece stays queued
+        # A getter just cancelled is not done yet (the decode ended first): nothing to hand on.
+        if getter.done() and not getter.cancelled():
             yield getter.result()
     # Pieces are queued before the result is set, on the same loop: none is left behind.
     while not queue.empty():

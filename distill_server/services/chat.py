@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from distill_server.engine.batcher import Batcher
-from distill_server.errors import bad_request, not_found
+from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.models import ModelSource, Registry, Resolved
 from distill_server.services.schemas import ChatRequest
 from distill_server.store import Record, Store, matches, new_id, paginate
@@ -20,21 +20,37 @@ if TYPE_CHECKING:
     from distill_server.engine.decode import Engine, GenRequest, GenResult
 
 
+STOPPING = "The server is shutting down."
+
+
 class Serving:
     """One batcher (and so one loaded model) per base model, created on first use."""
 
     def __init__(self) -> None:
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
+        self._stopped = False
 
     def batcher(self, source: ModelSource) -> Batcher:
         with self._lock:
+            if self._stopped:
+                raise ApiError(503, STOPPING, type="server_error")
             if source.id not in self._batchers:
                 self._batchers[source.id] = Batcher(lambda: _load(source))
             return self._batchers[source.id]
 
+    def stop_requests(self) -> None:
+        """The server is stopping: every request waiting on a model is cancelled now (its
+        client gets a 503 at once), and later ones are refused."""
+        with self._lock:
+            self._stopped = True
+            batchers = list(self._batchers.values())
+        for batcher in batchers:
+            batcher.stop_requests()
+
     def close(self) -> None:
         with self._lock:
+            self._stopped = True
             for batcher in self._batchers.values():
                 batcher.close()
             self._batchers.clear()

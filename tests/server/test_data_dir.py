@@ -179,6 +179,46 @@ def test_start_removes_partial_uploads_and_conversions(tmp_path: Path, tiny_mode
         assert not upload.exists() and not conversion.exists()
 
 
+def test_stop_answers_requests_still_decoding_with_503_and_logs_no_traceback(
+    tmp_path: Path, tiny_model: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    srv = LocalServer(tmp_path, models={"tiny": tiny_model})
+    srv.start()
+    outcomes: list[str] = []
+    streaming = threading.Event()
+
+    def ask(stream: bool) -> None:
+        with openai.OpenAI(base_url=srv.base_url, api_key="local", max_retries=0) as client:
+            try:
+                if stream:
+                    for chunk in client.chat.completions.create(
+                        model="tiny", messages=QUESTION, max_tokens=1900, stream=True
+                    ):
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            streaming.set()
+                    outcomes.append("ended")
+                else:
+                    client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=1900)
+                    outcomes.append("ended")
+            except openai.APIStatusError as exc:
+                outcomes.append(str(exc.status_code))
+            except openai.APIError as exc:
+                outcomes.append(exc.message)
+
+    threads = [threading.Thread(target=ask, args=(i == 0,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    assert streaming.wait(120), "the streamed request never produced text"
+    started = time.monotonic()
+    assert srv.stop(timeout=10)
+    assert time.monotonic() - started < 5
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["503", "503", "503", "The server is shutting down."]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Cancel" not in err, err[:2000]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_during_a_decode_exits_within_seconds(
     tmp_path: Path, tiny_model: Path, signum: int
@@ -209,8 +249,10 @@ def test_interrupt_during_a_decode_exits_within_seconds(
         time.sleep(3)  # the batch is decoding
         proc.send_signal(signum)
         started = time.monotonic()
-        proc.wait(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         assert time.monotonic() - started < 10
         assert proc.returncode == 0  # stopped by its own handler, lock released
+        # The requests still decoding were answered 503, not cancelled with a traceback each.
+        assert "Traceback" not in err and "Task " not in err, err[:2000]
     finally:
         _end(proc)

@@ -157,6 +157,24 @@ def test_close_during_a_decode_returns_within_a_step_and_cancels_it(engine: Engi
     assert long.cancelled()
 
 
+def test_stop_requests_cancels_every_request_at_once_even_mid_load(engine: Engine) -> None:
+    gate = threading.Event()
+
+    def load() -> Engine:  # a model conversion or load that takes its time
+        gate.wait(WAIT)
+        return engine
+
+    batcher = Batcher(load)
+    try:
+        futures = [batcher.submit(None, ask(f"Question {i}.")) for i in range(3)]
+        batcher.stop_requests()  # returns without waiting for the worker
+        assert all(future.cancelled() for future in futures)
+        assert batcher.submit(None, ask("Too late.")).cancelled()
+    finally:
+        gate.set()
+        batcher.close()
+
+
 def test_streamed_pieces_join_to_the_answer_and_no_stop_text_leaks(
     batcher: Batcher, engine: Engine
 ) -> None:
