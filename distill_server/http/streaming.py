@@ -121,8 +121,10 @@ async def _pieces(
             await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
+                # Only asked to cancel: the task is neither cancelled nor done until it runs,
+                # and a piece it was handed stays in the queue for the loop below.
                 getter.cancel()
-        if not getter.cancelled():
+        if getter.done() and not getter.cancelled():
             yield getter.result()
     # Pieces are queued before the result is set, on the same loop: none is left behind.
     while not queue.empty():
