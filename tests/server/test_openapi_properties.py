@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -86,6 +87,8 @@ def test_generated_requests_never_get_a_5xx_and_errors_are_openai_shaped(
         GenerationMode.NEGATIVE
     )
 
+    statuses: Counter[int] = Counter()
+
     @settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -96,6 +99,7 @@ def test_generated_requests_never_get_a_5xx_and_errors_are_openai_shaped(
     @given(case=strategy.map(_tiny))
     def check(case: Any) -> None:
         response = case.call(base_url=server.base_url, timeout=60)
+        statuses[response.status_code] += 1
         assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
         if response.status_code >= 400:
             ctype = response.headers.get("content-type") or [""]
@@ -104,11 +108,11 @@ def test_generated_requests_never_get_a_5xx_and_errors_are_openai_shaped(
             assert set(error) == {"message", "type", "param", "code"}, error
             assert isinstance(error["message"], str) and error["message"]
 
-    if not RANDOM:
-        check()
-        return
     try:
-        seed(SEED)(check)()
+        seed(SEED)(check)() if RANDOM else check()
     except BaseException as exc:
-        exc.add_note(f"replay this run with DISTILL_PROPERTY_SEED={SEED}")
+        if RANDOM:
+            exc.add_note(f"replay this run with DISTILL_PROPERTY_SEED={SEED}")
         raise
+    finally:  # shown with -s: how many requests each operation got, by status
+        print(f"\n{operation_id}: {statuses.total()} requests {dict(sorted(statuses.items()))}")
