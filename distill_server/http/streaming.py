@@ -118,8 +118,9 @@ async def _pieces(
             await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
+                # Only asked to cancel: the task is neither cancelled nor done until it runs,
+                # and a piece it was handed stays in the queue for the loop below.
                 getter.cancel()
-        # A getter just cancelled is not done yet (the decode ended first): nothing to hand on.
         if getter.done() and not getter.cancelled():
             yield getter.result()
     # Pieces are queued before the result is set, on the same loop: none is left behind.

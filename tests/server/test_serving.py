@@ -157,6 +157,20 @@ def test_stream_ends_with_done_and_omits_usage_unless_asked(server: Any) -> None
     assert all(json.loads(e)["usage"] is None for e in events[:-1])
 
 
+def test_a_stream_whose_decode_fails_before_any_piece_ends_with_the_error(server: Any) -> None:
+    # The decode refuses a prompt longer than the context before any piece is decoded: the
+    # stream then ends with the error event, where it used to break off in an exception.
+    long = {"role": "user", "content": "item " * 2500}
+    body = {**CHAT, "messages": [long], "stream": True}
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        response = client.post("/chat/completions", json=body)
+    events = [
+        json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line
+    ]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["error"]["code"] == "context_length_exceeded"
+
+
 def test_streamed_requests_are_batched_with_others(server: Any) -> None:
     def streamed(_: int) -> str:
         with openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0) as client:
