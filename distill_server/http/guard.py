@@ -15,7 +15,7 @@ through untouched). It refuses, in OpenAI's error shape:
 
 Every answer carries headers that keep browsers from framing, sniffing or leaking it:
 ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
-no-referrer`` and a ``Content-Security-Policy`` (the dashboard's own for its pages, none but
+same-origin`` and a ``Content-Security-Policy`` (the dashboard's own for its pages, none but
 itself; nothing at all for the API's JSON), unless the route set its own.
 
 A client still sending a refused body must be able to read the answer: a socket closed with
@@ -56,7 +56,9 @@ API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-
 _SAFE_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with the
+    # dashboard's own form posts, which the Origin check must refuse.
+    (b"referrer-policy", b"same-origin"),
 )
 BODY_TIMEOUT_S = 30.0
 """Seconds a request body may pause before the request is answered 408 (read per request)."""

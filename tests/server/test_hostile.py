@@ -356,7 +356,7 @@ def test_pages_and_answers_carry_the_safety_headers(server: Any) -> None:
                 headers = response.headers
                 assert headers["x-frame-options"] == "DENY", url
                 assert headers["x-content-type-options"] == "nosniff"
-                assert headers["referrer-policy"] == "no-referrer"
+                assert headers["referrer-policy"] == "same-origin"
                 policy = headers["content-security-policy"]
                 assert "frame-ancestors 'none'" in policy
                 assert "unsafe-inline" not in policy.split("script-src")[-1].split(";")[0]
