@@ -11,9 +11,11 @@ Prompts run in chunks (chunked prefill): each step runs up to ``prefill_chunk`` 
 (by default the engine's: 512 on an accelerator, 256 on a CPU) besides the running rows'
 decoding; beside other requests, only as many as run in about one decoding step (both timed
 as the worker runs), so a long prompt neither stalls the running streams nor keeps a short
-request waiting for the whole of it. A group of prompts alone takes ``IDLE_CHUNKS`` chunks a
-step. The shortest prompts go first, save a quarter of the chunk that
-the oldest prompt always gets, so a long prompt still progresses.
+request waiting for the whole of it. A group of prompts alone takes up to ``IDLE_CHUNKS``
+times as much (chunks, and decoding steps' time), so a batch of prompts runs in a few wide
+steps and a request that arrives meanwhile waits a few decoding steps at most. The shortest
+prompts go first, save a quarter of the chunk that the oldest prompt always gets, so a long
+prompt still progresses.
 
 ``submit`` returns a ``Future``: cancelling it, queued or decoding, frees the request's row at
 the next step.
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     )
 
 
-IDLE_CHUNKS = 4
+IDLE_CHUNKS = 2
 """How many chunks a step of prompts may run when no other request waits on it."""
 MIN_CHUNK = 16
 """The fewest prompt tokens a step runs, so a long prompt always moves on."""
@@ -201,7 +203,7 @@ class Batcher:
         # Alone (nothing decoding, one group of prompts) a step may take more: the loop still
         # looks for new requests between steps, and a newcomer brings the budget back down.
         alone = not self._running and len(self._prefilling) == 1 and not self._waiting
-        budget = self._chunk * IDLE_CHUNKS if alone else self._shared_budget()
+        budget = self._budget(IDLE_CHUNKS if alone else 1)
         shares = {oldest: min(oldest.remaining, max(budget // 4, 1))}
         left = budget - shares[oldest]
         for prefill in sorted(self._prefilling, key=lambda p: p.remaining):
@@ -212,13 +214,15 @@ class Batcher:
         for prefill, tokens in shares.items():
             self._advance(prefill, tokens)
 
-    def _shared_budget(self) -> int:
-        """Prompt tokens for a step beside running or waiting requests: what runs in about
-        one decoding step, between ``MIN_CHUNK`` and the chunk."""
+    def _budget(self, chunks: int) -> int:
+        """Prompt tokens for a step: what runs in about ``chunks`` decoding steps, between
+        ``MIN_CHUNK`` and ``chunks`` chunks. Alone a step may take a few decoding steps' time
+        (a request that arrives meanwhile waits for it), beside other requests about one."""
+        most = self._chunk * chunks
         if self._step_s is None or self._token_s is None:
-            return self._chunk
-        fits = int(self._step_s / self._token_s)
-        return max(min(MIN_CHUNK, self._chunk), min(fits, self._chunk))
+            return most
+        fits = int(chunks * self._step_s / self._token_s)
+        return max(min(MIN_CHUNK, most), min(fits, most))
 
     def _advance(self, prefill: Prefill, tokens: int) -> None:
         assert self._engine is not None

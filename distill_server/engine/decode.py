@@ -157,7 +157,7 @@ class Engine:
         self.device = self.base.device
         # Prompt tokens the batcher runs per step besides its decoding while other requests
         # wait on it: an accelerator runs 512 in about a decoding step's time; a CPU computes
-        # each token, so it takes fewer. With nothing else to serve a step takes four times
+        # each token, so it takes fewer. With nothing else to serve a step takes up to twice
         # as many (``Batcher``): a batch of prompts runs in a few wide steps, not many thin ones.
         self.prefill_chunk = 256 if self.device.type == "cpu" else 512
 
