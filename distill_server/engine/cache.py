@@ -5,9 +5,11 @@ Imports torch and transformers at import time; only ``decode.py`` imports it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
+from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 
 
@@ -118,3 +120,53 @@ def _assign(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
         layer.replace(keys, values)
     else:  # transformers' own layer, which the shared-prefix benchmark compares against
         layer.keys, layer.values = keys, values
+
+
+class PrefixCache:
+    """The KV cache of recent shared prompt prefixes (one row each), by adapter and tokens.
+
+    The main job's calls share long prefixes (a suite's system message and few-shot turns) but
+    arrive over time: once the first requests have run a prefix together, a request that
+    arrives later, alone, starts from its cached keys and values and runs only its own tokens.
+    Least recently used entries go first once their bytes pass ``budget``.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[tuple[Any, tuple[int, ...]], list[tuple[Tensor, Tensor]]] = (
+            OrderedDict()
+        )
+        self._bytes = 0
+
+    def longest(self, adapter: Any, prompts: list[list[int]]) -> tuple[int, ...]:
+        """The longest cached prefix of every one of ``prompts`` that leaves each a token."""
+        best: tuple[int, ...] = ()
+        shortest = min(len(p) for p in prompts)
+        for key_adapter, tokens in self._entries:
+            if key_adapter != adapter or len(tokens) <= len(best) or len(tokens) >= shortest:
+                continue
+            if all(tuple(p[: len(tokens)]) == tokens for p in prompts):
+                best = tokens
+        if best:
+            self._entries.move_to_end((adapter, best))
+        return best
+
+    def restore(self, adapter: Any, tokens: tuple[int, ...], cache: Cache) -> None:
+        """Fill the empty ``cache`` (one row) with the prefix's keys and values."""
+        for index, (keys, values) in enumerate(self._entries[(adapter, tokens)]):
+            cache.update(keys, values, index)  # copied into the layer's own room
+
+    def put(self, adapter: Any, tokens: tuple[int, ...], cache: Cache) -> None:
+        """Keep the keys and values ``cache`` (one row) holds for ``tokens``."""
+        key = (adapter, tokens)
+        if key in self._entries or not self.budget:
+            return
+        layers = [(layer.keys.clone(), layer.values.clone()) for layer in _layers(cache)]
+        size = sum(k.nbytes + v.nbytes for k, v in layers)
+        if size > self.budget:
+            return
+        self._entries[key] = layers
+        self._bytes += size
+        while self._bytes > self.budget:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= sum(k.nbytes + v.nbytes for k, v in dropped)

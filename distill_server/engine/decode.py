@@ -19,7 +19,13 @@ import torch
 from transformers.cache_utils import Cache
 
 from distill_server.architectures import context_limit
-from distill_server.engine.cache import RoomyLayer, append_rows, drop_leading, reserve
+from distill_server.engine.cache import (
+    PrefixCache,
+    RoomyLayer,
+    append_rows,
+    drop_leading,
+    reserve,
+)
 from distill_server.engine.text import Answer
 from distill_server.errors import ApiError
 from distill_server.models import ModelSource
@@ -27,6 +33,9 @@ from distill_server.weights.loading import encode, load_pretrained, quiet_peft, 
 
 _RoomyLayer = RoomyLayer  # looked up at each use, so that a benchmark can swap it out
 _SEEDS = range(-(2**63), 2**64)
+PREFIX_CACHE_BYTES = 256 * 2**20
+"""Keys and values of recent shared prefixes kept for requests that arrive later (a 470-token
+few-shot prefix of SmolLM2-135M takes about 21 MB)."""
 """The seeds ``torch.Generator.manual_seed`` accepts."""
 
 
@@ -160,6 +169,7 @@ class Engine:
         # each token, so it takes fewer. With nothing else to serve a step takes up to twice
         # as many (``Batcher``): a batch of prompts runs in a few wide steps, not many thin ones.
         self.prefill_chunk = 256 if self.device.type == "cpu" else 512
+        self.prefixes = PrefixCache(PREFIX_CACHE_BYTES)
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
@@ -274,6 +284,8 @@ class Engine:
                 reserve(prefill.past, shared)
                 tokens -= end - prefill.ran
                 prefill.ran = end
+                if end == shared:  # later requests that start the same way start from here
+                    self.prefixes.put(prefill.adapter, tuple(prefill.shared), prefill.past)
                 if end < shared or tokens <= 0 or not prefill.rows:
                     return None
             if prefill.ran == shared and shared:
@@ -368,7 +380,13 @@ class Engine:
         # that prefix once and copy its KV cache to every row, so a batch pays for it once
         # instead of once per row. The rest of each prompt is left-padded after it; the mask
         # hides the padding wherever it sits.
-        shared = _shared_prefix([row.prompt for row in rows])
+        prompts = [row.prompt for row in rows]
+        shared = _shared_prefix(prompts)
+        # A prefix that requests before these ran (a few-shot prompt): its keys and values are
+        # kept, so these start after it, alone or together.
+        cached = self.prefixes.longest(adapter, prompts)
+        if len(cached) > len(shared):
+            shared = list(cached)
         rests = [row.prompt[len(shared) :] for row in rows]
         width = max(len(rest) for rest in rests)
         ids = torch.tensor(
@@ -379,7 +397,9 @@ class Engine:
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(shared) :]
         past = Cache(layer_class_to_replicate=_RoomyLayer)
-        return Prefill(adapter, rows, past, shared, ids, mask, positions)
+        if cached:
+            self.prefixes.restore(adapter, cached, past)
+        return Prefill(adapter, rows, past, shared, ids, mask, positions, ran=len(cached))
 
     def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
         """Append each row's next token; the next step feeds them in."""

@@ -190,3 +190,52 @@ def test_streamed_pieces_join_to_the_answer_and_no_stop_text_leaks(
     whole: list[str] = []
     streamed = batcher.submit(None, ask("Say a lot.", 40, on_text=whole.append)).result(WAIT)
     assert "".join(whole) == streamed.text == full
+
+
+def test_a_request_that_comes_later_starts_after_a_prefix_that_earlier_ones_ran(
+    tiny_model: Path,
+) -> None:
+    from distill_server.engine.cache import PrefixCache
+
+    engine = Engine(ModelSource("tiny", tiny_model))
+    few_shot = "You answer with one word. " + " ".join(f"Example {i}: yes." for i in range(30))
+
+    def with_prefix(question: str) -> GenRequest:
+        messages = ({"role": "system", "content": few_shot}, {"role": "user", "content": question})
+        return GenRequest(messages, 6, 0.0, 1.0, None, ())
+
+    first = engine.generate(None, [with_prefix("Red?"), with_prefix("Blue?")])
+    assert all(isinstance(r, GenResult) for r in first)
+    later = engine.row(with_prefix("Green or yellow?"))
+    (prefill,) = engine.prefills(None, [later])
+    # The prefix the first two ran together is kept: the later request runs its own tokens.
+    assert len(prefill.shared) >= 30
+    assert prefill.ran == len(prefill.shared)
+    assert prefill.past.get_seq_length() == len(prefill.shared)
+    (cached,) = engine.generate(None, [with_prefix("Green or yellow?")])
+    engine.prefixes = PrefixCache(0)  # nothing kept: the whole prompt runs
+    (fresh,) = engine.prefills(None, [engine.row(with_prefix("Green or yellow?"))])
+    assert fresh.ran == 0 and not fresh.shared
+    (whole,) = engine.generate(None, [with_prefix("Green or yellow?")])
+    assert isinstance(cached, GenResult) and isinstance(whole, GenResult)
+    assert (cached.text, cached.prompt_tokens) == (whole.text, whole.prompt_tokens)
+
+
+def test_the_prefix_cache_keeps_within_its_budget_dropping_the_oldest() -> None:
+    import torch
+    from transformers.cache_utils import Cache
+
+    from distill_server.engine.cache import PrefixCache, RoomyLayer
+
+    def one_row(length: int) -> Cache:
+        cache = Cache(layer_class_to_replicate=RoomyLayer)
+        cache.update(torch.zeros(1, 1, length, 4), torch.zeros(1, 1, length, 4), 0)
+        return cache
+
+    prefixes = PrefixCache(budget=2 * 2 * 40 * 4 * 4)  # two 40-token prefixes
+    for start in (1, 2, 3):
+        prefixes.put(None, tuple(range(start, start + 40)), one_row(40))
+    assert prefixes.longest(None, [list(range(1, 50))]) == ()  # the oldest went
+    assert prefixes.longest(None, [list(range(3, 50))]) == tuple(range(3, 43))
+    assert prefixes.longest("adapter", [list(range(3, 50))]) == ()  # another adapter's
+    assert prefixes.longest(None, [list(range(3, 43))]) == ()  # it must leave a token
