@@ -19,6 +19,7 @@ upload, LoRA, the fine-tuned model's load); the fine-tuned student's calls; the 
     python benchmarks/bench_main_job.py              # the example, live, then its replay
     python benchmarks/bench_main_job.py --cases 64   # the first 64 cases of each suite
     python benchmarks/bench_main_job.py --replay-only
+    python benchmarks/bench_main_job.py --baseline ../old   # that checkout's job first, then ours
 
 The same file is the pytest plugin (``-p bench_main_job``) that timestamps each item.
 """
@@ -140,9 +141,13 @@ class Phase:
     note: str = ""
 
 
-def run_job(project: Path, args: list[str], events: Path) -> tuple[int, float, float, Sampler, str]:
+def run_job(
+    project: Path, args: list[str], events: Path, source: Path | None = None
+) -> tuple[int, float, float, Sampler, str]:
+    """Runs pytest in ``project``; ``source``: a checkout whose packages it imports instead."""
     env = {**os.environ, EVENTS_ENV: str(events)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), env.get("PYTHONPATH")]))
+    paths = [str(ROOT / "benchmarks"), str(source) if source else "", env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     command = [sys.executable, "-m", "pytest", "-p", "bench_main_job", "-p", "no:cacheprovider"]
     began = time.time()
     proc = subprocess.Popen(
@@ -205,11 +210,16 @@ def phases(
 
 
 def print_job(
-    title: str, result: tuple[int, float, float, Sampler, str], events: Path,
-    report: Path, converted: float | None,
+    title: str,
+    result: tuple[int, float, float, Sampler, str],
+    events: Path,
+    report: Path,
+    converted: float | None,
 ) -> None:
     code, began, ended, sampler, output = result
-    recorded = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+    recorded = (
+        [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+    )
     data = json.loads(report.read_text()) if report.exists() else {}
     parts = phases(recorded, began, ended, converted)
     items = data.get("items", [])
@@ -277,21 +287,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=None, help="the first N cases of each suite")
     parser.add_argument("--replay-only", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another release (git worktree): its live job runs first, with the "
+        "same interpreter and packages, importing its pytest_distill and server instead",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-main-job-") as tmp:
         where = Path(tmp)
-        if not args.replay_only:
-            project = project_copy(where / "live", args.cases)
-            events, report = where / "live-events.jsonl", where / "live-report.json"
+        runs = [("baseline", args.baseline.resolve())] if args.baseline else []
+        runs.append(("this checkout", None))
+        for name, source in [] if args.replay_only else runs:
+            project = project_copy(where / name, args.cases)
+            events, report = where / f"{name}-events.jsonl", where / f"{name}-report.json"
             done = threading.Event()
             seen = converted_at(project / ".distill" / "server", time.time(), done)
             result = run_job(
                 project,
                 ["--distill", "--distill-record-mode=off", f"--distill-report={report}", "-q"],
                 events,
+                source,
             )
             done.set()
-            print_job("main job, live", result, events, report, seen[0] if seen else None)
+            title = f"main job, live, {name}" + (f" ({source})" if source else "")
+            print_job(title, result, events, report, seen[0] if seen else None)
         project = project_copy(where / "replay", None)
         events, report = where / "replay-events.jsonl", where / "replay-report.json"
         result = run_job(

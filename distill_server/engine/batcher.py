@@ -4,7 +4,9 @@ leaving the running batch between steps.
 Each base model gets one worker thread, which owns the engine (so adapters are switched
 without locks). The worker decodes one token for every running request per step; between
 steps it takes the requests that arrived, runs their prompts and adds them to the running
-batch of their model id (their adapter), up to ``max_batch`` rows. A short request that
+batch of their model id (their adapter), up to ``max_batch`` rows and within the engine's
+budget for keys and values (a share of the memory available as the model loaded; a request
+past it waits in the queue, so a busy server neither swaps nor runs out). A short request that
 arrives while a long one decodes so waits for a step, not for the long one.
 
 Prompts run in chunks (chunked prefill): each step runs up to ``prefill_chunk`` prompt tokens
@@ -53,7 +55,7 @@ def _average(mean: float | None, value: float, weight: float = 0.2) -> float:
     return value if mean is None else (1 - weight) * mean + weight * value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Pending:
     adapter: Path | None
     request: GenRequest
@@ -80,6 +82,8 @@ class Batcher:
         self._window_s = window_s
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._waiting: list[_Pending] = []
+        self._rows: dict[_Pending, Row] = {}
+        """Waiting requests already made into rows (tokenized), kept until they start."""
         self._running: dict[Path | None, Decoding] = {}
         # Measured as the batcher runs (moving averages): a decoding step's seconds and a
         # prompt token's, so a step of prompts beside running rows takes about a decoding
@@ -158,28 +162,60 @@ class Batcher:
             return True
 
     def _admit(self) -> None:
-        """Start the waiting requests that have room, each with its adapter's running rows."""
+        """Start the waiting requests that have room, each with its adapter's running rows.
+
+        Room is ``max_batch`` rows, and the engine's budget for keys and values: a request
+        waits (in order) while the rows running and starting hold it, unless nothing does.
+        """
+        for pending in [p for p in self._waiting if p.future.cancelled()]:
+            row = self._rows.pop(pending, None)
+            if row is not None:
+                self._futures.pop(row, None)
         self._waiting = [p for p in self._waiting if not p.future.cancelled()]
+        if not self._waiting or not self._loaded():
+            return
+        assert self._engine is not None
+        used = sum(self._engine.kv_bytes(d) for d in self._running.values())
+        used += sum(self._engine.kv_bytes(p) for p in self._prefilling)
         for adapter in dict.fromkeys(p.adapter for p in self._waiting):
             running = self._running.get(adapter)
             room = self._max_batch - (len(running.rows) if running else 0)
             room -= sum(len(p.rows) for p in self._prefilling if p.adapter == adapter)
-            batch = [p for p in self._waiting if p.adapter == adapter][:room]
+            width = running.mask.shape[1] if running else 0
+            batch: list[Row] = []
+            for pending in [p for p in self._waiting if p.adapter == adapter]:
+                if len(batch) >= room:
+                    break
+                row = self._rows.get(pending) or self._row(pending)
+                if row is None:  # it cannot run; its future has the error
+                    self._waiting.remove(pending)
+                    continue
+                self._rows[pending] = row
+                need = self._engine.kv_need(row, width)
+                if used + need > self._engine.kv_budget and (used or batch):
+                    break
+                used += need
+                batch.append(row)
+                self._waiting.remove(pending)
+                del self._rows[pending]
             if batch:
-                self._waiting = [p for p in self._waiting if p not in batch]
                 self._start(adapter, batch)
 
-    def _start(self, adapter: Path | None, batch: list[_Pending]) -> None:
+    def _loaded(self) -> bool:
+        """Load the engine on first use; if that fails, every waiting request gets the error."""
+        if self._engine is not None:
+            return True
         try:
-            if self._engine is None:
-                self._engine = self._load()
+            self._engine = self._load()
         except Exception as exc:  # handed to every waiting HTTP thread, which answers it
-            for pending in batch:
+            for pending in self._waiting:
                 _settle(pending.future, exc)
-            return
-        rows = [row for row in map(self._row, batch) if row is not None]
-        if not rows:
-            return
+            self._waiting = []
+            return False
+        return True
+
+    def _start(self, adapter: Path | None, rows: list[Row]) -> None:
+        assert self._engine is not None
         try:
             self._prefilling += self._engine.prefills(adapter, rows, self._chunk)
         except Exception as exc:  # these new rows fail; the running ones decode on
@@ -299,7 +335,7 @@ class Batcher:
                 pending.append(item.future)
         for future in pending:
             future.cancel()
-        self._waiting, self._running, self._futures = [], {}, {}
+        self._waiting, self._running, self._futures, self._rows = [], {}, {}, {}
         self._prefilling = []
 
 

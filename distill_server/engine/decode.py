@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from distill_server import devices
 from distill_server.architectures import context_limit
 from distill_server.engine.cache import (
     PrefixCache,
@@ -36,6 +37,15 @@ _SEEDS = range(-(2**63), 2**64)
 PREFIX_CACHE_BYTES = 256 * 2**20
 """Keys and values of recent shared prefixes kept for requests that arrive later (a 470-token
 few-shot prefix of SmolLM2-135M takes about 21 MB)."""
+KV_SHARE = 0.25
+"""The share of the memory available when a model loads that its running rows' keys and
+values may take (the batcher admits rows within it; the others wait in its queue)..."""
+KV_MOST_CPU = 768 * 2**20
+"""...and at most this much on the CPU: a laptop's main job (SmolLM2-135M, 64 calls in flight,
+few-shot prompts of 500 tokens) keeps about 34 rows decoding, within 2.5 GB all told."""
+KV_LEAST = 64 * 2**20
+EXPECTED_ANSWER = 64
+"""Tokens a new row is expected to add to its prompt while it decodes, when it is admitted."""
 """The seeds ``torch.Generator.manual_seed`` accepts."""
 
 
@@ -170,6 +180,22 @@ class Engine:
         # as many (``Batcher``): a batch of prompts runs in a few wide steps, not many thin ones.
         self.prefill_chunk = 256 if self.device.type == "cpu" else 512
         self.prefixes = PrefixCache(PREFIX_CACHE_BYTES)
+        self.kv_token_bytes = _kv_token_bytes(self.base)
+        self.kv_budget = _kv_budget(self.device.type)
+
+    def kv_bytes(self, group: Decoding | Prefill) -> int:
+        """The keys and values ``group`` holds (or will, once its prompts have run), padding
+        included."""
+        if isinstance(group, Decoding):
+            width = group.mask.shape[1]
+        else:
+            width = len(group.shared) + group.ids.shape[1]
+        return len(group.rows) * width * self.kv_token_bytes
+
+    def kv_need(self, row: Row, width: int = 0) -> int:
+        """The keys and values a new row is expected to hold, in a batch ``width`` wide."""
+        tokens = max(len(row.prompt) + min(row.limit, EXPECTED_ANSWER), width)
+        return tokens * self.kv_token_bytes
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]
@@ -544,6 +570,28 @@ def _shared_prefix(prompts: list[list[int]]) -> list[int]:
     for prompt in prompts[1:]:
         size = next((k for k in range(size) if prompt[k] != first[k]), size)
     return first[:size] if size >= MIN_SHARED_PREFIX else []
+
+
+def _kv_token_bytes(model: Any) -> int:
+    """Bytes of keys and values one token takes in every layer of ``model``."""
+    config = getattr(model.config, "text_config", None) or model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    size = torch.empty((), dtype=model.dtype).element_size()
+    return int(config.num_hidden_layers * 2 * kv_heads * head_dim * size)
+
+
+def _kv_budget(device: str) -> int:
+    """Bytes the running rows' keys and values may take: a share of the memory available now,
+    at most ``KV_MOST_CPU`` on the CPU, at least ``KV_LEAST``."""
+    placement = devices.Placement("cuda" if device == "cuda" else "cpu", "float32")
+    free = devices.available_bytes(placement)
+    budget = KV_MOST_CPU if device == "cpu" else None
+    if free is not None:
+        share = int(free * KV_SHARE)
+        budget = share if budget is None else min(budget, share)
+    return max(budget if budget is not None else KV_MOST_CPU, KV_LEAST)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:

@@ -239,3 +239,32 @@ def test_the_prefix_cache_keeps_within_its_budget_dropping_the_oldest() -> None:
     assert prefixes.longest(None, [list(range(3, 50))]) == tuple(range(3, 43))
     assert prefixes.longest("adapter", [list(range(3, 50))]) == ()  # another adapter's
     assert prefixes.longest(None, [list(range(3, 43))]) == ()  # it must leave a token
+
+
+def test_rows_past_the_key_value_budget_wait_for_room_and_all_finish(engine: Engine) -> None:
+    requests = [ask(f"Count to {n}.", max_tokens=6) for n in range(6)]
+    need = max(engine.kv_need(engine.row(r)) for r in requests)
+    budget, engine.kv_budget = engine.kv_budget, 2 * need
+    batcher = Batcher(lambda: engine)
+    try:
+        futures = [batcher.submit(None, r) for r in requests]
+        results = [f.result(timeout=WAIT) for f in futures]
+    finally:
+        batcher.close()
+        engine.kv_budget = budget
+    # Two rows fit the budget at a time: the others waited in the queue, and every one ran.
+    assert max(r.batch_size for r in results) == 2
+    assert all(r.completion_tokens == 6 or r.finish_reason == "stop" for r in results)
+    alone = engine.generate(None, requests)
+    assert [r.text for r in results] == [r.text for r in alone if isinstance(r, GenResult)]
+
+
+def test_a_row_larger_than_the_budget_still_runs_alone(engine: Engine) -> None:
+    budget, engine.kv_budget = engine.kv_budget, 1
+    batcher = Batcher(lambda: engine)
+    try:
+        result = batcher.submit(None, ask("Hello there.", max_tokens=3)).result(timeout=WAIT)
+    finally:
+        batcher.close()
+        engine.kv_budget = budget
+    assert result.completion_tokens >= 1 and result.batch_size == 1
