@@ -148,8 +148,10 @@ def train_lora(
     run gives. Raises ``InvalidTrainingFile`` naming the line of an example longer than the
     model's context. Uses its own generators only, never torch's global random state.
     """
-    # The trainer loads its own copy of the base: the server keeps serving the loaded one,
-    # and gradients or injected LoRA layers must never touch the weights being served.
+    # The trainer gets a model of its own modules (the server keeps serving its own, and
+    # injected LoRA layers must never reach it), around the served model's weight tensors
+    # when it has one loaded (``load_pretrained``): one copy of the base weights in memory,
+    # which the trainer only reads (they are frozen; only the LoRA layers learn).
     tokenizer, base = load_pretrained(source)
     context = context_limit(base.config)
     try:

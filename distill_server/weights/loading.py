@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from distill_server.models import ModelSource, converted_dir
 from distill_server.weights import convert
 
 _LOAD_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str, str], weakref.ReferenceType[Any]] = {}
+"""Models loaded and still alive, by directory, device and dtype (``_LOAD_LOCK`` held)."""
+_WEIGHTS = "_distill_weights"
 
 
 def load_pretrained(
@@ -47,12 +51,61 @@ def load_pretrained(
         if converted is not None:
             # Loaded back from the converted copy even the first time, so that the model
             # names a directory with a config.json (peft looks there when saving adapters).
-            tokenizer, model = _load(source, converted, None, placement)
+            tokenizer, model = _load_shared(source, converted, None, placement)
         else:
-            tokenizer, model = _load(source, source.directory, source.gguf_file, placement)
+            tokenizer, model = _load_shared(source, source.directory, source.gguf_file, placement)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.eval()
+
+
+def _load_shared(
+    source: ModelSource, directory: Path, gguf_file: str | None, placement: devices.Placement
+) -> tuple[Any, Any]:
+    """Load the model, or, while another copy loaded from the same files lives (the server
+    serving it while a job trains on it), a model of its own modules around the same weight
+    tensors: one copy of the base weights in memory.
+
+    Sharing is safe as both sides only read the base weights: the engine serves under
+    ``inference_mode``, and the trainer freezes them (peft wraps its own modules with LoRA
+    layers and trains only those).
+    """
+    key = (str(directory / (gguf_file or "")), placement.device, placement.dtype)
+    alive = _LOADED.get(key)
+    first = alive() if alive is not None else None
+    if first is not None:
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+        return tokenizer, _around(first)
+    tokenizer, model = _load(source, directory, gguf_file, placement)
+    # Captured now, before peft wraps any of its modules: the names and tensors of its weights
+    # and buffers (the rotary frequencies are buffers that are not saved).
+    weights = dict(model.state_dict())
+    buffers = dict(model.named_buffers())
+    setattr(model, _WEIGHTS, (weights, buffers))
+    _LOADED[key] = weakref.ref(model)
+    return tokenizer, model
+
+
+def _around(first: Any) -> Any:
+    """A model of its own modules whose parameters and buffers are ``first``'s tensors."""
+    import torch
+
+    weights, buffers = getattr(first, _WEIGHTS)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(first.config, dtype=first.dtype)
+    model.load_state_dict(weights, assign=True, strict=True)
+    for name, buffer in buffers.items():
+        owner, _, attribute = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attribute] = buffer
+    model.generation_config = first.generation_config
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"weights not shared with the loaded model: {', '.join(left)}")
+    setattr(model, _WEIGHTS, (weights, buffers))
+    return model
 
 
 def _load(

@@ -171,3 +171,28 @@ def test_peft_wraps_a_model_in_a_thread_with_warnings_as_errors_and_no_global_ch
     assert not errors, errors
     assert wrapped and type(base) is cls  # the model's own class again
     assert warnings.filters == filters
+
+
+def test_a_second_load_shares_the_weights_and_wrapping_it_leaves_the_first_alone(
+    tiny_model: Path,
+) -> None:
+    import torch
+
+    from distill_server.models import ModelSource
+    from distill_server.trainer.lora import Hyperparameters, _lora
+    from distill_server.weights.loading import load_pretrained
+
+    source = ModelSource("tiny", tiny_model)
+    _, served = load_pretrained(source)
+    _, trained = load_pretrained(source)
+    # One copy of the base weights: the trainer's modules hold the served model's tensors.
+    pairs = zip(served.state_dict().values(), trained.state_dict().values(), strict=True)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in pairs)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        before = served(input_ids=ids).logits
+    wrapped = _lora(trained, Hyperparameters(1, 1, 1.0, 0))
+    assert not any("lora" in name for name, _ in served.named_modules())
+    assert all(not p.requires_grad for n, p in wrapped.named_parameters() if "lora" not in n)
+    with torch.inference_mode():
+        assert torch.equal(served(input_ids=ids).logits, before)
