@@ -95,7 +95,7 @@ def _around(first: Any) -> Any:
 
     weights, buffers = getattr(first, _WEIGHTS)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(first.config, dtype=first.dtype)
+        model = AutoModelForCausalLM.from_config(first.config, dtype=first.dtype)  # type: ignore[no-untyped-call]
     model.load_state_dict(weights, assign=True, strict=True)
     for name, buffer in buffers.items():
         owner, _, attribute = name.rpartition(".")
