@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -63,33 +64,51 @@ class ModelSource:
         return _context_length(self.path)
 
 
-@functools.cache
 def _context_length(path: Path) -> int:
     if path.suffix == ".gguf":
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        for name, field in reader.fields.items():
-            if name.endswith(".context_length"):
-                return int(field.parts[field.data[0]][0])
-        return _FALLBACK_CONTEXT
+        return _gguf_header(path)[0]
     config = path / "config.json"
     if not config.is_file():
         return _FALLBACK_CONTEXT
     return int(json.loads(config.read_text()).get("max_position_embeddings", _FALLBACK_CONTEXT))
 
 
-@functools.cache
 def _model_type(path: Path) -> str:
     if path.suffix == ".gguf":
-        from gguf import GGUFReader
-
-        field = GGUFReader(path).fields.get("general.architecture")
-        return "" if field is None else bytes(field.parts[field.data[0]]).decode()
+        return _gguf_header(path)[1]
     config = path / "config.json"
     if not config.is_file():
         return ""
     return str(json.loads(config.read_text()).get("model_type", ""))
+
+
+_GGUF_LOCK = threading.Lock()
+
+
+def _gguf_header(path: Path) -> tuple[int, str]:
+    """The context length and architecture a GGUF file declares, read once per file.
+
+    Under a lock: ``GGUFReader`` builds an object for every field, the 49k-token vocabulary
+    included (about 90 MB and seconds for SmolLM2), and the first requests of a main job come
+    64 at once; each would parse its own copy (a job's server peaked at 5.9 GB doing that).
+    """
+    with _GGUF_LOCK:
+        return _parsed_gguf_header(path)
+
+
+@functools.cache
+def _parsed_gguf_header(path: Path) -> tuple[int, str]:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    context = _FALLBACK_CONTEXT
+    for name, field in fields.items():
+        if name.endswith(".context_length"):
+            context = int(field.parts[field.data[0]][0])
+            break
+    architecture = fields.get("general.architecture")
+    kind = "" if architecture is None else bytes(architecture.parts[architecture.data[0]]).decode()
+    return context, kind
 
 
 @dataclass(frozen=True, slots=True)
