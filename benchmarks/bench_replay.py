@@ -1,17 +1,29 @@
-"""Replay time as the number of items grows: pytest-distill's cassettes next to vcrpy's own.
+"""Replay time: the example project's offline replay under the real ``pytest`` command, and
+pytest-distill's cassettes next to vcrpy's own as the number of items grows.
 
-Each item is one chat completion (a distinct prompt), replayed through the OpenAI SDK over
-httpx2 with nothing listening. pytest-distill keeps one JSON cassette per item and finds a
-request through a dict index; vcrpy, given one cassette with every interaction and body
+``example``: a copy of ``example_project/`` in a temporary directory, run by this environment's
+``pytest`` in subprocesses: its start-up and collection (``--collect-only``), its full replay
+(``--distill --distill-record-mode=none``, whose gate must pass), and what the replay costs per
+100 items beyond start-up; next to it, as the reference, pytest's own cost per 100 trivial tests
+beyond its start-up. Each figure is the best of ``--repeat`` runs.
+
+``cassettes``: each item is one chat completion (a distinct prompt), replayed through the OpenAI
+SDK over httpx2 with nothing listening. pytest-distill keeps one JSON cassette per item and
+finds a request through a dict index; vcrpy, given one cassette with every interaction and body
 matching, compares each request with the recorded ones in turn (quadratic overall).
 
-    python benchmarks/bench_replay.py [--items 100 200 400 800] [--vcrpy-up-to 400]
+    python benchmarks/bench_replay.py [--only example|cassettes] [--repeat 3]
+        [--items 100 200 400 800] [--vcrpy-up-to 400]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +36,79 @@ from pytest_distill.cassettes import files as cassettes
 from pytest_distill.cassettes import recorder as recording
 
 BASE = "http://local.invalid/v1"
+EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
+PYTEST = str(Path(sys.executable).with_name("pytest"))  # this environment's pytest command
+QUIET = ["-q", "-p", "no:cacheprovider"]
+REPLAY = ["--distill", "--distill-record-mode=none"]
+OUTCOMES = re.compile(r"(\d+) (?:passed|failed|below passing|skipped|xfailed|xpassed|errors?)\b")
+
+
+def timed_pytest(project: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """One ``pytest`` process run in ``project``: its wall time and its result."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [PYTEST, *QUIET, *args], cwd=project, capture_output=True, text=True, check=False
+    )
+    return time.perf_counter() - started, done
+
+
+def items_run(output: str) -> int:
+    """The items of pytest's summary line (``405 passed, 195 below passing in 3.58s``)."""
+    summary = [line for line in output.splitlines() if OUTCOMES.search(line)][-1]
+    return sum(int(n) for n in OUTCOMES.findall(summary))
+
+
+def best_of(repeat: int, project: Path, *args: str, rc: int | None = 0) -> tuple[float, str]:
+    """The least wall time of ``repeat`` runs, and the last run's output."""
+    times, output = [], ""
+    for _ in range(repeat):
+        seconds, done = timed_pytest(project, *args)
+        output = done.stdout + done.stderr
+        if rc is not None and done.returncode != rc:
+            raise SystemExit(f"pytest {' '.join(args)} exited {done.returncode}:\n{output[-3000:]}")
+        times.append(seconds)
+    return min(times), output
+
+
+def per_100(startup: float, run: float, items: int) -> float:
+    return 100 * (run - startup) / items
+
+
+def example_replay(repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "example_project"
+        shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".distill", "__pycache__"))
+        # --collect-only exits 7 here: the distill step finds no graded teacher items to train on.
+        startup, _ = best_of(repeat, project, *REPLAY, "--collect-only", rc=None)
+        replay, output = best_of(repeat, project, *REPLAY)
+        items = items_run(output)
+
+        trivial = Path(tmp) / "trivial"
+        trivial.mkdir()
+        (trivial / "pytest.ini").write_text("[pytest]\n")
+        (trivial / "test_trivial.py").write_text(
+            "import pytest\n\n\n"
+            f"@pytest.mark.parametrize('n', range({items}))\n"
+            "def test_trivial(n):\n    assert n >= 0\n"
+        )
+        trivial_startup, _ = best_of(repeat, trivial, "--collect-only")
+        trivial_run, _ = best_of(repeat, trivial)
+
+    print(f"example project, offline replay of {items} items (best of {repeat} runs each)")
+    print(f"  pytest start-up + collection (--collect-only) {startup:8.2f} s")
+    print(f"  full replay (--distill-record-mode=none)       {replay:8.2f} s")
+    print(f"  replay beyond start-up                        {replay - startup:8.2f} s")
+    print(
+        f"  replay per 100 items beyond start-up          {per_100(startup, replay, items):8.3f} s"
+    )
+    print(f"reference: pytest itself, {items} trivial tests")
+    print(f"  start-up + collection (--collect-only)        {trivial_startup:8.2f} s")
+    print(f"  full run                                      {trivial_run:8.2f} s")
+    print(
+        f"  per 100 tests beyond start-up                 "
+        f"{per_100(trivial_startup, trivial_run, items):8.3f} s",
+        flush=True,
+    )
 
 
 def interaction(n: int) -> dict[str, Any]:
@@ -74,8 +159,9 @@ def distill_replay(root: Path, items: int) -> float:
     for n in range(items):
         cassettes.dump(root / f"suite.eval.yaml/i{n}[student].json", [interaction(n)], {})
     recorder = recording.Recorder(recording.SessionCassette(root, "none", root))
-    client = openai.OpenAI(base_url=BASE, api_key="x", max_retries=0)
-    recorder.start()
+    # The plugin's clients send through the recorder's transport; nothing else is patched.
+    http_client = openai.DefaultHttpx2Client(transport=recorder.transport())
+    client = openai.OpenAI(base_url=BASE, api_key="x", max_retries=0, http_client=http_client)
     try:
         started = time.perf_counter()
         for n in range(items):
@@ -83,7 +169,6 @@ def distill_replay(root: Path, items: int) -> float:
                 assert ask(client, n) == f"CODE-{n}"
         return time.perf_counter() - started
     finally:
-        recorder.stop()
         client.close()
 
 
@@ -124,6 +209,8 @@ def vcrpy_replay(root: Path, items: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["example", "cassettes"], help="one section only")
+    parser.add_argument("--repeat", type=int, default=3, help="example: runs per figure")
     parser.add_argument("--items", type=int, nargs="+", default=[100, 200, 400, 800])
     parser.add_argument(
         "--vcrpy-up-to",
@@ -132,11 +219,18 @@ def main() -> None:
         help="time vcrpy's own matching up to this many items (quadratic: 800 take minutes)",
     )
     args = parser.parse_args()
+    if args.only != "cassettes":
+        example_replay(args.repeat)
+    if args.only != "example":
+        cassette_replay(args.items, args.vcrpy_up_to)
+
+
+def cassette_replay(sizes: list[int], vcrpy_up_to: int) -> None:
     print(f"{'items':>6} {'pytest-distill s':>17} {'ms/item':>8} {'vcrpy s':>9} {'ms/item':>8}")
-    for items in args.items:
+    for items in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             ours = distill_replay(Path(tmp) / "ours", items)
-            theirs = vcrpy_replay(Path(tmp), items) if items <= args.vcrpy_up_to else None
+            theirs = vcrpy_replay(Path(tmp), items) if items <= vcrpy_up_to else None
         line = f"{items:>6} {ours:>17.3f} {1000 * ours / items:>8.2f}"
         if theirs is not None:
             line += f" {theirs:>9.3f} {1000 * theirs / items:>8.2f}"
