@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -85,17 +85,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Start the model calls of the items ahead while this one runs."""
     runtime = item.config.stash[RUNTIME_KEY]
-    ahead: list[pytest.Item | None]
+    ahead: Sequence[pytest.Item | None]
     if xdist.is_worker(item.config):
         # Under xdist only the next item is known to be ours; the workers add the concurrency.
         ahead = [item, nextitem]
     else:
-        # The window's items not handed to the prefetch yet: each item once, O(items) overall.
-        start = runtime.order.get(item.nodeid, 0)
-        items = item.session.items
-        end = min(start + 2 * runtime.settings.concurrency, len(items))
-        ahead = list(items[max(start, runtime.prefetched_to) : end])
-        runtime.prefetched_to = max(runtime.prefetched_to, end)
+        ahead = runtime.ahead(item.session.items, runtime.order.get(item.nodeid, 0))
     for other in ahead:
         if isinstance(other, DistillItem):
             other.prefetch()

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -61,7 +61,7 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: CallPool | None = None
     _futures: dict[str, Future[Any]] = field(default_factory=dict)
-    prefetched_to: int = 0  # the items before this index were handed to ``prefetch``
+    _ahead_to: int = 0  # the items before this index were handed out by ``ahead``
     _retirement_checked: set[str] = field(default_factory=set)
     # Progress of the prefetched model calls, shown between items (``progress``).
     progress_every: float | None = None  # seconds between lines; None: no progress lines
@@ -165,6 +165,14 @@ class Runtime:
         return str(self._local.base_url)
 
     # --- concurrent prefetch of data-file calls ---------------------------------------------
+
+    def ahead(self, items: Sequence[T], start: int) -> Sequence[T]:
+        """The items to prefetch as item ``start`` runs: those of the window from it (twice
+        the concurrency) not handed out before, so that a session hands out each item once."""
+        end = min(start + 2 * self.settings.concurrency, len(items))
+        fresh = items[max(start, self._ahead_to) : end]
+        self._ahead_to = max(self._ahead_to, end)
+        return fresh
 
     def prefetch(self, key: str, call: Callable[[], Any]) -> None:
         with self._lock:
