@@ -5,9 +5,11 @@ pytest-distill's cassettes next to vcrpy's own as the number of items grows.
 ``pytest`` in subprocesses: its start-up and collection (``--collect-only``), its full replay
 (``--distill --distill-record-mode=none``, whose gate must pass), and what the replay costs per
 100 items beyond start-up; next to it, as the reference, pytest's own cost per 100 trivial tests
-beyond its start-up. Each figure is the best of ``--repeat`` runs, after one untimed run that
-fills a byte-code cache of the benchmark's own (``PYTHONPYCACHEPREFIX``), as Python keeps one on
-a laptop; before/after figures: run it on each checkout, in the same machine state.
+beyond its start-up; and what of the replay is the import of openai and scipy.stats (the SDK,
+and the gate's statistics), paid once a session. Each figure is the least of ``--repeat``
+rounds (the runs interleaved, so that every figure sees the same load), after one untimed
+round that fills a byte-code cache of the benchmark's own (``PYTHONPYCACHEPREFIX``), as Python
+keeps one on a laptop. Wall and CPU seconds: on a busy machine the CPU time moves less.
 
 ``cassettes``: each item is one chat completion (a distinct prompt), replayed through the OpenAI
 SDK over httpx2 with nothing listening. pytest-distill keeps one JSON cassette per item and
@@ -24,11 +26,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +59,25 @@ def bytecode_cache(tmp: Path) -> dict[str, str]:
     return env
 
 
-def timed_pytest(
-    project: Path, env: dict[str, str], *args: str
-) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """One ``pytest`` process run in ``project``: its wall time and its result."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [PYTEST, *QUIET, *args], cwd=project, env=env, capture_output=True, text=True, check=False
-    )
-    return time.perf_counter() - started, done
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds on the clock
+    cpu: float  # seconds of CPU, user and system: less moved by other work on the machine
+
+    def __sub__(self, other: Timing) -> Timing:
+        return Timing(self.wall - other.wall, self.cpu - other.cpu)
+
+    def per_100(self, items: int) -> Timing:
+        return Timing(100 * self.wall / items, 100 * self.cpu / items)
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[Timing, str, int]:
+    """One process: its wall and CPU time, its output and its exit code."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Timing(wall, cpu), done.stdout + done.stderr, done.returncode
 
 
 def items_run(output: str) -> int:
@@ -72,65 +86,64 @@ def items_run(output: str) -> int:
     return sum(int(n) for n in OUTCOMES.findall(summary))
 
 
-def best_of(
-    repeat: int, project: Path, env: dict[str, str], *args: str, rc: int | None = 0
-) -> tuple[float, str]:
-    """The least wall time of ``repeat`` runs after one untimed run (it fills the byte code
-    cache), and the last run's output."""
-    times, output = [], ""
-    timed_pytest(project, env, *args)
-    for _ in range(repeat):
-        seconds, done = timed_pytest(project, env, *args)
-        output = done.stdout + done.stderr
-        if rc is not None and done.returncode != rc:
-            raise SystemExit(f"pytest {' '.join(args)} exited {done.returncode}:\n{output[-3000:]}")
-        times.append(seconds)
-    return min(times), output
-
-
-def per_100(startup: float, run: float, items: int) -> float:
-    return 100 * (run - startup) / items
-
-
 def example_replay(repeat: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "example_project"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".distill", "__pycache__"))
-        # --collect-only exits 7 here: the distill step finds no graded teacher items to train on.
-        env = bytecode_cache(Path(tmp))
-        startup, _ = best_of(repeat, project, env, *REPLAY, "--collect-only", rc=None)
-        replay, output = best_of(repeat, project, env, *REPLAY)
-        items = items_run(output)
-
         trivial = Path(tmp) / "trivial"
         trivial.mkdir()
         (trivial / "pytest.ini").write_text("[pytest]\n")
+        env = bytecode_cache(Path(tmp))
+        _, output, _ = timed([PYTEST, *QUIET, *REPLAY], project, env)
+        items = items_run(output)
         (trivial / "test_trivial.py").write_text(
             "import pytest\n\n\n"
             f"@pytest.mark.parametrize('n', range({items}))\n"
             "def test_trivial(n):\n    assert n >= 0\n"
         )
-        trivial_startup, _ = best_of(repeat, trivial, env, "--collect-only")
-        trivial_run, _ = best_of(repeat, trivial, env)
+        python = [sys.executable, "-c"]
+        # --collect-only exits 7 here: the distill step finds no graded teacher items to train on.
+        runs = {
+            "startup": ([PYTEST, *QUIET, *REPLAY, "--collect-only"], project, None),
+            "replay": ([PYTEST, *QUIET, *REPLAY], project, 0),
+            "python": ([*python, "pass"], project, 0),
+            "imports": ([*python, "import openai, scipy.stats"], project, 0),
+            "trivial startup": ([PYTEST, *QUIET, "--collect-only"], trivial, 0),
+            "trivial run": ([PYTEST, *QUIET], trivial, 0),
+        }
+        best: dict[str, Timing] = {}
+        for n in range(repeat + 1):  # the first round fills the byte-code cache, untimed
+            for name, (command, cwd, rc) in runs.items():
+                timing, output, code = timed(command, cwd, env)
+                if rc is not None and code != rc:
+                    raise SystemExit(f"{' '.join(command)} exited {code}:\n{output[-3000:]}")
+                if n:
+                    old = best.get(name, timing)
+                    best[name] = Timing(min(old.wall, timing.wall), min(old.cpu, timing.cpu))
+
+    beyond = best["replay"] - best["startup"]
+    imports = best["imports"] - best["python"]
+    trivial_beyond = best["trivial run"] - best["trivial startup"]
+
+    def line(label: str, t: Timing, digits: int = 2) -> None:
+        print(f"  {label:<58} {t.wall:8.{digits}f} {t.cpu:8.{digits}f}")
 
     print(
-        f"example project, offline replay of {items} items (best of {repeat} runs each, "
-        "after one that caches byte code)"
+        f"example project, offline replay of {items} items: best of {repeat} rounds, after one "
+        "that caches byte code"
     )
-    print(f"  pytest start-up + collection (--collect-only) {startup:8.2f} s")
-    print(f"  full replay (--distill-record-mode=none)       {replay:8.2f} s")
-    print(f"  replay beyond start-up                        {replay - startup:8.2f} s")
-    print(
-        f"  replay per 100 items beyond start-up          {per_100(startup, replay, items):8.3f} s"
-    )
+    print(f"  {'':<58} {'wall s':>8} {'cpu s':>8}")
+    line("pytest start-up + collection (--collect-only)", best["startup"])
+    line("full replay (--distill --distill-record-mode=none)", best["replay"])
+    line("replay beyond start-up", beyond)
+    line("  of which importing openai and scipy.stats, once a session", imports)
+    line("replay per 100 items beyond start-up", beyond.per_100(items), 3)
+    line("  the same without those two imports", (beyond - imports).per_100(items), 3)
     print(f"reference: pytest itself, {items} trivial tests")
-    print(f"  start-up + collection (--collect-only)        {trivial_startup:8.2f} s")
-    print(f"  full run                                      {trivial_run:8.2f} s")
-    print(
-        f"  per 100 tests beyond start-up                 "
-        f"{per_100(trivial_startup, trivial_run, items):8.3f} s",
-        flush=True,
-    )
+    line("start-up + collection (--collect-only)", best["trivial startup"])
+    line("full run", best["trivial run"])
+    line("per 100 tests beyond start-up", trivial_beyond.per_100(items), 3)
+    sys.stdout.flush()
 
 
 def interaction(n: int) -> dict[str, Any]:
