@@ -17,6 +17,7 @@ finds a request through a dict index; vcrpy, given one cassette with every inter
 matching, compares each request with the recorded ones in turn (quadratic overall).
 
     python benchmarks/bench_replay.py [--only example|cassettes] [--repeat 3]
+        [--environment-bytecode]
         [--items 100 200 400 800] [--vcrpy-up-to 400]
 """
 
@@ -86,14 +87,14 @@ def items_run(output: str) -> int:
     return sum(int(n) for n in OUTCOMES.findall(summary))
 
 
-def example_replay(repeat: int) -> None:
+def example_replay(repeat: int, cache: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "example_project"
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".distill", "__pycache__"))
         trivial = Path(tmp) / "trivial"
         trivial.mkdir()
         (trivial / "pytest.ini").write_text("[pytest]\n")
-        env = bytecode_cache(Path(tmp))
+        env = bytecode_cache(Path(tmp)) if cache else dict(os.environ)
         _, output, _ = timed([PYTEST, *QUIET, *REPLAY], project, env)
         items = items_run(output)
         (trivial / "test_trivial.py").write_text(
@@ -128,10 +129,9 @@ def example_replay(repeat: int) -> None:
     def line(label: str, t: Timing, digits: int = 2) -> None:
         print(f"  {label:<58} {t.wall:8.{digits}f} {t.cpu:8.{digits}f}")
 
-    print(
-        f"example project, offline replay of {items} items: best of {repeat} rounds, after one "
-        "that caches byte code"
-    )
+    how = "that caches byte code" if cache else "(byte code as this environment has it)"
+    print(f"example project, offline replay of {items} items: best of {repeat} rounds,")
+    print(f"after one {how}")
     print(f"  {'':<58} {'wall s':>8} {'cpu s':>8}")
     line("pytest start-up + collection (--collect-only)", best["startup"])
     line("full replay (--distill --distill-record-mode=none)", best["replay"])
@@ -246,6 +246,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["example", "cassettes"], help="one section only")
     parser.add_argument("--repeat", type=int, default=3, help="example: runs per figure")
+    parser.add_argument(
+        "--environment-bytecode",
+        action="store_true",
+        help="example: keep PYTHONDONTWRITEBYTECODE and the byte-code cache as the environment has "
+        "them (where it is set, every run compiles, and rewrites pytest plugins' asserts, anew)",
+    )
     parser.add_argument("--items", type=int, nargs="+", default=[100, 200, 400, 800])
     parser.add_argument(
         "--vcrpy-up-to",
@@ -255,7 +261,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.only != "cassettes":
-        example_replay(args.repeat)
+        example_replay(args.repeat, cache=not args.environment_bytecode)
     if args.only != "example":
         cassette_replay(args.items, args.vcrpy_up_to)
 

@@ -217,9 +217,10 @@ def send_chat(
     extra: dict[str, Any] = {"store": True, "metadata": dict(store)} if store else {}
     sent = list(messages)
     if "extra_body" not in merged and _plain_json(sent):
-        # The SDK rewrites every message against its typed schema before sending it (a few
-        # milliseconds for a few-shot prompt: most of a replayed call); plain JSON data comes
-        # out unchanged, so it goes into the body as it is, the same bytes on the wire.
+        # The SDK rewrites every message against its typed schema before sending it (about a
+        # millisecond for a few-shot prompt, more than the rest of a replayed call); plain JSON
+        # data comes out unchanged, so it goes in as the body's own "messages" (extra_body
+        # replaces the empty list in place): the same bytes on the wire.
         extra["extra_body"] = {"messages": sent}
         sent = []
     started = time.perf_counter()
