@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -85,12 +85,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Start the model calls of the items ahead while this one runs."""
     runtime = item.config.stash[RUNTIME_KEY]
+    ahead: Sequence[pytest.Item | None]
     if xdist.is_worker(item.config):
         # Under xdist only the next item is known to be ours; the workers add the concurrency.
         ahead = [item, nextitem]
     else:
-        start = runtime.order.get(item.nodeid, 0)
-        ahead = list(item.session.items[start : start + 2 * runtime.settings.concurrency])
+        ahead = runtime.ahead(item.session.items, runtime.order.get(item.nodeid, 0))
     for other in ahead:
         if isinstance(other, DistillItem):
             other.prefetch()

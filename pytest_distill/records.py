@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pytest_distill.roles import CallRecord
@@ -39,7 +39,7 @@ class Attempt:
     grades: tuple[GradeRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, call=None))  # the call's messages are not copied twice
         data["call"] = self.call.to_json() if self.call else None
         return data
 
@@ -98,7 +98,9 @@ class ItemResult:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # The call and the attempts are written below: asdict would deep-copy their messages
+        # only for them to be replaced.
+        data = asdict(replace(self, call=None, attempts=()))
         data["call"] = self.call.to_json() if self.call else None
         data["attempts"] = [a.to_json() for a in self.attempts]
         return data

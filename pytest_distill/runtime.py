@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -21,9 +21,11 @@ import pytest
 
 from pytest_distill import paths
 from pytest_distill.options import Settings
-from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_openai
+from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_openai, tls_context
 
 if TYPE_CHECKING:
+    import ssl
+
     import openai
 
 T = TypeVar("T")
@@ -48,15 +50,18 @@ class Runtime:
     training: dict[str, Any] | None = None  # the distill step's lineage, for the report
     distill_deferred: bool = False  # --distill-no-wait left a job running: the gate waits
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
-    transport: Callable[[], Any] | None = None  # the cassettes' transport (set by recording)
+    # The cassettes' transport (set by recording), called with the TLS context to use.
+    transport: Callable[[ssl.SSLContext], Any] | None = None
     notice: Callable[[str], None] | None = None  # a line of the plugin's own on the terminal
     item_notice: Callable[[str], None] | None = None  # the same, just before an item starts
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _clients: dict[str, openai.OpenAI] = field(default_factory=dict)
+    _tls: ssl.SSLContext | None = None  # one TLS context for every role's client
     _local: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: CallPool | None = None
     _futures: dict[str, Future[Any]] = field(default_factory=dict)
+    _ahead_to: int = 0  # the items before this index were handed out by ``ahead``
     _retirement_checked: set[str] = field(default_factory=set)
     # Progress of the prefetched model calls, shown between items (``progress``).
     progress_every: float | None = None  # seconds between lines; None: no progress lines
@@ -81,12 +86,16 @@ class Runtime:
     def client_for(self, config: RoleConfig) -> openai.OpenAI:
         with self._lock:
             if config.name not in self._clients:
+                # Each role its own client (base URL, key, timeout, retries), one TLS context.
+                if self._tls is None:
+                    self._tls = tls_context()
                 self._clients[config.name] = make_openai(
                     config,
                     local_url=self._local_url,
                     timeout=self.settings.timeout,
                     max_retries=self.settings.max_retries,
-                    transport=self.transport() if self.transport is not None else None,
+                    transport=self.transport(self._tls) if self.transport is not None else None,
+                    tls=self._tls,
                 )
             return self._clients[config.name]
 
@@ -156,6 +165,14 @@ class Runtime:
         return str(self._local.base_url)
 
     # --- concurrent prefetch of data-file calls ---------------------------------------------
+
+    def ahead(self, items: Sequence[T], start: int) -> Sequence[T]:
+        """The items to prefetch as item ``start`` runs: those of the window from it (twice
+        the concurrency) not handed out before, so that a session hands out each item once."""
+        end = min(start + 2 * self.settings.concurrency, len(items))
+        fresh = items[max(start, self._ahead_to) : end]
+        self._ahead_to = max(self._ahead_to, end)
+        return fresh
 
     def prefetch(self, key: str, call: Callable[[], Any]) -> None:
         with self._lock:

@@ -235,10 +235,13 @@ def test_importing_graders_does_not_import_deepdiff_until_json_is_graded() -> No
     code = (
         "import sys; from pytest_distill.grading.registry import make_grader, Sample\n"
         "g = make_grader({'type': 'json'}); print('deepdiff' in sys.modules)\n"
-        "g.grade(Sample('{}'), {'id': 'x', 'reference': {}}); print('deepdiff' in sys.modules)"
+        "g.grade(Sample('{}'), {'id': 'x', 'reference': {}}); print('deepdiff' in sys.modules)\n"
+        "g.grade(Sample('{\"a\": 1}'), {'id': 'x', 'reference': {}})\n"
+        "print('deepdiff' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True"]
+    # Equal values need no diff: only a difference loads deepdiff.
+    assert out.stdout.split() == ["False", "False", "True"]
 
 
 # --- regex and contains ---------------------------------------------------------------------

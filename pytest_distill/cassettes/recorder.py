@@ -35,6 +35,8 @@ from pytest_distill.cassettes.routes import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from pytest_distill.runtime import Runtime
 
 __all__ = [
@@ -62,13 +64,14 @@ class Recorder:
         self.cassette = cassette
         self._transport: type[Any] | None = None
 
-    def transport(self) -> Any:
-        """A new httpx2 transport whose requests record to / replay from the cassettes."""
+    def transport(self, tls: ssl.SSLContext | bool = True) -> Any:
+        """A new httpx2 transport whose requests record to / replay from the cassettes;
+        ``tls``: the TLS context to use (True: build one)."""
         if self._transport is None:
             self._transport = _transport_class(self.cassette)
         from openai._constants import DEFAULT_CONNECTION_LIMITS
 
-        return self._transport(limits=DEFAULT_CONNECTION_LIMITS)
+        return self._transport(verify=tls, limits=DEFAULT_CONNECTION_LIMITS)
 
     def pytest_report_header(self) -> str:
         where = relative(self.cassette.directory, self.cassette.rootdir)

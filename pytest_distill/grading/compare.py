@@ -134,6 +134,8 @@ def compare_json(
     got = _normalize(actual, (), patterns)
     if ignore_order:
         got = _align(want, got, tolerance)
+    if _identical(want, got):  # nothing for the diff to find: skip it (it is slow)
+        return JsonComparison(equal=True, score=1.0, lines=())
     levels = _diff_levels(want, got, tolerance)
     if not levels:
         return JsonComparison(equal=True, score=1.0, lines=())
@@ -202,6 +204,20 @@ def _equal(want: Any, got: Any, tolerance: float) -> bool:
         return want.keys() == got.keys() and all(_equal(want[k], got[k], tolerance) for k in want)
     if isinstance(want, list):
         return len(want) == len(got) and all(map(_equal, want, got, [tolerance] * len(want)))
+    return bool(want == got)
+
+
+def _identical(want: Any, got: Any) -> bool:
+    """Equal in every value and type (1 and 1.0 alike, as the diff takes them), so the diff
+    would find nothing whatever the tolerance."""
+    if _is_number(want) and _is_number(got):
+        return bool(want == got)
+    if type(want) is not type(got):
+        return False
+    if isinstance(want, dict):
+        return want.keys() == got.keys() and all(_identical(want[k], got[k]) for k in want)
+    if isinstance(want, list):
+        return len(want) == len(got) and all(map(_identical, want, got))
     return bool(want == got)
 
 
