@@ -182,6 +182,7 @@ class Engine:
         self.prefixes = PrefixCache(PREFIX_CACHE_BYTES)
         self.kv_token_bytes = _kv_token_bytes(self.base)
         self.kv_budget = _kv_budget(self.device.type)
+        self._threads = _Threads(torch.get_num_threads() if self.device.type == "cpu" else 1)
 
     def kv_bytes(self, group: Decoding | Prefill) -> int:
         """The keys and values ``group`` holds (or will, once its prompts have run), padding
@@ -299,13 +300,14 @@ class Engine:
                 end = min(shared, prefill.ran + max(tokens, 1))
                 ids = torch.tensor([prefill.shared[prefill.ran : end]], device=self.device)
                 positions = torch.arange(prefill.ran, end, device=self.device).unsqueeze(0)
-                out = model(
-                    input_ids=ids,
-                    position_ids=positions,
-                    cache=prefill.past,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                with self._threads("prompt", end - prefill.ran):
+                    out = model(
+                        input_ids=ids,
+                        position_ids=positions,
+                        cache=prefill.past,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                 prefill.past = out.cache
                 reserve(prefill.past, shared)
                 tokens -= end - prefill.ran
@@ -320,14 +322,15 @@ class Engine:
                 return None
             begin = prefill.ran - shared
             end = min(columns, begin + max(tokens // len(prefill.rows), 1))
-            out = model(
-                input_ids=prefill.ids[:, begin:end],
-                attention_mask=prefill.mask[:, : shared + end],
-                position_ids=prefill.positions[:, begin:end],
-                cache=prefill.past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            with self._threads("prompt", len(prefill.rows) * (end - begin)):
+                out = model(
+                    input_ids=prefill.ids[:, begin:end],
+                    attention_mask=prefill.mask[:, : shared + end],
+                    position_ids=prefill.positions[:, begin:end],
+                    cache=prefill.past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             prefill.past = out.cache
             reserve(prefill.past, shared + columns)
             prefill.ran = shared + end
@@ -387,7 +390,11 @@ class Engine:
 
     def step(self, decoding: Decoding) -> list[Row]:
         """Decode one token for every row; returns the rows that are done, which leave."""
-        with self._model(decoding.adapter) as model, torch.inference_mode():
+        with (
+            self._model(decoding.adapter) as model,
+            torch.inference_mode(),
+            self._threads("step", len(decoding.rows)),
+        ):
             out = model(
                 input_ids=decoding.ids,
                 attention_mask=decoding.mask,
@@ -503,6 +510,76 @@ class Engine:
         elif name not in self._peft.peft_config:
             self._peft.load_adapter(str(adapter), adapter_name=name)
         return self._peft
+
+
+class _Threads:
+    """How many threads each kind of model call runs on: the count that has run it fastest.
+
+    torch runs an operation on one thread per core by default, the fastest on an idle CPU. On
+    a busy one (two cores, other processes running) the threads wait for each other at each of
+    a decoding step's hundreds of small operations: a step of 32 rows took about six times as
+    long on two threads as on one (``benchmarks/bench_engine.py``). So each kind of call (a
+    decoding step, a chunk of prompts) is timed, in seconds per token, on every count it runs
+    with, and runs on the fastest so far; now and then it tries another count, less often the
+    longer the fastest stays fastest. The count can change a result's last bits, as the
+    batch's size does.
+    """
+
+    TRY_EVERY = 16
+    TRY_AT_MOST_EVERY = 64
+    WEIGHT = 0.5
+    """Of the newest timing in the fastest count's average: the load on the machine changes.
+    A count tried now and then is timed afresh instead (its last timing may be of a batch of
+    another size)."""
+
+    def __init__(self, most: int) -> None:
+        self.counts = sorted({1, max(most // 2, 1), max(most, 1)})
+        self.cost: dict[tuple[str, int], float] = {}
+        self.calls: dict[str, int] = {}
+        self.every: dict[str, int] = {}
+
+    def pick(self, kind: str) -> int:
+        untried = [count for count in self.counts if (kind, count) not in self.cost]
+        if untried:
+            return untried[-1]  # the most threads first: the default, right on an idle CPU
+        best = self.best(kind)
+        calls = self.calls[kind] = self.calls.get(kind, 0) + 1
+        every = self.every.setdefault(kind, self.TRY_EVERY)
+        if calls % every:
+            return best
+        others = [count for count in self.counts if count != best]
+        return others[calls // every % len(others)]
+
+    def best(self, kind: str) -> int:
+        return min(self.counts, key=lambda count: self.cost[kind, count])
+
+    def timed(self, kind: str, count: int, seconds: float) -> None:
+        old = self.cost.get((kind, count))
+        if old is None or count != self.best(kind):  # a count tried: timed afresh
+            self.cost[kind, count] = seconds
+            if old is not None:  # tried less often while the fastest stays the fastest
+                every = self.every.get(kind, self.TRY_EVERY)
+                stays = self.best(kind) != count
+                longer = min(2 * every, self.TRY_AT_MOST_EVERY)
+                self.every[kind] = longer if stays else self.TRY_EVERY
+            return
+        self.cost[kind, count] = self.WEIGHT * seconds + (1 - self.WEIGHT) * old
+
+    @contextlib.contextmanager
+    def __call__(self, kind: str, tokens: int) -> Iterator[None]:
+        """Run the block on the chosen count of threads and time it."""
+        if len(self.counts) == 1:
+            yield
+            return
+        count, previous = self.pick(kind), torch.get_num_threads()
+        torch.set_num_threads(count)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - began
+            torch.set_num_threads(previous)
+        self.timed(kind, count, seconds / max(tokens, 1))
 
 
 def _outcome(row: Row) -> GenResult | Exception:
