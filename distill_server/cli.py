@@ -19,6 +19,7 @@ from distill_server.server import (
     UnsafeBind,
     check_api_key,
 )
+from distill_server.weights.convert import die_with_parent
 
 _DESCRIPTION = f"""\
 Serve local models behind an OpenAI-compatible API on this machine: chat completions
@@ -111,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
         help="adapters kept of each job's last N checkpoints (older ones are deleted); "
         "optimizer state is kept only on a running job's latest (default: %(default)s)",
     )
+    # Given by a pytest session that starts the server for itself: the server ends with it.
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -168,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
+    if args.parent_pid is not None:  # started by a pytest session: it ends with that session
+        # Polled, not the kernel's parent-death signal: that one follows the thread that
+        # started the process (a session's call thread, which ends before the session does).
+        die_with_parent(args.parent_pid, poll_only=True)
     try:
         key = _api_key(args)
         if args.device == "cuda":

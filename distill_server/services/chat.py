@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill_server.engine.batcher import Batcher
 from distill_server.errors import ApiError, bad_request, not_found
+from distill_server.imports import IMPORT_LOCK
 from distill_server.models import ModelSource, Registry, Resolved
 from distill_server.services.schemas import ChatRequest
 from distill_server.store import Record, Store, matches, new_id, paginate
@@ -57,7 +58,8 @@ class Serving:
 
 
 def _load(source: ModelSource) -> Engine:
-    from distill_server.engine.decode import Engine
+    with IMPORT_LOCK:
+        from distill_server.engine.decode import Engine
 
     return Engine(source)
 
@@ -209,7 +211,8 @@ def _generation(
     messages: tuple[dict[str, str], ...],
     on_text: Callable[[str], None] | None,
 ) -> tuple[GenRequest, bool]:
-    from distill_server.engine.decode import GenRequest
+    with IMPORT_LOCK:
+        from distill_server.engine.decode import GenRequest
 
     template = [
         {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from distill_server.errors import ApiError
+from distill_server.imports import IMPORT_LOCK
 from distill_server.models import FINAL, Registry, fine_tuned_id, line_limit
 from distill_server.store import Record, Store
 from distill_shapes.training import Example, InvalidTrainingFile, enough, iter_examples, read_lines
@@ -131,6 +132,8 @@ class Runner:
             return
         self._jobs.event(job_id, "Fine-tuning job started")
         try:
+            with IMPORT_LOCK:  # torch and transformers, not beside a request importing them
+                import distill_server.trainer.lora  # noqa: F401
             self._fit(job, model_id)
         except InvalidTrainingFile as exc:  # found only with the model's tokenizer: too long
             self._fail(job_id, "invalid_training_file", str(exc))

@@ -256,3 +256,52 @@ def test_interrupt_during_a_decode_exits_within_seconds(
         assert "Traceback" not in err and "Task " not in err, err[:2000]
     finally:
         _end(proc)
+
+
+def test_a_session_serves_from_a_child_process_that_ends_when_the_session_is_killed(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # The session (a process of its own here) starts the server as its child: the model, its
+    # threads and memory are not the session's. Killed with SIGKILL, it leaves no server.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from distill_server.starter import shared_server\n"
+        f"server = shared_server(Path({str(tmp_path)!r}), {{'tiny': {str(tiny_model)!r}}}, None)\n"
+        "print(server.pid, server.base_url, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    session = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert session.stdout is not None
+    pid_text, base_url = session.stdout.readline().split()
+    pid = int(pid_text)
+    assert pid not in (os.getpid(), session.pid)
+    with openai.OpenAI(base_url=base_url, api_key="local", max_retries=0) as client:
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+    log = tmp_path / "server.log"
+    assert "serving on" in log.read_text() and log.stat().st_mode & 0o077 == 0
+    session.kill()
+    session.wait()
+    session.stdout.close()
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(pid)
+    # The directory is free again: the next session starts its own server there.
+    again = shared_server(tmp_path, {"tiny": str(tiny_model)}, None)
+    try:
+        assert again.owned and again.pid != pid
+    finally:
+        again.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child of no one here: once it exited it is gone, not a zombie of this process.
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        return "State:\tZ" not in status
+    return True
