@@ -34,6 +34,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+# As the server's process runs it (``distill_server.cli``): torch's grouped-query attention,
+# not transformers' copies of the key and value heads (``generate`` below gets the same).
+# ``--repeat-kv`` measures transformers' default instead.
+if "--repeat-kv" not in sys.argv:
+    os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 from typing import Any
 
 import torch
@@ -240,6 +246,11 @@ def flops_per_token(model: Any, context: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows and tokens")
+    parser.add_argument(
+        "--repeat-kv",
+        action="store_true",
+        help="transformers' default attention, which copies the key and value heads",
+    )
     parser.add_argument("--max-tokens", type=int, help="tokens each row decodes (default 32)")
     parser.add_argument(
         "--data-dir",

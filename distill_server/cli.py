@@ -165,6 +165,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Grouped-query attention without copying the key and value heads: transformers' SDPA path
+    # repeats them (3 to 9 heads for SmolLM2) whenever there is a mask, which batched decoding
+    # always has; torch's own GQA gives the same bits, 30x faster for a decoding step's
+    # attention of 34 rows over 500 positions on 2 CPU cores (39 ms -> 2 ms a layer). An
+    # environment variable transformers reads at each call; this process is the server's own.
+    os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
     if argv[:1] == ["export"]:
         from distill_server.export import main as export_main
 

@@ -122,3 +122,15 @@ def out_of_memory_as_too_large(model_id: str, needed: int, placement: Placement)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise too_large(model_id, needed, placement, available_bytes(placement)) from None
+
+
+def release_freed_memory() -> None:
+    """Hand the C allocator's free pages back to the system: glibc keeps what a thread freed
+    in its arena otherwise (``malloc_trim``; nothing elsewhere, as musl has no such call)."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distill_server.devices import release_freed_memory
+
 if TYPE_CHECKING:
     from distill_server.engine.decode import (
         Decoding,
@@ -136,6 +138,8 @@ class Batcher:
         try:
             while not self._stopping.is_set():
                 if not self._running and not self._waiting and not self._prefilling:
+                    if self._queue.empty():  # idle: what the batches freed goes back
+                        release_freed_memory()
                     if not self._gather(block=True):
                         return
                     # A short window lets requests sent "at once" arrive before decoding.

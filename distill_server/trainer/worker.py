@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from distill_server.devices import release_freed_memory
 from distill_server.errors import ApiError
 from distill_server.imports import IMPORT_LOCK
 from distill_server.models import FINAL, Registry, fine_tuned_id, line_limit
@@ -304,9 +305,4 @@ def _release_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if sys.platform.startswith("linux"):
-        import contextlib
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: musl has no malloc_trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
