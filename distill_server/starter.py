@@ -158,10 +158,10 @@ def _start_child(
     for model_id, path in (models or {}).items():
         command += ["--model", f"{model_id}={path}"]
     env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
-    # glibc's allocator raises its mmap threshold as large blocks are freed, then serves them
-    # from heaps it seldom returns: the KV cache's blocks of every size left the process
-    # holding gigabytes it no longer used. Blocks of 1 MB and more are mapped and unmapped.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**20))
+    # glibc gives each thread that allocates an arena of its own (up to 8 per core), and memory
+    # freed in one is not reused by another: the batcher's, the trainer's and the request
+    # threads' would each keep what they once held. Two arenas, as for a process this size.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     if api_key:
         env[API_KEY_ENV] = api_key  # never on the command line, which other users can read
     log = data_dir / LOG
