@@ -214,7 +214,10 @@ def test_stop_answers_requests_still_decoding_with_503_and_logs_no_traceback(
     assert time.monotonic() - started < 5
     for thread in threads:
         thread.join(30)
-    assert sorted(outcomes) == ["503", "503", "503", "The server is shutting down."]
+    # The streamed request was decoding (it had sent text): its stream ends with the error.
+    # Each other one got a 503, unless the untrained model ended its answer before the stop.
+    assert outcomes.count("The server is shutting down.") == 1, outcomes
+    assert "503" in outcomes and set(outcomes) <= {"503", "ended", "The server is shutting down."}
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Cancel" not in err, err[:2000]
 
