@@ -137,24 +137,41 @@ class PrefixCache:
             OrderedDict()
         )
         self._bytes = 0
+        self._found: dict[tuple[int, ...], tuple[Any, tuple[int, ...]]] = {}
 
-    def longest(self, adapter: Any, prompts: list[list[int]]) -> tuple[int, ...]:
-        """The longest cached prefix of every one of ``prompts`` that leaves each a token."""
+    def longest(self, adapter: Any, prompts: list[list[int]], least: int = 1) -> tuple[int, ...]:
+        """The longest start that every one of ``prompts`` shares with one cached prefix, at
+        least ``least`` tokens, leaving each prompt a token; empty when there is none.
+
+        Part of a cached prefix serves too: a position's keys and values depend only on the
+        tokens before it, and a prefix that a wave of requests shared may reach into their
+        last message, which a later request begins otherwise.
+        """
         best: tuple[int, ...] = ()
-        shortest = min(len(p) for p in prompts)
-        for key_adapter, tokens in self._entries:
-            if key_adapter != adapter or len(tokens) <= len(best) or len(tokens) >= shortest:
+        best_key: tuple[Any, tuple[int, ...]] | None = None
+        room = min(len(p) for p in prompts) - 1
+        for key in self._entries:
+            key_adapter, tokens = key
+            if key_adapter != adapter:
                 continue
-            if all(tuple(p[: len(tokens)]) == tokens for p in prompts):
-                best = tokens
-        if best:
-            self._entries.move_to_end((adapter, best))
+            size = min(len(tokens), room)
+            for prompt in prompts:
+                size = next((k for k in range(size) if prompt[k] != tokens[k]), size)
+            if size > len(best) and size >= least:
+                best, best_key = tokens[:size], key
+        if best_key is not None:
+            self._entries.move_to_end(best_key)
+            self._found[best] = best_key
         return best
 
     def restore(self, adapter: Any, tokens: tuple[int, ...], cache: Cache) -> None:
-        """Fill the empty ``cache`` (one row) with the prefix's keys and values."""
-        for index, (keys, values) in enumerate(self._entries[(adapter, tokens)]):
-            cache.update(keys, values, index)  # copied into the layer's own room
+        """Fill the empty ``cache`` (one row) with the keys and values of ``tokens``, the start
+        of a cached prefix that ``longest`` found."""
+        key = self._found.pop(tokens, (adapter, tokens))
+        size = len(tokens)
+        for index, (keys, values) in enumerate(self._entries[key]):
+            # Copied into the layer's own room.
+            cache.update(keys[..., :size, :], values[..., :size, :], index)
 
     def put(self, adapter: Any, tokens: tuple[int, ...], cache: Cache) -> None:
         """Keep the keys and values ``cache`` (one row) holds for ``tokens``."""

@@ -417,7 +417,7 @@ class Engine:
         shared = _shared_prefix(prompts)
         # A prefix that requests before these ran (a few-shot prompt): its keys and values are
         # kept, so these start after it, alone or together.
-        cached = self.prefixes.longest(adapter, prompts)
+        cached = self.prefixes.longest(adapter, prompts, MIN_SHARED_PREFIX)
         if len(cached) > len(shared):
             shared = list(cached)
         rests = [row.prompt[len(shared) :] for row in rows]

@@ -204,7 +204,10 @@ def test_a_request_that_comes_later_starts_after_a_prefix_that_earlier_ones_ran(
         messages = ({"role": "system", "content": few_shot}, {"role": "user", "content": question})
         return GenRequest(messages, 6, 0.0, 1.0, None, ())
 
-    first = engine.generate(None, [with_prefix("Red?"), with_prefix("Blue?")])
+    # The two share more than the few-shot block: their messages start alike too.
+    first = engine.generate(
+        None, [with_prefix("Please say it: red?"), with_prefix("Please say it: blue?")]
+    )
     assert all(isinstance(r, GenResult) for r in first)
     later = engine.row(with_prefix("Green or yellow?"))
     (prefill,) = engine.prefills(None, [later])
@@ -238,7 +241,11 @@ def test_the_prefix_cache_keeps_within_its_budget_dropping_the_oldest() -> None:
     assert prefixes.longest(None, [list(range(1, 50))]) == ()  # the oldest went
     assert prefixes.longest(None, [list(range(3, 50))]) == tuple(range(3, 43))
     assert prefixes.longest("adapter", [list(range(3, 50))]) == ()  # another adapter's
-    assert prefixes.longest(None, [list(range(3, 43))]) == ()  # it must leave a token
+    assert prefixes.longest(None, [list(range(3, 43))]) == tuple(range(3, 42))  # leaves one
+    # Part of a cached prefix serves a prompt that leaves it midway.
+    parted = [*range(3, 21), 999, *range(21, 40)]
+    assert prefixes.longest(None, [parted]) == tuple(range(3, 21))
+    assert prefixes.longest(None, [parted], least=32) == ()
 
 
 def test_rows_past_the_key_value_budget_wait_for_room_and_all_finish(engine: Engine) -> None:
