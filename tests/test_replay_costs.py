@@ -120,18 +120,10 @@ def test_role_clients_share_one_tls_context_and_keep_their_own_endpoints(
 
 
 @pytest.fixture
-def capitals(pytester: pytest.Pytester, server: ScriptedServer) -> pytest.Pytester:
-    pytester.makeini(
-        f"""
-        [pytest]
-        distill_teacher_model = big
-        distill_teacher_endpoint = {server.base_url}
-        distill_student_model = small
-        distill_student_endpoint = {server.base_url}
-        """
-    )
-    pytester.makefile(".eval.yaml", capitals=SUITE)
-    return pytester
+def capitals(project: pytest.Pytester) -> pytest.Pytester:
+    """conftest's project (teacher ``big``, student ``small``) with the capitals suite."""
+    project.makefile(".eval.yaml", capitals=SUITE)
+    return project
 
 
 @pytest.fixture
