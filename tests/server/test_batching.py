@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,23 +15,33 @@ PROMPTS = [f"Tell me fact number {i}." + " Please." * (i % 5) for i in range(16)
 SYSTEM = "You answer questions about facts. " + " ".join(f"Fact {i} is true." for i in range(20))
 
 
-def _ask(client: openai.OpenAI, prompt: str, system: str | None = None) -> tuple[str, int]:
+def _ask(
+    client: openai.OpenAI, prompt: str, system: str | None = None, max_tokens: int = 10
+) -> tuple[str, int]:
     head = [{"role": "system", "content": system}] if system else []
     response = client.chat.completions.with_raw_response.create(
         model="tiny",
         messages=[*head, {"role": "user", "content": prompt}],
         temperature=0,
-        max_tokens=10,
+        max_tokens=max_tokens,
     )
     text = response.parse().choices[0].message.content or ""
     return text, int(response.headers["x-distill-batch-size"])
 
 
 def test_sixteen_concurrent_requests_share_batches_and_match_one_by_one(server: Any) -> None:
+    # Answers long enough that requests sent at once overlap on a busy machine too, where
+    # the threads' requests can reach the server several decoding steps apart.
+    ready = threading.Barrier(len(PROMPTS))
+
+    def together_(prompt: str) -> tuple[str, int]:
+        ready.wait()
+        return _ask(client, prompt, max_tokens=32)
+
     with openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0) as client:
-        alone = [_ask(client, prompt) for prompt in PROMPTS]
+        alone = [_ask(client, prompt, max_tokens=32) for prompt in PROMPTS]
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
-            together = list(pool.map(lambda p: _ask(client, p), PROMPTS))
+            together = list(pool.map(together_, PROMPTS))
     assert {size for _, size in alone} == {1}
     assert max(size for _, size in together) >= 8, together
     # Left padding with a proper mask and positions must not change greedy answers.

@@ -3,6 +3,7 @@ that does not fit. Runs on the CPU; the CUDA paths are checked only where torch 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,12 @@ def test_a_model_that_does_not_fit_answers_one_line_with_the_memory_it_needs(
 
     from distill_server import LocalServer
 
+    # A copy of its own: a server of an earlier test may still hold the fixture's model, whose
+    # weights a new load then shares (no memory to check).
+    own = shutil.copytree(tiny_model, tmp_path / "tiny-model")
     # The device reports 1 MiB free: far less than the tiny model's ~13 MiB of weights.
     monkeypatch.setattr(devices, "available_bytes", lambda placement: 1024**2)
-    with LocalServer(tmp_path, models={"tiny": tiny_model}, device="cpu") as server:
+    with LocalServer(tmp_path / "data", models={"tiny": own}, device="cpu") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(
