@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from distill_server.engine.cache import (
     RoomyLayer,
     append_rows,
     drop_leading,
+    keep_rows,
     reserve,
 )
 from distill_server.engine.text import Answer
@@ -183,6 +185,10 @@ class Engine:
         self.kv_token_bytes = _kv_token_bytes(self.base)
         self.kv_budget = _kv_budget(self.device.type)
         self._threads = _Threads(torch.get_num_threads() if self.device.type == "cpu" else 1)
+        self.counts = Counter[str]()
+        """Prompt tokens by how they ran: ``prompt`` in all, ``cached`` (restored from the
+        prefix cache), ``shared`` (a group's common prefix, run once for its other rows),
+        ``run`` (computed, padding included); ``steps`` and ``decoded`` (rows times steps)."""
 
     def kv_bytes(self, group: Decoding | Prefill) -> int:
         """The keys and values ``group`` holds (or will, once its prompts have run), padding
@@ -310,6 +316,7 @@ class Engine:
                     )
                 prefill.past = out.cache
                 reserve(prefill.past, shared)
+                self.counts["run"] += end - prefill.ran
                 tokens -= end - prefill.ran
                 prefill.ran = end
                 if end == shared:  # later requests that start the same way start from here
@@ -333,6 +340,7 @@ class Engine:
                 )
             prefill.past = out.cache
             reserve(prefill.past, shared + columns)
+            self.counts["run"] += len(prefill.rows) * (end - begin)
             prefill.ran = shared + end
         if end < columns:
             return None
@@ -404,6 +412,8 @@ class Engine:
                 logits_to_keep=1,
             )
         decoding.past = out.cache
+        self.counts["steps"] += 1
+        self.counts["decoded"] += len(decoding.rows)
         self._advance(decoding, out.logits[:, -1, :].float())
         return self.leave(decoding)
 
@@ -432,6 +442,11 @@ class Engine:
         past = Cache(layer_class_to_replicate=_RoomyLayer)
         if cached:
             self.prefixes.restore(adapter, cached, past)
+        self.counts["prompts"] += len(rows)
+        self.counts["prompt"] += sum(len(p) for p in prompts)
+        self.counts["cached"] += len(cached) * len(rows)
+        self.counts["shared"] += (len(shared) - len(cached)) * (len(rows) - 1)
+        self.counts["groups"] += 1
         return Prefill(adapter, rows, past, shared, ids, mask, positions, ran=len(cached))
 
     def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
@@ -474,10 +489,11 @@ class Engine:
         if not done:
             return []
         keep = [k for k, row in enumerate(decoding.rows) if not row.done]
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        decoding.rows = [decoding.rows[k] for k in keep]
         if keep:
-            decoding.past.batch_select_indices(index)
+            # The last rows take the places of those that left: only they are copied.
+            order = keep_rows(decoding.past, keep)
+            index = torch.tensor(order, dtype=torch.long, device=self.device)
+            decoding.rows = [decoding.rows[k] for k in order]
             mask = decoding.mask[index]
             # Padding ahead of every remaining row (a long row that left) is no longer needed.
             unused = int(mask[:, :-1].any(dim=0).int().argmax()) if mask.shape[1] > 1 else 0
@@ -485,6 +501,8 @@ class Engine:
                 drop_leading(decoding.past, unused)
             decoding.mask = mask[:, unused:]
             decoding.positions, decoding.ids = decoding.positions[index], decoding.ids[index]
+        else:  # its keys and values go now, not when the last reference to it does
+            decoding.rows, decoding.past = [], Cache(layer_class_to_replicate=_RoomyLayer)
         return done
 
     @contextlib.contextmanager

@@ -275,3 +275,38 @@ def test_a_row_larger_than_the_budget_still_runs_alone(engine: Engine) -> None:
         batcher.close()
         engine.kv_budget = budget
     assert result.completion_tokens >= 1 and result.batch_size == 1
+
+
+def test_rows_that_leave_and_join_a_running_batch_keep_the_answers_they_have_alone(
+    engine: Engine,
+) -> None:
+    # Rows leave at different steps (their own max_tokens), from the middle of the batch too;
+    # newcomers join between steps, with prompts shorter than the batch's positions, then one
+    # longer (the running rows get left padding), then more than the batch had room for, and
+    # once the long one left (its padding dropped), a long one again.
+    first = [ask(f"Tell me about number {n}.", max_tokens=3 + 2 * (n % 4)) for n in range(8)]
+    long = "A long question: " + "why is the sky blue and the sea green? " * 12
+    later = [
+        (2, [ask("Hi."), ask("Short one.", max_tokens=5)]),
+        (2, [ask(long, 6)]),
+        (2, [ask(f"More rows, number {n}.", max_tokens=12 + n % 3) for n in range(12)]),
+        (6, [ask(long + " Again?", 4), ask("And a short one.", 3)]),
+    ]
+    every = [*first, *(r for _, wave in later for r in wave)]
+    expected = {id(r): engine.generate(None, [r])[0] for r in every}
+    rows = {id(r): engine.row(r) for r in every}
+    decoding, done = engine.start(None, [rows[id(r)] for r in first])
+    assert decoding is not None and not done
+    for steps, wave in later:
+        for _ in range(steps):
+            engine.step(decoding)
+        new, _ = engine.start(None, [rows[id(r)] for r in wave])
+        assert new is not None
+        engine.join(decoding, new)
+    while decoding.rows:
+        engine.step(decoding)
+    for request in every:
+        want = expected[id(request)]
+        assert isinstance(want, GenResult)
+        got = rows[id(request)].result()
+        assert (got.text, got.completion_tokens) == (want.text, want.completion_tokens)
