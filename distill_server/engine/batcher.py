@@ -15,9 +15,10 @@ decoding; beside other requests, only as many as run in about one decoding step 
 as the worker runs), so a long prompt neither stalls the running streams nor keeps a short
 request waiting for the whole of it. A group of prompts alone takes up to ``IDLE_CHUNKS``
 times as much (chunks, and decoding steps' time), so a batch of prompts runs in a few wide
-steps and a request that arrives meanwhile waits a few decoding steps at most. The shortest
-prompts go first, save a quarter of the chunk that the oldest prompt always gets, so a long
-prompt still progresses.
+steps and a request that arrives meanwhile waits a few decoding steps at most; in a burst
+(more rows waiting for their prompts than decoding) a step runs a whole chunk of prompts. The
+shortest prompts go first, save a quarter of the chunk that the oldest prompt always gets, so
+a long prompt still progresses.
 
 ``submit`` returns a ``Future``: cancelling it, queued or decoding, frees the request's row at
 the next step.
@@ -25,6 +26,7 @@ the next step.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
 
 IDLE_CHUNKS = 2
 """How many chunks a step of prompts may run when no other request waits on it."""
+COUNTS_ENV = "DISTILL_ENGINE_COUNTS"
+"""Set (by ``benchmarks/bench_main_job.py``): each time the batcher goes idle it prints the
+engine's token counts, cumulative, to its standard output (the embedded server's log)."""
+
 MIN_CHUNK = 16
 """The fewest prompt tokens a step runs, so a long prompt always moves on."""
 
@@ -140,6 +146,8 @@ class Batcher:
                 if not self._running and not self._waiting and not self._prefilling:
                     if self._queue.empty():  # idle: what the batches freed goes back
                         release_freed_memory()
+                        if self._engine is not None and os.environ.get(COUNTS_ENV):
+                            print(f"engine counts: {dict(self._engine.counts)}", flush=True)
                     if not self._gather(block=True):
                         return
                     # A short window lets requests sent "at once" arrive before decoding.
@@ -148,8 +156,9 @@ class Batcher:
                     return
                 self._admit()
                 self._prefill()
-                for decoding in list(self._running.values()):
-                    self._step(decoding)
+                # No local keeps a finished batch (and its keys and values) alive while idle.
+                for adapter in list(self._running):
+                    self._step(self._running[adapter])
         finally:
             self._cancel_all()
 
@@ -244,6 +253,8 @@ class Batcher:
         # looks for new requests between steps, and a newcomer brings the budget back down.
         alone = not self._running and len(self._prefilling) == 1 and not self._waiting
         budget = self._budget(IDLE_CHUNKS if alone else 1)
+        if self._burst():
+            budget = max(budget, self._chunk)
         shares = {oldest: min(oldest.remaining, max(budget // 4, 1))}
         left = budget - shares[oldest]
         for prefill in sorted(self._prefilling, key=lambda p: p.remaining):
@@ -253,6 +264,14 @@ class Batcher:
                 left -= more
         for prefill, tokens in shares.items():
             self._advance(prefill, tokens)
+
+    def _burst(self) -> bool:
+        """More rows wait for their prompts than decode: a burst of requests beside a few
+        streams. Its prompts then take a whole chunk a step, which costs little more than a
+        thin one (a forward pass reads every weight whatever its width), and its rows decode
+        together in fewer, wider steps, rather than a few at a time while the rest wait."""
+        decoding = sum(len(d.rows) for d in self._running.values())
+        return sum(len(p.rows) for p in self._prefilling) > decoding
 
     def _budget(self, chunks: int) -> int:
         """Prompt tokens for a step: what runs in about ``chunks`` decoding steps, between

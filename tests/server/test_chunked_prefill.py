@@ -195,3 +195,42 @@ def test_prompts_run_together_by_length_so_a_short_one_waits_for_no_long_one(
     groups = engine.prefills(None, rows, CHUNK * 4)
     assert [[rows.index(row) for row in p.rows] for p in groups] == [[0, 2], [1, 3]]
     assert len(engine.prefills(None, rows)) == 1  # run whole, they all go together
+
+
+def test_a_burst_beside_a_stream_runs_its_prompts_a_whole_chunk_a_step(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rows waiting for their prompts than decoding: a step gives them the whole chunk,
+    not only what runs in one decoding step's time (a thin forward pass costs about as much
+    as a wide one)."""
+    steps: list[list[tuple[str, int]]] = [[]]
+    advance, step = engine.advance, engine.step
+
+    def logged_advance(prefill: Any, tokens: int) -> Decoding | None:
+        steps[-1].append((prefill.rows[0].request.messages[-1]["content"], tokens))
+        return advance(prefill, tokens)
+
+    def logged_step(decoding: Decoding) -> list[Row]:
+        steps.append([])
+        return step(decoding)
+
+    monkeypatch.setattr(engine, "advance", logged_advance)
+    monkeypatch.setattr(engine, "step", logged_step)
+    batcher = Batcher(lambda: engine, prefill_chunk=4 * CHUNK)
+    try:
+        streamed = threading.Event()
+        stream = batcher.submit(
+            None, ask("Stream on.", 10_000, ignore_eos=True, on_text=lambda _: streamed.set())
+        )
+        assert streamed.wait(WAIT)
+        time.sleep(0.2)  # a few steps: the decoding step's time is measured
+        burst = [f"Burst {i}: " + LONG for i in range(4)]
+        futures = [batcher.submit(None, ask(prompt, 2)) for prompt in burst]
+        for future in futures:
+            future.result(WAIT)
+        stream.cancel()
+    finally:
+        batcher.close()
+    ran = [sum(t for prompt, t in s if prompt.startswith("Burst")) for s in steps]
+    ran = [tokens for tokens in ran if tokens]
+    assert ran[0] == 4 * CHUNK, ran  # the whole chunk, with the stream still decoding
