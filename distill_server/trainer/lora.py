@@ -22,6 +22,9 @@ from distill_server.weights.loading import encode, load_pretrained, quiet_peft, 
 from distill_shapes.training import Example, too_long
 
 BASE_LEARNING_RATE = 5e-4
+PART_TOKENS = 512
+"""Padded tokens a training step's forward and backward pass hold at once (``_Loop._step``):
+with SmolLM2-135M, about 1.2 MB of activations a token."""
 _IGNORE = -100
 DEFAULT_RANK = 16
 """vLLM's default ``--max-lora-rank``: an adapter of this rank serves without extra flags."""
@@ -80,6 +83,11 @@ class Outcome:
 class _Encoded:
     ids: list[int]
     labels: list[int]
+
+    @property
+    def scored(self) -> int:
+        """Labelled tokens: those the loss scores (each predicted from the one before)."""
+        return sum(label != _IGNORE for label in self.labels[1:])
 
 
 def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
@@ -248,13 +256,26 @@ class _Loop:
         return True
 
     def _step(self, batch: list[_Encoded]) -> tuple[float, float]:
-        ids, labels, mask = _collate(batch, self.pad, self.model.get_base_model().device)
-        loss, accuracy = _loss(self.model, ids, labels, mask)
-        loss.backward()  # type: ignore[no-untyped-call]
+        """One optimizer step on ``batch``: the mean loss over its labelled tokens.
+
+        The batch runs in parts of at most ``PART_TOKENS`` padded tokens, each part's
+        backward pass adding its share of the batch's gradient (its labelled tokens' loss
+        over the batch's): the same step, with the activations of one part in memory at a
+        time rather than the whole batch's.
+        """
+        device = self.model.get_base_model().device
+        scored = sum(e.scored for e in batch)
+        total, right = 0.0, 0
+        for part in _parts(batch, PART_TOKENS):
+            ids, labels, mask = _collate(part, self.pad, device)
+            loss_sum, correct = _loss_sum(self.model, ids, labels, mask)
+            (loss_sum / max(scored, 1)).backward()  # type: ignore[no-untyped-call]
+            total += float(loss_sum.detach())
+            right += correct
+            self.tokens += int(mask.sum())
         self.optimizer.step()
         self.optimizer.zero_grad()
-        self.tokens += int(mask.sum())
-        return float(loss.detach()), accuracy
+        return total / max(scored, 1), right / scored if scored else 0.0
 
 
 def _collate(
@@ -271,10 +292,27 @@ def _collate(
     return tensor(ids), tensor(labels), tensor(mask)
 
 
-def _loss(
+def _parts(batch: list[_Encoded], most: int) -> list[list[_Encoded]]:
+    """``batch`` cut, in order, into parts of at most ``most`` tokens once padded to each
+    part's longest (at least one example a part)."""
+    parts: list[list[_Encoded]] = []
+    width = 0
+    for example in batch:
+        width_then = max(width, len(example.ids))
+        if parts and width_then * (len(parts[-1]) + 1) <= most:
+            parts[-1].append(example)
+            width = width_then
+        else:
+            parts.append([example])
+            width = len(example.ids)
+    return parts
+
+
+def _loss_sum(
     model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, float]:
-    """Mean next-token cross-entropy over labelled tokens, and their greedy accuracy.
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled tokens, and how many of them the
+    model's greedy pick gets right.
 
     The output head runs only where a label is scored: with SmolLM2's 49k vocabulary the full
     logits would be a fifth of the compute and most of the memory, for prompt tokens whose
@@ -284,12 +322,11 @@ def _loss(
     hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     scored = target != _IGNORE
-    if not scored.any():  # every assistant turn in the batch has weight 0
-        return hidden.sum() * 0.0, 0.0
+    if not scored.any():  # every assistant turn here has weight 0
+        return hidden.sum() * 0.0, 0
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
-    loss = torch.nn.functional.cross_entropy(logits, target[scored])
-    accuracy = float((logits.detach().argmax(-1) == target[scored]).float().mean())
-    return loss, accuracy
+    loss = torch.nn.functional.cross_entropy(logits, target[scored], reduction="sum")
+    return loss, int((logits.detach().argmax(-1) == target[scored]).sum())
 
 
 @torch.no_grad()
@@ -299,7 +336,8 @@ def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) 
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         ids, labels, mask = _collate(batch, pad, model.get_base_model().device)
-        losses.append(float(_loss(model, ids, labels, mask)[0]))
+        loss_sum, _ = _loss_sum(model, ids, labels, mask)
+        losses.append(float(loss_sum) / max(sum(e.scored for e in batch), 1))
     return sum(losses) / len(losses)
 
 

@@ -135,6 +135,46 @@ def test_training_resumed_from_a_checkpoint_ends_as_an_uninterrupted_run(
     assert tokens == [m.trained_tokens for m in uninterrupted.metrics[3:]]
 
 
+def test_a_batch_run_in_parts_takes_the_step_the_whole_batch_takes(
+    source: ModelSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from distill_server.trainer import lora
+
+    whole_run = Recorder()
+    whole = _train(source, tmp_path / "whole", whole_run)
+    cuts: list[int] = []
+    parts = lora._parts
+
+    def one_by_one(batch: list[Any], most: int) -> list[list[Any]]:
+        cut = parts(batch, 1)  # every example a part of its own
+        cuts.append(len(cut))
+        return cut
+
+    monkeypatch.setattr(lora, "_parts", one_by_one)
+    parted_run = Recorder()
+    parted = _train(source, tmp_path / "parted", parted_run)
+    assert cuts and set(cuts) == {HP.batch_size}
+    a, b = _weights(whole), _weights(parted)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    for left, right in zip(whole_run.metrics, parted_run.metrics, strict=True):
+        assert left.train_loss == pytest.approx(right.train_loss, rel=1e-4)
+        assert left.train_mean_token_accuracy == right.train_mean_token_accuracy
+        assert left.trained_tokens == right.trained_tokens
+
+
+def test_parts_keep_the_order_and_stay_within_their_padded_tokens() -> None:
+    from distill_server.trainer.lora import _Encoded, _parts
+
+    batch = [_Encoded([1] * n, [1] * n) for n in (10, 30, 5, 50, 20)]
+    cut = _parts(batch, 60)
+    assert [e for part in cut for e in part] == batch
+    assert [[len(e.ids) for e in part] for part in cut] == [[10, 30], [5], [50], [20]]
+    assert _parts(batch, 10_000) == [batch]
+
+
 def test_peft_wraps_a_model_in_a_thread_with_warnings_as_errors_and_no_global_change(
     tiny_model: Path,
 ) -> None:
