@@ -27,6 +27,7 @@ The same file is the pytest plugin (``-p bench_main_job``) that timestamps each 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ from typing import Any
 import psutil
 
 EVENTS_ENV = "BENCH_MAIN_JOB_EVENTS"
+COUNTS_ENV = "DISTILL_ENGINE_COUNTS"  # the embedded server's engine logs its token counts
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example_project"
 ROLES = ("teacher", "student", "finetuned")
@@ -145,7 +147,7 @@ def run_job(
     project: Path, args: list[str], events: Path, source: Path | None = None
 ) -> tuple[int, float, float, Sampler, str]:
     """Runs pytest in ``project``; ``source``: a checkout whose packages it imports instead."""
-    env = {**os.environ, EVENTS_ENV: str(events)}
+    env = {**os.environ, EVENTS_ENV: str(events), COUNTS_ENV: "1"}
     paths = [str(ROOT / "benchmarks"), str(source) if source else "", env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     command = [sys.executable, "-m", "pytest", "-p", "bench_main_job", "-p", "no:cacheprovider"]
@@ -273,6 +275,24 @@ def print_job(
         print(output[-3000:])
 
 
+def print_counts(log: Path) -> None:
+    """The engine's prompt tokens by how they ran, at each time it went idle (cumulative)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    for line in lines:
+        if not line.startswith("engine counts: "):
+            continue
+        counts = ast.literal_eval(line.removeprefix("engine counts: "))
+        prompt = counts.get("prompt", 0) or 1
+        share = {k: counts.get(k, 0) / prompt for k in ("cached", "shared", "run")}
+        print(
+            f"engine: {counts.get('prompts', 0)} prompts in {counts.get('groups', 0)} groups, "
+            f"{counts.get('prompt', 0)} prompt tokens: {share['cached']:.0%} from cached "
+            f"prefixes, {share['shared']:.0%} shared in a group, {share['run']:.0%} run "
+            f"(padding included); {counts.get('steps', 0)} decoding steps of "
+            f"{counts.get('decoded', 0) / max(counts.get('steps', 0), 1):.1f} rows"
+        )
+
+
 def project_copy(where: Path, cases: int | None) -> Path:
     project = where / "example_project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".distill", "__pycache__"))
@@ -312,6 +332,7 @@ def main() -> None:
             done.set()
             title = f"main job, live, {name}" + (f" ({source})" if source else "")
             print_job(title, result, events, report, seen[0] if seen else None)
+            print_counts(project / ".distill" / "server" / "server.log")
         project = project_copy(where / "replay", None)
         events, report = where / "replay-events.jsonl", where / "replay-report.json"
         result = run_job(
