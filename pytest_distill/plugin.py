@@ -181,7 +181,7 @@ class Controller:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # tryfirst: junitxml's hook comes after, and sees only the scalar properties.
-        result = take_from(report.user_properties)
+        result = take_from(report.user_properties, read=report.when == "call" or report.failed)
         if report.when == "call" and result is not None:
             results_of(self.config).add(result)
         if report.failed and not (result is not None and result.graded_failure):

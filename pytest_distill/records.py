@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from pytest_distill.roles import CallRecord
@@ -98,9 +98,10 @@ class ItemResult:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        # The call and the attempts are written below: asdict would deep-copy their messages
-        # only for them to be replaced.
-        data = asdict(replace(self, call=None, attempts=()))
+        # Field by field, as asdict gives them but for copies: asdict would deep-copy every
+        # message (the student's prompt, the call's) only for json.dumps to read it once.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["grades"] = tuple(asdict(g) for g in self.grades)
         data["call"] = self.call.to_json() if self.call else None
         data["attempts"] = [a.to_json() for a in self.attempts]
         return data
@@ -121,12 +122,13 @@ class ItemResult:
         )
 
 
-def take_from(user_properties: list[tuple[str, object]]) -> ItemResult | None:
+def take_from(user_properties: list[tuple[str, object]], *, read: bool = True) -> ItemResult | None:
     """Read this item's record off a report's properties, removing the bulky JSON.
 
     Every phase's report carries the item's properties (junitxml writes them from the
-    teardown report), so each phase's copy is removed; only the call phase's is returned.
+    teardown report), so each phase's copy is removed; ``read=False`` only removes it (a
+    phase whose record is not needed is not parsed).
     """
     found = [v for n, v in user_properties if n == RECORD_PROPERTY]
     user_properties[:] = [(n, v) for n, v in user_properties if n != RECORD_PROPERTY]
-    return ItemResult.from_json(json.loads(str(found[-1]))) if found else None
+    return ItemResult.from_json(json.loads(str(found[-1]))) if found and read else None
