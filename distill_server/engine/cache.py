@@ -149,6 +149,17 @@ def append_rows(cache: Cache, other: Cache) -> None:
         _assign(layer, keys, values)
 
 
+def held_bytes(cache: Cache) -> int:
+    """The bytes ``cache``'s layers hold: their room, spare rows and positions included."""
+    total = 0
+    for layer in _layers(cache):
+        if isinstance(layer, RoomyLayer) and layer.is_initialized:
+            total += layer._key_room.nbytes + layer._value_room.nbytes
+        elif getattr(layer, "keys", None) is not None:
+            total += layer.keys.nbytes + layer.values.nbytes
+    return total
+
+
 def keep_rows(cache: Cache, keep: list[int]) -> list[int]:
     """Keep the rows ``keep`` (in increasing order) of ``cache``; returns which row each place
     now holds. The last rows move into the places of those that left, so only they are

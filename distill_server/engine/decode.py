@@ -26,6 +26,7 @@ from distill_server.engine.cache import (
     RoomyLayer,
     append_rows,
     drop_leading,
+    held_bytes,
     keep_rows,
     reserve,
 )
@@ -36,7 +37,7 @@ from distill_server.weights.loading import encode, load_pretrained, quiet_peft, 
 
 _RoomyLayer = RoomyLayer  # looked up at each use, so that a benchmark can swap it out
 _SEEDS = range(-(2**63), 2**64)
-PREFIX_CACHE_BYTES = 256 * 2**20
+PREFIX_CACHE_BYTES = 128 * 2**20
 """Keys and values of recent shared prefixes kept for requests that arrive later (a 470-token
 few-shot prefix of SmolLM2-135M takes about 21 MB)."""
 KV_SHARE = 0.25
@@ -192,11 +193,12 @@ class Engine:
 
     def kv_bytes(self, group: Decoding | Prefill) -> int:
         """The keys and values ``group`` holds (or will, once its prompts have run), padding
-        included."""
+        included, and the spare room a running batch holds (rows that left, positions set
+        aside)."""
         if isinstance(group, Decoding):
             width = group.mask.shape[1]
-        else:
-            width = len(group.shared) + group.ids.shape[1]
+            return max(len(group.rows) * width * self.kv_token_bytes, held_bytes(group.past))
+        width = len(group.shared) + group.ids.shape[1]
         return len(group.rows) * width * self.kv_token_bytes
 
     def kv_need(self, row: Row, width: int = 0) -> int:

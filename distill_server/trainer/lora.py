@@ -22,7 +22,7 @@ from distill_server.weights.loading import encode, load_pretrained, quiet_peft, 
 from distill_shapes.training import Example, too_long
 
 BASE_LEARNING_RATE = 5e-4
-PART_TOKENS = 512
+PART_TOKENS = 256
 """Padded tokens a training step's forward and backward pass hold at once (``_Loop._step``):
 with SmolLM2-135M, about 1.2 MB of activations a token."""
 _IGNORE = -100
