@@ -182,7 +182,7 @@ def test_json_schema_can_check_a_tool_calls_arguments() -> None:
 
 
 def test_json_schema_spec_errors() -> None:
-    with pytest.raises(GraderConfigError, match=r"is missing 'schema'.*response_format"):
+    with pytest.raises(GraderConfigError, match=r"is missing 'schema'.*add schema:"):
         make_grader({"type": "json_schema"})
     with pytest.raises(GraderConfigError, match=r"invalid schema\.type \(is not valid JSON Schema"):
         make_grader({"type": "json_schema", "schema": {"type": "str"}})

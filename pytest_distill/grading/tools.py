@@ -241,7 +241,7 @@ def build_tool_calls(spec: Spec) -> ToolCallsCheck:
 def build_json_schema(spec: Spec) -> JsonSchemaCheck:
     schema = spec.require(
         "schema",
-        "add schema: {...} (a JSON Schema), or give the suite a json_schema response_format",
+        "add schema: {...}, the JSON Schema the output must be valid against",
     )
     if not isinstance(schema, Mapping):
         spec.fail(f"has schema={schema!r}", "'schema' is a JSON Schema object", "write one")
