@@ -5,7 +5,9 @@ it), so each side parses and checks a shape with the same code. One module per s
 
 - ``training``: the chat fine-tuning file (its lines, OpenAI's rules, the examples they let
   through).
+- ``tools``: function tool definitions, ``tool_choice``, assistant tool calls and
+  ``response_format``, with JSON Schema checked by ``jsonschema``.
 
-Tool calls, preference (DPO) lines, grader JSON and batch lines belong here too, each in a
+Preference (DPO) lines, grader JSON and batch lines belong here too, each in a
 module of its own, when the plugin and the server come to share them.
 """

@@ -1,4 +1,20 @@
-"""The chat fine-tuning file: OpenAI's validation rules, and the examples they let through."""
+"""The chat fine-tuning file: OpenAI's validation rules, and the examples they let through.
+
+A line is OpenAI's supervised chat example: ``messages`` (system, developer, user, assistant,
+tool), optionally ``tools`` (function definitions) and ``parallel_tool_calls``. The rules, each
+reported with the line that breaks it:
+
+- every message has a known role and non-empty ``content``, except an assistant message that
+  makes ``tool_calls`` (its content may then be null or absent);
+- ``weight`` (0 or 1) marks whether an assistant message is trained (default 1);
+- a tool call's name is among the line's ``tools`` and its ``arguments`` are a JSON string;
+  call ids are unique within the line (the shapes are ``distill_shapes.tools``);
+- each ``tool`` message answers, by ``tool_call_id``, a call of the assistant message before
+  it, and every call is answered before the conversation goes on (only the last message may
+  leave its calls unanswered: it is the answer being taught);
+- the last message is a trained assistant message (a line that ends otherwise teaches nothing
+  after it).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +22,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+from distill_shapes.tools import FunctionTool, InvalidShape, ToolCall, parse_tool_calls, parse_tools
 
 MIN_EXAMPLES = 10
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -27,6 +45,10 @@ class Message:
     content: str
     trained: bool
     """True for assistant messages whose tokens carry loss (OpenAI's ``weight``, default 1)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant message's calls (its ``content`` is then often empty)."""
+    tool_call_id: str | None = None
+    """The call a ``tool`` message answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +56,10 @@ class Example:
     messages: tuple[Message, ...]
     line: int | None = None
     """The 1-based line of the file it came from, for errors found later (its length)."""
+    tools: tuple[FunctionTool, ...] = ()
+    """The functions the conversation may call, as the model sees them."""
+    parallel_tool_calls: bool | None = None
+    """OpenAI's ``parallel_tool_calls`` (None: not given; OpenAI's default is true)."""
 
 
 def parse_training_file(data: bytes) -> list[Example]:
@@ -100,13 +126,31 @@ def _example(number: int, line: str) -> Example:
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         raise InvalidTrainingFile(number, "`messages` must be a non-empty list of messages.")
-    parsed = tuple(_message(number, index, item) for index, item in enumerate(messages))
+    try:
+        tools = parse_tools(record["tools"]) if record.get("tools") is not None else ()
+    except InvalidShape as error:
+        raise InvalidTrainingFile(number, f"{error}.") from None
+    parallel = record.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidTrainingFile(
+            number, f"`parallel_tool_calls` is {parallel!r}; it must be true or false."
+        )
+    parsed = tuple(_message(number, index, item, tools) for index, item in enumerate(messages))
     if not any(message.role == "assistant" for message in parsed):
         raise InvalidTrainingFile(number, "each example needs at least one assistant message.")
-    return Example(parsed, number)
+    _answers(number, parsed)
+    last = parsed[-1]
+    if last.role != "assistant" or not last.trained:
+        what = f"is a {last.role} message" if last.role != "assistant" else "has weight 0"
+        raise InvalidTrainingFile(
+            number,
+            f"the last message (messages[{len(parsed) - 1}]) {what}; an example ends with "
+            "the assistant answer it teaches (weight 1): drop what follows it.",
+        )
+    return Example(parsed, number, tools, parallel)
 
 
-def _message(number: int, index: int, item: Any) -> Message:
+def _message(number: int, index: int, item: Any, tools: tuple[FunctionTool, ...]) -> Message:
     where = f"messages[{index}]"
     if not isinstance(item, dict):
         raise InvalidTrainingFile(number, f"{where} must be an object with `role` and `content`.")
@@ -114,13 +158,61 @@ def _message(number: int, index: int, item: Any) -> Message:
     if role not in ROLES:
         allowed = ", ".join(sorted(ROLES))
         raise InvalidTrainingFile(number, f"{where} has role {role!r}; known roles: {allowed}.")
+    calls: tuple[ToolCall, ...] = ()
+    if item.get("tool_calls") is not None:
+        if role != "assistant":
+            raise InvalidTrainingFile(
+                number, f"{where} ({role}) has `tool_calls`; only assistant messages call tools."
+            )
+        try:
+            calls = parse_tool_calls(item["tool_calls"], f"{where}.tool_calls", tools=tools)
+        except InvalidShape as error:
+            raise InvalidTrainingFile(number, f"{error}.") from None
     content = _text(item.get("content"))
-    if not content.strip():
+    if not content.strip() and not calls:
         raise InvalidTrainingFile(number, f"{where} ({role}) has empty or missing `content`.")
+    call_id = item.get("tool_call_id")
+    if role == "tool" and (not isinstance(call_id, str) or not call_id):
+        raise InvalidTrainingFile(
+            number,
+            f"{where} (tool) has `tool_call_id` {call_id!r}; a tool message names the call it "
+            "answers by its id.",
+        )
     weight = item.get("weight", 1)
     if weight not in (0, 1):
         raise InvalidTrainingFile(number, f"{where} has weight {weight!r}; it must be 0 or 1.")
-    return Message(role, content, role == "assistant" and weight == 1)
+    return Message(
+        role,
+        content,
+        role == "assistant" and weight == 1,
+        calls,
+        call_id if role == "tool" else None,
+    )
+
+
+def _answers(number: int, messages: tuple[Message, ...]) -> None:
+    """Each tool message answers a call of the assistant message before it; each call is
+    answered before the conversation goes on, except those of the last message."""
+    pending: dict[str, int] = {}  # call id -> index of the assistant message that made it
+    for index, message in enumerate(messages):
+        if message.role == "tool":
+            if message.tool_call_id not in pending:
+                raise InvalidTrainingFile(
+                    number,
+                    f"messages[{index}] (tool) answers tool_call_id {message.tool_call_id!r}, "
+                    "which no assistant message before it called (or it is answered twice); "
+                    "use the id of one of that message's `tool_calls`.",
+                )
+            del pending[message.tool_call_id]
+            continue
+        if pending:
+            call_id, caller = next(iter(pending.items()))
+            raise InvalidTrainingFile(
+                number,
+                f"messages[{caller}] calls {call_id!r}, but no tool message answers it before "
+                f"messages[{index}]; add a tool message with that `tool_call_id`.",
+            )
+        pending = {call.id: index for call in message.tool_calls}
 
 
 def _text(content: Any) -> str:

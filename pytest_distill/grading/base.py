@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
+from distill_shapes.tools import ToolCall
 from pytest_distill import templating
 from pytest_distill.grading.compare import parse_model_json
 
 Judge = Callable[[list[dict[str, str]]], str]
 """Sends chat messages to the ``judge`` role and returns the reply text."""
 
-_SAMPLE_FIELDS = ("output_text", "output_json")
+_SAMPLE_FIELDS = ("output_text", "output_json", "output_tools")
 
 
 class GraderConfigError(ValueError):
@@ -31,9 +32,10 @@ class GraderConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """What the model produced for one case."""
+    """What the model produced for one case: its text and the tools it called."""
 
     output_text: str
+    output_tools: tuple[ToolCall, ...] = ()
 
     @property
     def output_json(self) -> Any:
@@ -43,6 +45,12 @@ class Sample:
         templates and python graders see ``None`` instead (see ``json_or_none``).
         """
         return parse_model_json(self.output_text)
+
+    def tools_json(self) -> list[dict[str, Any]]:
+        """``{{sample.output_tools}}`` as OpenAI's graders define it: the reply's tool calls in
+        the chat completions shape, ``[{"id", "type": "function", "function": {"name",
+        "arguments"}}]`` (arguments a JSON string), empty when it called none."""
+        return [call.to_json() for call in self.output_tools]
 
     def json_or_none(self) -> Any:
         try:
@@ -167,7 +175,7 @@ class Spec:
 
 _TEMPLATE_HELP = (
     "placeholders are {{sample.output_text}}, {{sample.output_json.<path>}}, "
-    "{{item.reference}} and {{item.<variable>}}"
+    "{{sample.output_tools[<i>].function.name}}, {{item.reference}} and {{item.<variable>}}"
 )
 
 
@@ -199,7 +207,13 @@ def _checked(path: templating.Path) -> templating.Path:
 
 def _lookup(path: tuple[str, ...], sample: Sample, item: Mapping[str, Any]) -> Any:
     if path[0] == "sample":
-        value: Any = sample.output_text if path[1] == "output_text" else sample.json_or_none()
+        value: Any = (
+            sample.output_text
+            if path[1] == "output_text"
+            else sample.tools_json()
+            if path[1] == "output_tools"
+            else sample.json_or_none()
+        )
         return _walk(value, path[2:], None, path)
     if path == ("item", "reference") and item.get("reference") is None:
         raise GraderConfigError(

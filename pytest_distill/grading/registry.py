@@ -19,6 +19,10 @@ plus pass/fail. Types and their defaults:
 - ``score_model``, ``label_model``: judged by the ``judge`` role; see ``judges.py``.
 - ``python``: ``function`` ("pkg.mod:func" or "pkg.mod.func") or ``source`` defining
   ``grade(sample, item)``; see ``python.py``.
+- ``tool_calls``: the reply's tool calls against the expected ``[{name, arguments}]`` (the
+  reference), in any order, arguments compared with the ``json`` options; score = matched /
+  (expected + unexpected). ``json_schema``: the output is JSON valid against ``schema``. See
+  ``tools.py``.
 
 Any other type goes to ``extra(spec)`` (the plugin's ``pytest_distill_make_grader`` hook).
 """
@@ -291,6 +295,18 @@ def _python(spec: Spec, judge: Judge | None) -> Grader:
     return build_python(spec)
 
 
+def _tool_calls(spec: Spec, judge: Judge | None) -> Grader:
+    from pytest_distill.grading.tools import build_tool_calls
+
+    return build_tool_calls(spec)
+
+
+def _json_schema(spec: Spec, judge: Judge | None) -> Grader:
+    from pytest_distill.grading.tools import build_json_schema
+
+    return build_json_schema(spec)
+
+
 _Builder = Callable[[Spec, Judge | None], Grader]
 # type -> (builder, keys it accepts besides type and name)
 _BUILTINS: Final[dict[str, tuple[_Builder, tuple[str, ...]]]] = {
@@ -309,6 +325,11 @@ _BUILTINS: Final[dict[str, tuple[_Builder, tuple[str, ...]]]] = {
     ),
     "label_model": (_label_model, ("input", "labels", "passing_labels", "model")),
     "python": (_python, ("function", "source", "pass_threshold", "image_tag")),
+    "tool_calls": (
+        _tool_calls,
+        ("reference", "ignore_order", "tolerance", "exclude_paths"),
+    ),
+    "json_schema": (_json_schema, ("schema", "input")),
 }
 KNOWN_TYPES: Final = tuple(_BUILTINS)
 
