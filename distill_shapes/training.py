@@ -12,8 +12,7 @@ reported with the line that breaks it:
 - each ``tool`` message answers, by ``tool_call_id``, a call of the assistant message before
   it, and every call is answered before the conversation goes on (only the last message may
   leave its calls unanswered: it is the answer being taught);
-- the last message is a trained assistant message (a line that ends otherwise teaches nothing
-  after it).
+- at least one assistant message is trained (weight 1).
 """
 
 from __future__ import annotations
@@ -139,13 +138,11 @@ def _example(number: int, line: str) -> Example:
     if not any(message.role == "assistant" for message in parsed):
         raise InvalidTrainingFile(number, "each example needs at least one assistant message.")
     _answers(number, parsed)
-    last = parsed[-1]
-    if last.role != "assistant" or not last.trained:
-        what = f"is a {last.role} message" if last.role != "assistant" else "has weight 0"
+    if not any(message.trained for message in parsed):
         raise InvalidTrainingFile(
             number,
-            f"the last message (messages[{len(parsed) - 1}]) {what}; an example ends with "
-            "the assistant answer it teaches (weight 1): drop what follows it.",
+            "every assistant message has weight 0, so the example teaches nothing; give the "
+            "answer it teaches weight 1.",
         )
     return Example(parsed, number, tools, parallel)
 

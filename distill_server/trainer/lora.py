@@ -19,7 +19,7 @@ from distill_server.models import ModelSource
 from distill_server.trainer import checkpoints
 from distill_server.trainer.checkpoints import Progress
 from distill_server.weights.loading import encode, load_pretrained, quiet_peft, render
-from distill_shapes.training import Example, too_long
+from distill_shapes.training import Example, InvalidTrainingFile, too_long
 
 BASE_LEARNING_RATE = 5e-4
 PART_TOKENS = 256
@@ -133,6 +133,12 @@ def _encoded(
     for index, example in enumerate(examples):
         if index % STOP_EVERY == 0 and stop():
             raise Stopped
+        if example.tools or any(m.tool_calls or m.role == "tool" for m in example.messages):
+            raise InvalidTrainingFile(
+                example.line,
+                "the example has tools or tool calls, which this server does not train yet; "
+                "train it on an endpoint that does, or leave those lines out.",
+            )
         ids, labels = tokenize_example(tokenizer, example)
         if len(ids) > limit:
             raise too_long(example, len(ids), limit)

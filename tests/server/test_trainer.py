@@ -94,6 +94,25 @@ def test_example_longer_than_the_context_fails_naming_its_line(
         train_lora(source, examples, [], HP, tmp_path, Recorder().callbacks())
 
 
+def test_a_line_with_tool_calls_is_refused_naming_it_not_trained_as_empty_text(
+    source: ModelSource, tmp_path: Path
+) -> None:
+    lines = training_lines()
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    agent = {
+        "messages": [
+            {"role": "user", "content": "Look it up."},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+        ],
+        "tools": [tool],
+    }
+    lines[4] = json.dumps(agent)
+    examples = parse_training_file("\n".join(lines).encode())
+    with pytest.raises(InvalidTrainingFile, match=r"line 5: the example has tools or tool calls"):
+        train_lora(source, examples, [], HP, tmp_path, Recorder().callbacks())
+
+
 def test_a_jobs_seed_reproduces_while_others_draw_from_the_global_generator(
     source: ModelSource, tmp_path: Path
 ) -> None:
