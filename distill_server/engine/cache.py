@@ -101,13 +101,13 @@ class RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers
         rows = self._key_room.shape[0]
         if self._rows + count > rows:  # a quarter more, so that joins rarely copy the batch
             rows = self._rows + count + (self._rows + count) // 4
-        if length > width and self._start >= length - width:
+        if rows > self._key_room.shape[0] or length - width > self._start:
+            size = max(length, width)
+            self._regrow(rows, size + self.ROOM, size - width)
+        elif length > width:
             self._start -= length - width  # room before the view: zeros for the older rows
             for room in (self._key_room, self._value_room):
                 room[: self._rows, :, self._start : self._used - width, :] = 0
-        elif length > width or rows > self._key_room.shape[0]:
-            size = max(length, width)
-            self._regrow(rows, size + self.ROOM, size - width)
         end = self._rows + count
         for room, states in ((self._key_room, keys), (self._value_room, values)):
             room[self._rows : end, :, self._used - length : self._used, :] = states

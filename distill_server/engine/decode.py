@@ -45,7 +45,8 @@ KV_SHARE = 0.25
 values may take (the batcher admits rows within it; the others wait in its queue)..."""
 KV_MOST_CPU = 768 * 2**20
 """...and at most this much on the CPU: a laptop's main job (SmolLM2-135M, 64 calls in flight,
-few-shot prompts of 500 tokens) keeps about 34 rows decoding, within 2.5 GB all told."""
+few-shot prompts of 500 tokens) keeps about 34 rows decoding; the whole job peaks at about
+2.75 GB (``benchmarks/bench_main_job.py``; 512 MB kept 23 rows, 0.12 GB less, 7% slower)."""
 KV_LEAST = 64 * 2**20
 EXPECTED_ANSWER = 64
 """Tokens a new row is expected to add to its prompt while it decodes, when it is admitted."""

@@ -310,3 +310,53 @@ def test_rows_that_leave_and_join_a_running_batch_keep_the_answers_they_have_alo
         assert isinstance(want, GenResult)
         got = rows[id(request)].result()
         assert (got.text, got.completion_tokens) == (want.text, want.completion_tokens)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_arrivals_chunks_joins_and_leaves_keep_every_answer(
+    engine: Engine, seed: int
+) -> None:
+    """What the batcher does, in a random order: groups of requests (two few-shot prefixes or
+    none, short and long prompts and answers) arrive, run their prompts in chunks of random
+    sizes, join the running batch and leave it as they finish; each answer is its answer
+    alone."""
+    import random
+
+    rng = random.Random(seed)
+    heads = [
+        "You answer questions about facts. " + " ".join(f"Fact {i} is true." for i in range(20)),
+        "You answer briefly. " + " ".join(f"Rule {i}: be kind." for i in range(20)),
+    ]
+
+    def request(k: int) -> GenRequest:
+        head = rng.choice([*heads, None])
+        system = ({"role": "system", "content": head},) if head else ()
+        text = f"Tell me fact number {k}." + " Please." * rng.choice([0, 2, 12, 40])
+        messages = (*system, {"role": "user", "content": text})
+        return GenRequest(messages, rng.choice([1, 3, 8, 14, 70]), 0.0, 1.0, None, ())
+
+    requests = [request(k) for k in range(rng.randint(6, 24))]
+    alone = {id(r): engine.generate(None, [r])[0] for r in requests}
+    pending, rows, prefilling, running = list(requests), {}, [], None
+    while pending or prefilling or (running is not None and running.rows):
+        if pending and rng.random() < 0.5:
+            wave = [pending.pop(0) for _ in range(min(len(pending), rng.randint(1, 6)))]
+            new = [engine.row(r) for r in wave]
+            rows.update({id(r): row for r, row in zip(wave, new, strict=True)})
+            prefilling += engine.prefills(None, new, rng.choice([16, 32, 256]))
+        for prefill in list(prefilling):
+            started = engine.advance(prefill, rng.choice([8, 16, 64, 300]))
+            if started is None:
+                continue
+            prefilling.remove(prefill)
+            engine.leave(started)
+            if started.rows and running is not None and running.rows:
+                engine.join(running, started)
+            elif started.rows:
+                running = started
+        if running is not None and running.rows:
+            engine.step(running)
+    for request in requests:
+        want = alone[id(request)]
+        assert isinstance(want, GenResult)
+        assert rows[id(request)].result().text == want.text
