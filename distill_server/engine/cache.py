@@ -120,12 +120,6 @@ class RoomyLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers
         self._start += count
         self._view()
 
-    def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Hold exactly ``keys`` and ``values``; the next step sets room aside again."""
-        self._key_room, self._value_room = keys, values
-        self._rows, self._start, self._used = keys.shape[0], 0, keys.shape[-2]
-        self._view()
-
     def _view(self) -> tuple[torch.Tensor, torch.Tensor]:
         live = (slice(0, self._rows), Ellipsis, slice(self._start, self._used), slice(None))
         keys, values = self._key_room[live], self._value_room[live]
@@ -213,10 +207,9 @@ def _left_pad(states: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _assign(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
-    if isinstance(layer, RoomyLayer):
-        layer.replace(keys, values)
-    else:  # transformers' own layer, which the shared-prefix benchmark compares against
-        layer.keys, layer.values = keys, values
+    # transformers' own layer, which the shared-prefix benchmark compares against (a
+    # ``RoomyLayer`` joins, leaves and drops positions in place).
+    layer.keys, layer.values = keys, values
 
 
 class PrefixCache:

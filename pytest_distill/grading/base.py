@@ -14,7 +14,7 @@ from typing import Any, NoReturn, Protocol
 
 from distill_shapes.tools import ToolCall
 from pytest_distill import templating
-from pytest_distill.grading.compare import parse_model_json
+from pytest_distill.grading.compare import parse_exclude_path, parse_model_json
 
 Judge = Callable[[list[dict[str, str]]], str]
 """Sends chat messages to the ``judge`` role and returns the reply text."""
@@ -156,6 +156,17 @@ class Spec:
                 f"write {key!r} as a list of strings",
             )
         return tuple(values)
+
+    def exclude_paths(self, examples: str) -> tuple[str, ...]:
+        """The ``exclude_paths`` option (paths ``compare_json`` leaves out), each one readable;
+        ``examples``: what such paths look like, for the error."""
+        paths = self.strings("exclude_paths", [])
+        for path in paths:
+            try:
+                parse_exclude_path(path)
+            except ValueError:
+                self.fail(f"has an unreadable exclude path {path!r}", examples, "fix the path")
+        return paths
 
     def template(self, key: str, default: str) -> Template:
         return self.template_of(self.get(key, default), key)

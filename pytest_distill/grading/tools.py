@@ -31,7 +31,7 @@ from typing import Any, Final, NoReturn
 
 from distill_shapes.tools import InvalidShape, ToolCall, check_schema, schema_error
 from pytest_distill.grading.base import Grade, GraderConfigError, Sample, Spec, Template
-from pytest_distill.grading.compare import compare_json, parse_exclude_path, parse_model_json
+from pytest_distill.grading.compare import compare_json, parse_model_json
 from pytest_distill.text import shorten
 
 REFERENCE: Final = "{{item.reference}}"
@@ -219,16 +219,9 @@ class JsonSchemaCheck:
 
 
 def build_tool_calls(spec: Spec) -> ToolCallsCheck:
-    exclude = spec.strings("exclude_paths", [])
-    for path in exclude:
-        try:
-            parse_exclude_path(path)
-        except ValueError:
-            spec.fail(
-                f"has an unreadable exclude path {path!r}",
-                "paths inside the arguments look like items[*].sku or address.city",
-                "fix the path",
-            )
+    exclude = spec.exclude_paths(
+        "paths inside the arguments look like items[*].sku or address.city"
+    )
     return ToolCallsCheck(
         spec.name,
         spec.template("reference", REFERENCE),
