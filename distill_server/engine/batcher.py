@@ -179,6 +179,8 @@ class Batcher:
 
         Room is ``max_batch`` rows, and the engine's budget for keys and values: a request
         waits (in order) while the rows running and starting hold it, unless nothing does.
+        An adapter's rows decode as one batch, every row as wide as the widest (the others
+        padded): a row costs the width it brings to every row, not its own length alone.
         """
         for pending in [p for p in self._waiting if p.future.cancelled()]:
             row = self._rows.pop(pending, None)
@@ -187,14 +189,24 @@ class Batcher:
         self._waiting = [p for p in self._waiting if not p.future.cancelled()]
         if not self._waiting or not self._loaded():
             return
-        assert self._engine is not None
-        used = sum(self._engine.kv_bytes(d) for d in self._running.values())
-        used += sum(self._engine.kv_bytes(p) for p in self._prefilling)
+        engine = self._engine
+        assert engine is not None
+        token = engine.kv_token_bytes
+        # Per adapter: rows, the width they reach together, the bytes their caches hold now.
+        shapes: dict[Path | None, tuple[int, int, int]] = {}
+        for group in [*self._running.values(), *self._prefilling]:
+            rows, width, held = shapes.get(group.adapter, (0, 0, 0))
+            more, wide, holds = engine.kv_shape(group)
+            shapes[group.adapter] = (rows + more, max(width, wide), held + holds)
+
+        def cost(shape: tuple[int, int, int]) -> int:
+            rows, width, held = shape
+            return max(rows * width * token, held)
+
+        used = sum(cost(shape) for shape in shapes.values())
         for adapter in dict.fromkeys(p.adapter for p in self._waiting):
-            running = self._running.get(adapter)
-            room = self._max_batch - (len(running.rows) if running else 0)
-            room -= sum(len(p.rows) for p in self._prefilling if p.adapter == adapter)
-            width = running.mask.shape[1] if running else 0
+            shape = shapes.get(adapter, (0, 0, 0))
+            room = self._max_batch - shape[0]
             batch: list[Row] = []
             for pending in [p for p in self._waiting if p.adapter == adapter]:
                 if len(batch) >= room:
@@ -204,10 +216,11 @@ class Batcher:
                     self._waiting.remove(pending)
                     continue
                 self._rows[pending] = row
-                need = self._engine.kv_need(row, width)
-                if used + need > self._engine.kv_budget and (used or batch):
+                grown = (shape[0] + 1, max(shape[1], engine.kv_length(row)), shape[2])
+                need = cost(grown) - cost(shape)
+                if used + need > engine.kv_budget and (used or batch):
                     break
-                used += need
+                used, shape = used + need, grown
                 batch.append(row)
                 self._waiting.remove(pending)
                 del self._rows[pending]

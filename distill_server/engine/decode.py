@@ -45,8 +45,10 @@ KV_SHARE = 0.25
 values may take (the batcher admits rows within it; the others wait in its queue)..."""
 KV_MOST_CPU = 768 * 2**20
 """...and at most this much on the CPU: a laptop's main job (SmolLM2-135M, 64 calls in flight,
-few-shot prompts of 500 tokens) keeps about 34 rows decoding; the whole job peaks at about
-2.75 GB (``benchmarks/bench_main_job.py``; 512 MB kept 23 rows, 0.12 GB less, 7% slower)."""
+few-shot prompts of 500 tokens) keeps about 31 rows decoding; the whole job peaks at about
+2.46 GB (``benchmarks/bench_main_job.py``). Rows are counted at the batch's width: counted at
+their own length, a batch of short student prompts beside long teacher ones held 1.8 GB of keys
+and values, and the job peaked at 2.78 GB; 512 MB kept 23 rows, 7% slower."""
 KV_LEAST = 64 * 2**20
 EXPECTED_ANSWER = 64
 """Tokens a new row is expected to add to its prompt while it decodes, when it is admitted."""
@@ -192,20 +194,21 @@ class Engine:
         prefix cache), ``shared`` (a group's common prefix, run once for its other rows),
         ``run`` (computed, padding included); ``steps`` and ``decoded`` (rows times steps)."""
 
-    def kv_bytes(self, group: Decoding | Prefill) -> int:
-        """The keys and values ``group`` holds (or will, once its prompts have run), padding
-        included, and the spare room a running batch holds (rows that left, positions set
-        aside)."""
-        if isinstance(group, Decoding):
-            width = group.mask.shape[1]
-            return max(len(group.rows) * width * self.kv_token_bytes, held_bytes(group.past))
-        width = len(group.shared) + group.ids.shape[1]
-        return len(group.rows) * width * self.kv_token_bytes
+    def kv_length(self, row: Row) -> int:
+        """Positions ``row`` is expected to reach: its prompt, and the answer it is expected to
+        add while it decodes (what it has decoded so far, if more)."""
+        return len(row.prompt) + max(min(row.limit, EXPECTED_ANSWER), len(row.tokens))
 
-    def kv_need(self, row: Row, width: int = 0) -> int:
-        """The keys and values a new row is expected to hold, in a batch ``width`` wide."""
-        tokens = max(len(row.prompt) + min(row.limit, EXPECTED_ANSWER), width)
-        return tokens * self.kv_token_bytes
+    def kv_shape(self, group: Decoding | Prefill) -> tuple[int, int, int]:
+        """``group``'s rows, the width they are expected to reach together (every row is as
+        wide as the widest: the shorter ones are padded), and the bytes its cache holds now
+        (its room: rows that left and positions set aside included)."""
+        lengths = [self.kv_length(row) for row in group.rows]
+        if isinstance(group, Decoding):
+            width, held = group.mask.shape[1], held_bytes(group.past)
+        else:
+            width, held = len(group.shared) + group.ids.shape[1], held_bytes(group.past)
+        return len(group.rows), max([width, *lengths]), held
 
     def generate(
         self, adapter: Path | None, requests: Sequence[GenRequest]

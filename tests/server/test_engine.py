@@ -250,7 +250,7 @@ def test_the_prefix_cache_keeps_within_its_budget_dropping_the_oldest() -> None:
 
 def test_rows_past_the_key_value_budget_wait_for_room_and_all_finish(engine: Engine) -> None:
     requests = [ask(f"Count to {n}.", max_tokens=6) for n in range(6)]
-    need = max(engine.kv_need(engine.row(r)) for r in requests)
+    need = max(engine.kv_length(engine.row(r)) for r in requests) * engine.kv_token_bytes
     budget, engine.kv_budget = engine.kv_budget, 2 * need
     batcher = Batcher(lambda: engine)
     try:
@@ -263,6 +263,28 @@ def test_rows_past_the_key_value_budget_wait_for_room_and_all_finish(engine: Eng
     assert max(r.batch_size for r in results) == 2
     assert all(r.completion_tokens == 6 or r.finish_reason == "stop" for r in results)
     alone = engine.generate(None, requests)
+    assert [r.text for r in results] == [r.text for r in alone if isinstance(r, GenResult)]
+
+
+def test_a_long_row_costs_its_width_for_every_row_beside_it(engine: Engine) -> None:
+    # Rows decoding together are as wide as the widest: beside a long prompt, a short one
+    # holds as many positions as the long one. A budget for two long rows admits the long
+    # row and one short one at a time; counting the short rows by their own length would
+    # have let several join.
+    long = ask("A long question: " + "why is the sky blue and the sea green? " * 12, max_tokens=8)
+    short = [ask(f"Hi {n}.", max_tokens=8) for n in range(4)]
+    width = engine.kv_length(engine.row(long))
+    assert width > 3 * max(engine.kv_length(engine.row(r)) for r in short)
+    budget, engine.kv_budget = engine.kv_budget, 2 * width * engine.kv_token_bytes
+    batcher = Batcher(lambda: engine)
+    try:
+        futures = [batcher.submit(None, r) for r in [long, *short]]
+        results = [f.result(timeout=WAIT) for f in futures]
+    finally:
+        batcher.close()
+        engine.kv_budget = budget
+    assert results[0].batch_size <= 2
+    alone = engine.generate(None, [long, *short])
     assert [r.text for r in results] == [r.text for r in alone if isinstance(r, GenResult)]
 
 
