@@ -194,7 +194,8 @@ class Batcher:
         token = engine.kv_token_bytes
         # Per adapter: rows, the width they reach together, the bytes their caches hold now.
         shapes: dict[Path | None, tuple[int, int, int]] = {}
-        for group in [*self._running.values(), *self._prefilling]:
+        groups: list[Decoding | Prefill] = [*self._running.values(), *self._prefilling]
+        for group in groups:
             rows, width, held = shapes.get(group.adapter, (0, 0, 0))
             more, wide, holds = engine.kv_shape(group)
             shapes[group.adapter] = (rows + more, max(width, wide), held + holds)
