@@ -185,7 +185,11 @@ def test_a_conversation_so_far_is_sent_in_the_spec_shapes(
             }
         ],
     }
-    assert body["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}
+    assert body["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": '{"temp": 21}',
+    }
 
 
 def test_a_few_shot_answer_may_call_tools_and_brings_their_results(tmp_path: Path) -> None:
@@ -210,7 +214,11 @@ def test_a_few_shot_answer_may_call_tools_and_brings_their_results(tmp_path: Pat
             "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
         }
     ]
-    assert messages[3] == {"role": "tool", "tool_call_id": "call_shot1_1", "content": '{"temp": 25}'}
+    assert messages[3] == {
+        "role": "tool",
+        "tool_call_id": "call_shot1_1",
+        "content": '{"temp": 25}',
+    }
 
 
 def test_tools_file_is_shared_and_response_format_is_sent(
@@ -291,7 +299,8 @@ def test_a_tool_message_without_a_matching_call_is_a_collection_error(
     wrong = json.loads(json.dumps(CONVERSATION))
     wrong["messages"][2]["tool_call_id"] = "call_9"
     project.makefile(
-        ".eval.jsonl", chat="\n".join([json.dumps({**CONVERSATION, "tools": TOOLS}), json.dumps(wrong)])
+        ".eval.jsonl",
+        chat="\n".join([json.dumps({**CONVERSATION, "tools": TOOLS}), json.dumps(wrong)]),
     )
     result = project.runpytest()
     result.stdout.fnmatch_lines(

@@ -98,7 +98,14 @@ def test_a_teacher_answer_with_tool_calls_becomes_a_line_within_the_rules(
     messages = line["messages"]
     # The student's prompt, not the teacher's; the few-shot answer and its result stay.
     assert messages[0] == {"role": "system", "content": "Use the tools."}
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user", "assistant"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "user",
+        "assistant",
+    ]
     assert messages[2]["weight"] == 0  # an earlier turn: not trained
     assert messages[-1] == {
         "role": "assistant",

@@ -21,13 +21,13 @@ from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.graders import build_graders
 from pytest_distill.evals.loaders import load_file
 from pytest_distill.grading.references import grade_any
-from pytest_distill.grading.tools import ToolCallsCheck
 from pytest_distill.grading.registry import (
     Grade,
     Grader,
     Sample,
     combine,
 )
+from pytest_distill.grading.tools import ToolCallsCheck
 from pytest_distill.records import Attempt, GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime

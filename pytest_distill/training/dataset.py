@@ -182,7 +182,7 @@ def write(selection: Selection, directory: Path) -> Dataset:
 def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
     """The lineage: each line's case, completion and tools, then file, job and fine-tuned
     model. ``tools_sha256``: the distinct tool definitions the lines carry, each one's hash."""
-    lines = [
+    lines: list[dict[str, Any]] = [
         {
             "line": number,
             "case": example.case,
@@ -197,7 +197,9 @@ def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
         "schema": MANIFEST_SCHEMA,
         "dataset": dataset.path.name,
         "sha256": dataset.sha256,
-        "tools_sha256": sorted({line["tools_sha256"] for line in lines} - {None}),
+        "tools_sha256": sorted(
+            {str(line["tools_sha256"]) for line in lines if line["tools_sha256"]}
+        ),
         "lines": lines,
         "training": dict(training),
     }

@@ -139,7 +139,7 @@ def _cells(label: str, agg: Aggregate) -> tuple[str, ...]:
 
 
 def _table(title: str, rows: Sequence[Sequence[str]]) -> Iterator[Line]:
-    columns = _COLUMNS
+    columns: tuple[str, ...] = _COLUMNS
     if rows and len(rows[0]) > len(_COLUMNS):
         columns = (*_COLUMNS[:5], TOOLS_COLUMN, *_COLUMNS[5:])
     widths = [max(len(r[i]) for r in (columns, *rows)) for i in range(len(columns))]
