@@ -377,3 +377,26 @@ def test_python_evals_take_tools_and_give_back_the_tool_calls(
     result.assert_outcomes(passed=1)
     [body] = server.chat_requests()
     assert body["tools"] == TOOLS and body["parallel_tool_calls"] is True
+
+
+def test_stored_completions_that_called_tools_become_cases_with_their_calls(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    server.api.store("big", "Weather in Oslo?", None, [call], distill_suite="prod")
+    server.script("big", {"Weather in Oslo?": {"content": None, "tool_calls": [OSLO]}})
+    project.makefile(
+        ".eval.yaml",
+        prod=f"tools: {json.dumps(TOOLS)}\n"
+        "source: {stored_completions: {role: teacher, metadata: {distill_suite: prod}}}\n",
+    )
+    result = project.runpytest("-k", "teacher", "--distill-report=report.json")
+    result.assert_outcomes(passed=1)
+    [item] = json.loads((project.path / "report.json").read_text())["items"]
+    assert item["reference"] == [OSLO]
+    assert [g["name"] for g in item["grades"]] == ["tool_calls"]
+    assert server.chat_requests()[0]["tools"] == TOOLS
