@@ -70,6 +70,14 @@ class ItemResult:
     # With --distill-repeats N > 1: every repeat; ``score`` is their mean, ``passed`` all of
     # them passing, ``call`` and ``grades`` the first one's.
     attempts: tuple[Attempt, ...] = ()
+    # Training: the tools the student is offered (the API's shape) and its
+    # parallel_tool_calls, and whether the assistant turns before the answer are trained too.
+    train_tools: tuple[dict[str, Any], ...] = ()
+    train_parallel_tool_calls: bool | None = None
+    train_earlier_turns: bool = False
+    # The mean score of the case's tool_calls graders (None: it has none), for the
+    # tool-call accuracy of the report's tables.
+    tool_score: float | None = None
 
     @property
     def outcomes(self) -> tuple[bool, ...]:
@@ -117,6 +125,7 @@ class ItemResult:
                 "call": call,
                 "grades": grades,
                 "train_messages": tuple(train) if train is not None else None,
+                "train_tools": tuple(data.get("train_tools", ())),
                 "attempts": tuple(Attempt.from_json(a) for a in data.get("attempts", ())),
             }
         )

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from distill_shapes.tools import ToolCall
+
 if TYPE_CHECKING:
     import ssl
 
@@ -97,6 +99,8 @@ class CallRecord:
     latency_s: float  # the round trip as the client saw it, waiting in queues included
     stored: bool = False
     server_s: float | None = None  # the endpoint's processing time, where it says it
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The reply's ``message.tool_calls`` (its ``reply`` text is then often empty)."""
 
     def to_json(self) -> dict[str, Any]:
         # The other fields are scalars: asdict would only deep-copy the messages and params
@@ -104,11 +108,16 @@ class CallRecord:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["messages"] = list(self.messages)
         data["params"] = dict(self.params)
+        data["tool_calls"] = [call.to_json() for call in self.tool_calls]
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CallRecord:
-        return cls(**{**data, "messages": tuple(data["messages"])})
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+            for c in data.get("tool_calls") or ()
+        )
+        return cls(**{**data, "messages": tuple(data["messages"]), "tool_calls": calls})
 
 
 REMOTE_TIMEOUT = 120.0
@@ -233,7 +242,8 @@ def send_chat(
     latency = time.perf_counter() - started  # the round trip, waiting in queues included
     response = raw.parse()
     usage = response.usage
-    choice = response.choices[0].message.content if response.choices else None
+    message = response.choices[0].message if response.choices else None
+    choice = message.content if message is not None else None
     return response, CallRecord(
         role=role.name,
         model=response.model or model,
@@ -246,7 +256,19 @@ def send_chat(
         latency_s=latency,
         stored=bool(store),
         server_s=_processing_s(raw.headers.get("openai-processing-ms")),
+        tool_calls=reply_tool_calls(message),
     )
+
+
+def reply_tool_calls(message: Any) -> tuple[ToolCall, ...]:
+    """A reply message's function tool calls (``message.tool_calls``; other kinds are left
+    out), arguments as the model wrote them."""
+    found = []
+    for call in getattr(message, "tool_calls", None) or ():
+        function = getattr(call, "function", None)
+        if function is not None:
+            found.append(ToolCall(call.id, function.name, function.arguments))
+    return tuple(found)
 
 
 def _plain_json(value: object) -> bool:
@@ -288,13 +310,31 @@ class _Chat:
         self.completions = _Completions(owner)
 
 
+class Reply(str):
+    """What ``RoleClient.complete`` returns: the reply's text (``""`` when it has none), which
+    also carries the reply's ``message`` (the SDK's ``ChatCompletionMessage``) and its
+    ``tool_calls`` (the SDK's, ``call.function.name`` and ``call.function.arguments``, a JSON
+    string; empty when it called none)."""
+
+    message: Any
+    tool_calls: list[Any]
+
+    def __new__(cls, text: str, message: Any = None) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.message = message
+        reply.tool_calls = list(getattr(message, "tool_calls", None) or ())
+        return reply
+
+
 class RoleClient:
     """What the ``teacher``/``student``/``finetuned`` fixtures return.
 
     ``client.chat.completions.create(messages=[...])`` is the SDK call with the role's model and
-    sampling parameters filled in; ``client.complete("text")`` returns just the reply text.
-    ``client.openai`` is the plain SDK client. Calls made through ``chat`` and ``complete`` are
-    kept in ``calls`` and reported with the test.
+    sampling parameters filled in; ``client.complete("text")`` returns the reply text, a
+    :class:`Reply` that also carries the reply's ``tool_calls``. Both take the SDK's request
+    fields, ``tools=``, ``tool_choice=``, ``parallel_tool_calls=`` and ``response_format=``
+    among them. ``client.openai`` is the plain SDK client. Calls made through ``chat`` and
+    ``complete`` are kept in ``calls`` and reported with the test.
     """
 
     def __init__(self, config: RoleConfig, client: openai.OpenAI) -> None:
@@ -305,10 +345,11 @@ class RoleClient:
         self.calls: list[CallRecord] = []
         self.chat = _Chat(self)
 
-    def complete(self, prompt: str | Sequence[Message], **params: Any) -> str:
+    def complete(self, prompt: str | Sequence[Message], **params: Any) -> Reply:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        self.chat.completions.create(messages=messages, **params)
-        return self.calls[-1].reply
+        response = self.chat.completions.create(messages=messages, **params)
+        message = response.choices[0].message if response.choices else None
+        return Reply(self.calls[-1].reply, message)
 
     def __repr__(self) -> str:
         return f"<RoleClient {self.role} model={self.model!r} endpoint={self.config.endpoint}>"

@@ -33,9 +33,20 @@ class ScriptedApi:
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def store(self, model: str, user: str, reply: str, **metadata: str) -> None:
-        """A completion stored with ``store: true``: its request and its reply."""
+    def store(
+        self,
+        model: str,
+        user: str,
+        reply: str | None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        **metadata: str,
+    ) -> None:
+        """A completion stored with ``store: true``: its request and its reply (its text, or
+        ``tool_calls`` in the API's shape and no text)."""
         number = len(self.stored) + 1
+        message: dict[str, Any] = {"role": "assistant", "content": reply, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         self.stored.append(
             {
                 "id": f"chatcmpl-stored{number:04d}",
@@ -46,9 +57,9 @@ class ScriptedApi:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if tool_calls else "stop",
                         "logprobs": None,
-                        "message": {"role": "assistant", "content": reply, "refusal": None},
+                        "message": message,
                     }
                 ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},

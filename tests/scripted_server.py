@@ -18,7 +18,10 @@ from typing import Any
 
 from scripted_api import ScriptedApi
 
-Answer = Callable[[str, list[dict[str, Any]]], str]
+Reply = str | dict[str, Any]
+"""A reply's text, or ``{"content": <text or None>, "tool_calls": [{name, arguments}]}``: the
+model calls tools (``arguments`` an object, sent as a JSON string)."""
+Answer = Callable[[str, list[dict[str, Any]]], Reply]
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Failure:
 
 class ScriptedServer:
     def __init__(self, answer: Answer | None = None, *, delay: float = 0.0) -> None:
-        self.table: dict[tuple[str, str], str] = {}
+        self.table: dict[tuple[str, str], Reply] = {}
         self.answer = answer
         self.delay = delay
         self.model_info: dict[str, dict[str, Any]] = {}
@@ -72,7 +75,7 @@ class ScriptedServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def script(self, model: str, replies: dict[str, str]) -> None:
+    def script(self, model: str, replies: dict[str, Reply]) -> None:
         """``model`` answers the user message ``key`` with ``replies[key]``."""
         self.table.update({(model, k): v for k, v in replies.items()})
 
@@ -87,18 +90,32 @@ class ScriptedServer:
 
     # --- behaviour ----------------------------------------------------------------------------
 
-    def reply_for(self, model: str, messages: list[dict[str, Any]]) -> str:
+    def reply_for(self, model: str, messages: list[dict[str, Any]]) -> Reply:
         if self.answer is not None:
             return self.answer(model, messages)
         last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         return self.table.get((model, last), "I do not know.")
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        reply = self.reply_for(body["model"], body["messages"])
+        answer = self.reply_for(body["model"], body["messages"])
         with self._lock:
             self._count += 1
             number = self._count
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+        finish = "stop"
+        reply = answer if isinstance(answer, str) else answer.get("content") or ""
+        if isinstance(answer, dict):
+            message["content"] = answer.get("content")
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{number}_{index}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
+                }
+                for index, call in enumerate(answer["tool_calls"], start=1)
+            ]
+            finish = "tool_calls"
         return {
             "id": f"chatcmpl-{number:06d}",
             "object": "chat.completion",
@@ -107,8 +124,8 @@ class ScriptedServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply, "refusal": None},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": finish,
                     "logprobs": None,
                 }
             ],

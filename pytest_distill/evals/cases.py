@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from distill_shapes.tools import FunctionTool, ResponseFormat, ToolChoice
 from pytest_distill import templating
 
 Message = dict[str, Any]
@@ -30,7 +31,9 @@ class CaseFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Prompt:
     system: str | None = None
-    few_shot: tuple[tuple[str, str], ...] = ()
+    few_shot: tuple[tuple[Message, ...], ...] = ()
+    """Each worked example's messages: its user turn, the assistant's answer (text, or tool
+    calls followed by their tool results)."""
     user: str | None = None
 
     def merged(self, override: Prompt | None) -> Prompt:
@@ -41,6 +44,43 @@ class Prompt:
             few_shot=override.few_shot or self.few_shot,
             user=override.user if override.user is not None else self.user,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Tooling:
+    """What a role's requests offer besides the messages: tools and the reply's format.
+
+    ``None`` leaves a field to the suite (or the endpoint's default); ``tools=()`` is no tools.
+    """
+
+    tools: tuple[FunctionTool, ...] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    def merged(self, override: Tooling | None) -> Tooling:
+        if override is None:
+            return self
+        return Tooling(
+            *(
+                mine if (mine := getattr(override, name)) is not None else getattr(self, name)
+                for name in ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+            )
+        )
+
+    def request(self) -> dict[str, Any]:
+        """The chat completion request's fields, in the API's shapes, only those that are set
+        (and no ``tools`` when there are none)."""
+        body: dict[str, Any] = {}
+        if self.tools:
+            body["tools"] = [tool.to_json() for tool in self.tools]
+        if self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice.to_json()
+        if self.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format is not None:
+            body["response_format"] = self.response_format.to_json()
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +95,7 @@ class EvalCase:
     # Other accepted answers (an OpenAI-evals ``ideal`` list): the output may match any of them.
     alternatives: tuple[Any, ...] = ()
     source: Path | None = None  # the file the case is written in, when not the suite's own
+    tooling: Tooling | None = None  # the case's own tools (a JSONL line's ``tools``, ...)
 
     def fingerprint(self) -> str:
         """A hash of the case's content (variables, messages, reference), not of its file or
@@ -84,6 +125,19 @@ class Suite:
     source: Mapping[str, Any] | None = None  # cases come from elsewhere (stored completions)
     graders: tuple[Mapping[str, Any], ...] = DEFAULT_GRADERS
     line: int = 1
+    tooling: Tooling = Tooling()
+    role_tooling: Mapping[str, Tooling] = field(default_factory=dict)
+    train_earlier_turns: bool = False
+    """Whether a training line trains the assistant turns before its answer too (few-shot
+    answers, a conversation's earlier turns); by default they get ``weight: 0``."""
+
+    def tooling_for(self, role: str, case: EvalCase | None = None) -> Tooling:
+        """The suite's tools and response format, then each of the role's lineage's, then the
+        case's own (a line that brings its tools knows best what its conversation calls)."""
+        tooling = self.tooling
+        for each in lineage(role):
+            tooling = tooling.merged(self.role_tooling.get(each))
+        return tooling.merged(case.tooling if case is not None else None)
 
     def messages_for(self, case: EvalCase, role: str) -> list[Message]:
         """The chat messages ``role`` is sent for ``case``: the role's prompt, rendered."""
@@ -96,11 +150,8 @@ class Suite:
         messages: list[Message] = []
         if prompt.system:
             messages.append({"role": "system", "content": render(prompt.system, case.vars)})
-        for user, assistant in prompt.few_shot:
-            messages += [
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": assistant},
-            ]
+        for shot in prompt.few_shot:
+            messages += [dict(m) for m in shot]
         messages.append({"role": "user", "content": render(prompt.user, case.vars)})
         return messages
 
@@ -126,15 +177,7 @@ def _with_prompt(messages: list[Message], prompt: Prompt) -> list[Message]:
         messages.insert(0, {"role": "system", "content": prompt.system})
     if prompt.few_shot:
         at = next((i for i, m in enumerate(messages) if m.get("role") != "system"), 0)
-        shots = [
-            m
-            for user, assistant in prompt.few_shot
-            for m in (
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": assistant},
-            )
-        ]
-        messages[at:at] = shots
+        messages[at:at] = [dict(m) for shot in prompt.few_shot for m in shot]
     return messages
 
 

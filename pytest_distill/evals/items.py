@@ -27,6 +27,7 @@ from pytest_distill.grading.registry import (
     Sample,
     combine,
 )
+from pytest_distill.grading.tools import ToolCallsCheck
 from pytest_distill.records import Attempt, GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
@@ -169,7 +170,10 @@ class DistillItem(pytest.Item):
             runtime.client(self.role),
             runtime.role(self.role),
             self.suite.messages_for(self.case, self.role),
-            params=self.suite.params_for(self.role),
+            params={
+                **self.suite.params_for(self.role),
+                **self.suite.tooling_for(self.role, self.case).request(),
+            },
             store=self._store_metadata(),
         )
 
@@ -196,7 +200,8 @@ class DistillItem(pytest.Item):
 
     def _grade(self, call: CallRecord) -> tuple[tuple[Grade, ...], Attempt]:
         cases = self.case.items()
-        grades = tuple(grade_any(g, Sample(output_text=call.reply), cases) for g in self.graders)
+        sample = Sample(output_text=call.reply, output_tools=call.tool_calls)
+        grades = tuple(grade_any(g, sample, cases) for g in self.graders)
         score, passed = combine(grades)
         records = tuple(GradeRecord(g.name, g.score, g.passed, g.reason) for g in grades)
         return grades, Attempt(passed, score, call, records)
@@ -227,10 +232,17 @@ class DistillItem(pytest.Item):
             score=score,
             grades=first.grades,
             attempts=tuple(attempts) if len(attempts) > 1 else (),
+            tool_score=self._tool_score(graded),
         )
         self.user_properties.extend(result.properties())
         if not passed:
-            raise DistillCaseFailure(grades, first.call.reply)
+            raise DistillCaseFailure(grades, shown_reply(first.call))
+
+    def _tool_score(self, graded: list[tuple[tuple[Grade, ...], Attempt]]) -> float | None:
+        """The mean score of the case's tool_calls graders over its repeats (None: none)."""
+        at = [i for i, g in enumerate(self.graders) if isinstance(g, ToolCallsCheck)]
+        scores = [grades[i].score for grades, _ in graded for i in at]
+        return sum(scores) / len(scores) if scores else None
 
     def _result(
         self,
@@ -241,8 +253,15 @@ class DistillItem(pytest.Item):
         grades: tuple[GradeRecord, ...] = (),
         attempts: tuple[Attempt, ...] = (),
         error: str | None = None,
+        tool_score: float | None = None,
     ) -> ItemResult:
+        teacher = self.role == "teacher"
+        student = self.suite.tooling_for("student", self.case) if teacher else None
         return ItemResult(
+            tool_score=tool_score,
+            train_tools=tuple(student.request().get("tools", ())) if student else (),
+            train_parallel_tool_calls=student.parallel_tool_calls if student else None,
+            train_earlier_turns=self.suite.train_earlier_turns,
             nodeid=self.nodeid,
             suite=self.suite.name,
             case_id=self.case.id,
@@ -316,6 +335,12 @@ def error_line(error: BaseException) -> str:
         return f"model call failed: {shorten(describe_error(error), 200)}"
     text = str(error).strip().splitlines()
     return shorten(f"{type(error).__name__}: {text[0] if text else ''}", 200)
+
+
+def shown_reply(call: CallRecord) -> str:
+    """A reply as a failure shows it: its text, then its tool calls, ``name(arguments)``."""
+    calls = [f"{c.name}({c.arguments})" for c in call.tool_calls]
+    return "\n".join([call.reply, *calls] if call.reply else calls) if calls else call.reply
 
 
 def format_failure(grades: tuple[Grade, ...], reply: str) -> str:

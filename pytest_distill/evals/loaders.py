@@ -2,6 +2,10 @@
 
 - YAML suites (``*.eval.yaml``): a prompt, per-role prompt overrides, graders, and cases
   inline or from a JSONL file (``cases_file``).
+- Tools and structured output (``tools`` or ``tools_file``, ``tool_choice``,
+  ``parallel_tool_calls``, ``response_format``), for the suite or a role, read with the API's
+  own shapes (``distill_shapes.tools``); a case's ``messages`` may hold a conversation with
+  tool calls and their results.
 - JSONL case files (``*.eval.jsonl``), one case a line, in any of: OpenAI-evals samples
   (``input`` messages + ``ideal``), chat fine-tune lines (``messages``; the last assistant
   message is the reference), or ``{"id", "messages", "reference"}``.
@@ -18,6 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from distill_shapes.tools import (
+    FunctionTool,
+    InvalidShape,
+    parse_response_format,
+    parse_tool_call,
+    parse_tool_choice,
+    parse_tools,
+)
 from pytest_distill.evals.cases import (
     DEFAULT_GRADERS,
     CaseFileError,
@@ -25,12 +37,28 @@ from pytest_distill.evals.cases import (
     Message,
     Prompt,
     Suite,
+    Tooling,
 )
 from pytest_distill.evals.yamlines import LineDict, LineList, YamlSyntaxError, load_yaml
 from pytest_distill.roles import UnknownParam, check_params
 
-_SUITE_KEYS = {"name", "prompt", "roles", "graders", "params", "cases", "cases_file", "source"}
-_CASE_KEYS = {"id", "vars", "reference", "messages", "graders", "metadata"}
+_TOOLING_KEYS = {"tools", "tools_file", "tool_choice", "parallel_tool_calls", "response_format"}
+_SUITE_KEYS = {
+    "name",
+    "prompt",
+    "roles",
+    "graders",
+    "params",
+    "cases",
+    "cases_file",
+    "source",
+    "train_earlier_turns",
+    *_TOOLING_KEYS,
+}
+_CASE_KEYS = {"id", "vars", "reference", "messages", "graders", "metadata", *_TOOLING_KEYS}
+TOOL_CALLS_GRADERS: tuple[Mapping[str, Any], ...] = ({"type": "tool_calls"},)
+"""The graders of a case whose reference is a list of expected tool calls, unless it (or its
+suite) names graders."""
 
 
 def load_file(path: Path) -> Suite:
@@ -58,6 +86,16 @@ def _load_suite(path: Path) -> Suite:
     roles = _mapping(path, doc, "roles")
     role_prompts = {r: _prompt(path, v.get("prompt"), v.line) for r, v in roles.items()}
     role_params = {r: _params(path, v) for r, v in roles.items()}
+    tooling = _tooling(path, doc)
+    role_tooling = {r: _tooling(path, v) for r, v in roles.items() if isinstance(v, Mapping)}
+    earlier = doc.get("train_earlier_turns", False)
+    if not isinstance(earlier, bool):
+        raise CaseFileError(
+            path,
+            doc.line_of("train_earlier_turns"),
+            f"'train_earlier_turns' is {earlier!r}; write true (train every assistant turn of "
+            "a training line) or false (only its answer, the default)",
+        )
     graders = _graders(path, doc.get("graders"), doc.line, DEFAULT_GRADERS)
     source = doc.get("source")
     if source is not None and (
@@ -79,7 +117,11 @@ def _load_suite(path: Path) -> Suite:
         source=_plain(source["stored_completions"]) if source is not None else None,
         graders=graders,
         line=doc.line_of("source") if source is not None else doc.line,
+        tooling=tooling,
+        role_tooling=role_tooling,
+        train_earlier_turns=earlier,
     )
+    _check_tooling(suite, doc)
     _check_cases(suite)
     return suite
 
@@ -114,12 +156,14 @@ def _yaml_case(
     case_vars = data.get("vars", {})
     if not isinstance(case_vars, Mapping):
         raise CaseFileError(source, line, f"'vars' must be a mapping, got {case_vars!r}")
+    reference = _plain(data.get("reference"))
     return EvalCase(
+        tooling=_case_tooling(source, data, line),
         id=str(data["id"]),
         line=line,
         vars=dict(case_vars),
-        reference=_plain(data.get("reference")),
-        graders=_graders(source, data.get("graders"), line, graders),
+        reference=reference,
+        graders=_graders(source, data.get("graders"), line, _for_calls(reference, graders)),
         metadata=dict(data.get("metadata") or {}),
         source=source,
     )
@@ -140,6 +184,8 @@ def _check_cases(suite: Suite) -> None:
             raise CaseFileError(
                 suite.path, case.line, "no prompt to render: add 'prompt: {user: ...}'"
             )
+        if case.messages is not None or case.tooling is not None:
+            _check_case_tooling(suite, case)
         for role in ("teacher", *suite.role_prompts):
             try:
                 suite.messages_for(case, role)
@@ -160,16 +206,236 @@ def _prompt(path: Path, raw: Any, line: int) -> Prompt:
     if not isinstance(raw, Mapping):
         raise CaseFileError(path, line, f"'prompt' must be a mapping or a string, got {raw!r}")
     _no_unknown(path, raw, {"system", "few_shot", "user"}, "prompt", getattr(raw, "line", line))
-    shots = []
-    for shot in raw.get("few_shot") or ():
-        if not isinstance(shot, Mapping) or set(shot) != {"user", "assistant"}:
-            raise CaseFileError(
-                path,
-                getattr(shot, "line", line),
-                f"a few_shot entry needs exactly 'user' and 'assistant', got {shot!r}",
-            )
-        shots.append((_text(shot["user"]), _text(shot["assistant"])))
+    shots = [
+        _shot(path, shot, number, getattr(shot, "line", line))
+        for number, shot in enumerate(raw.get("few_shot") or (), start=1)
+    ]
     return Prompt(system=raw.get("system"), few_shot=tuple(shots), user=raw.get("user"))
+
+
+def _shot(path: Path, shot: Any, number: int, line: int) -> tuple[Message, ...]:
+    """A worked example: ``{user, assistant}``, where ``assistant`` is text or ``{tool_calls:
+    [{name, arguments}]}``; an answer with tool calls also takes ``tool_results``, one per call
+    (the API answers every call before the conversation goes on)."""
+    if not isinstance(shot, Mapping) or not {"user", "assistant"} <= set(shot) <= {
+        "user",
+        "assistant",
+        "tool_results",
+    }:
+        raise CaseFileError(
+            path,
+            line,
+            "a few_shot entry needs 'user' and 'assistant' (and 'tool_results' when the "
+            f"assistant calls tools), got {_plain(shot)!r}",
+        )
+    user: Message = {"role": "user", "content": _text(shot["user"])}
+    answer = shot["assistant"]
+    if not (isinstance(answer, Mapping) and "tool_calls" in answer):
+        if "tool_results" in shot:
+            raise CaseFileError(
+                path, line, "'tool_results' answers tool calls; this few_shot answer makes none"
+            )
+        return user, {"role": "assistant", "content": _text(answer)}
+    raw_calls = answer["tool_calls"]
+    if not isinstance(raw_calls, list) or not raw_calls:
+        raise CaseFileError(
+            path,
+            getattr(answer, "line", line),
+            "a few_shot answer's 'tool_calls' is a non-empty list of {name, arguments}",
+        )
+    calls = [
+        _wire_call(path, getattr(call, "line", line), call, f"call_shot{number}_{index}")
+        for index, call in enumerate(raw_calls, start=1)
+    ]
+    results = shot.get("tool_results")
+    if not isinstance(results, list) or len(results) != len(calls):
+        raise CaseFileError(
+            path,
+            getattr(shot, "line_of", lambda _: line)("tool_results"),
+            f"this few_shot answer makes {len(calls)} tool call(s); give 'tool_results', a list "
+            "of as many results (text or JSON), one per call in order, as the API answers "
+            "every call before the conversation goes on",
+        )
+    assistant: Message = {"role": "assistant", "content": None, "tool_calls": calls}
+    if isinstance(answer.get("content"), str):
+        assistant["content"] = answer["content"]
+    tools = [
+        {"role": "tool", "tool_call_id": call["id"], "content": _text(result)}
+        for call, result in zip(calls, results, strict=True)
+    ]
+    return (user, assistant, *tools)
+
+
+def _wire_call(path: Path, line: int, raw: Any, default_id: str) -> dict[str, Any]:
+    """A tool call as the API writes it, from its shape or the short ``{name, arguments}``
+    (``arguments`` an object or a JSON string); ``default_id`` when it has no id."""
+    raw = _plain(raw)
+    if isinstance(raw, Mapping) and "function" not in raw:
+        raw = {"id": raw.get("id", default_id), "type": "function", "function": dict(raw)}
+        raw["function"].pop("id", None)
+    if isinstance(raw, Mapping) and isinstance(raw.get("function"), Mapping):
+        function = dict(raw["function"])
+        if not isinstance(function.get("arguments", ""), str):
+            function["arguments"] = json.dumps(function["arguments"], ensure_ascii=False)
+        function.setdefault("arguments", "{}")
+        raw = {"type": "function", **raw, "function": function}
+    try:
+        return parse_tool_call(raw, "tool_call").to_json()
+    except InvalidShape as error:
+        raise CaseFileError(path, line, str(error)) from None
+
+
+# --- tools and response formats -----------------------------------------------------------
+
+
+def _tooling(path: Path, doc: Mapping[str, Any], line: int = 1) -> Tooling:
+    """A suite's (a role's, a case's) ``tools``/``tools_file``, ``tool_choice``,
+    ``parallel_tool_calls`` and ``response_format``, each in the API's shape."""
+
+    def line_of(key: str) -> int:
+        return doc.line_of(key) if isinstance(doc, LineDict) else line
+
+    tools: tuple[FunctionTool, ...] | None = None
+    if "tools" in doc and "tools_file" in doc:
+        raise CaseFileError(
+            path,
+            line_of("tools_file"),
+            "'tools' and 'tools_file' are both given; keep one (the file, to share the tools "
+            "between suites, or the list)",
+        )
+    if "tools" in doc:
+        tools = _tools(path, doc["tools"], line_of("tools"), "tools")
+    elif "tools_file" in doc:
+        tools = _tools_file(path, doc["tools_file"], line_of("tools_file"))
+    choice = None
+    if doc.get("tool_choice") is not None:
+        try:
+            choice = parse_tool_choice(_plain(doc["tool_choice"]))
+        except InvalidShape as error:
+            raise CaseFileError(path, line_of("tool_choice"), str(error)) from None
+    parallel = doc.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise CaseFileError(
+            path,
+            line_of("parallel_tool_calls"),
+            f"'parallel_tool_calls' is {parallel!r}; write true or false",
+        )
+    response_format = None
+    if doc.get("response_format") is not None:
+        try:
+            response_format = parse_response_format(_plain(doc["response_format"]))
+        except InvalidShape as error:
+            raise CaseFileError(path, line_of("response_format"), str(error)) from None
+    return Tooling(tools, choice, parallel, response_format)
+
+
+def _case_tooling(path: Path, data: Mapping[str, Any], line: int) -> Tooling | None:
+    return _tooling(path, data, line) if _TOOLING_KEYS & set(data) else None
+
+
+def _tools(path: Path, raw: Any, line: int, where: str) -> tuple[FunctionTool, ...]:
+    try:
+        return parse_tools(_plain(raw), where)
+    except InvalidShape as error:
+        # The line of the tool at fault, where the list knows it.
+        index = error.field[len(where) + 1 :].split("]", 1)[0]
+        if isinstance(raw, LineList) and index.isdigit():
+            line = raw.line_at(int(index))
+        raise CaseFileError(path, line, str(error)) from None
+
+
+def _tools_file(path: Path, name: Any, line: int) -> tuple[FunctionTool, ...]:
+    source = path.parent / str(name)
+    if not isinstance(name, str) or not source.is_file():
+        raise CaseFileError(
+            path,
+            line,
+            f"tools_file {str(source)!r} does not exist; give a JSON or YAML file, relative to "
+            "the suite, that holds a list of function tools",
+        )
+    try:
+        raw = load_yaml(source.read_text(encoding="utf-8"))  # JSON reads as YAML too
+    except YamlSyntaxError as exc:
+        raise CaseFileError(source, exc.line, exc.problem) from None
+    return _tools(source, raw, getattr(raw, "line", 1), "tools")
+
+
+def _check_tooling(suite: Suite, doc: LineDict) -> None:
+    """Each role's ``tool_choice`` names a tool it is offered (and has tools to choose from)."""
+    roles = doc.get("roles") or {}
+    for role in ("teacher", "student", *suite.role_tooling):
+        tooling = suite.tooling_for(role)
+        if tooling.tool_choice is None:
+            continue
+        own = roles.get(role) if isinstance(roles, Mapping) else None
+        line = (
+            own.line_of("tool_choice")
+            if isinstance(own, LineDict) and "tool_choice" in own
+            else doc.line_of("tool_choice")
+        )
+        if not tooling.tools:
+            raise CaseFileError(
+                suite.path,
+                line,
+                f"tool_choice is {tooling.tool_choice.to_json()!r} but the {role} role is "
+                "offered no tools; add 'tools' (or 'tools_file')",
+            )
+        try:
+            parse_tool_choice(tooling.tool_choice.to_json(), tooling.tools)
+        except InvalidShape as error:
+            raise CaseFileError(suite.path, line, f"{error} (the {role} role's tools)") from None
+
+
+def _check_case_tooling(suite: Suite, case: EvalCase) -> None:
+    """The tools a case's conversation called, and its tool_choice, are offered to each role
+    it is sent to."""
+    called = {
+        call["function"]["name"]
+        for message in case.messages or ()
+        for call in message.get("tool_calls") or ()
+    }
+    for role in ("teacher", "student", *suite.role_tooling):
+        tooling = suite.tooling_for(role, case)
+        offered = {tool.name for tool in tooling.tools or ()}
+        if tooling.tool_choice is not None and case.tooling is not None:
+            try:
+                parse_tool_choice(tooling.tool_choice.to_json(), tooling.tools or ())
+            except InvalidShape as error:
+                raise CaseFileError(
+                    case.source or suite.path, case.line, f"{error} (the {role} role's tools)"
+                ) from None
+        missing = sorted(set(called) - offered)
+        if missing:
+            raise CaseFileError(
+                case.source or suite.path,
+                case.line,
+                f"the conversation calls {missing[0]!r}, which the {role} role is not offered "
+                f"(its tools: {', '.join(sorted(offered)) or 'none'}); add it to the suite's "
+                "'tools'",
+            )
+
+
+def _for_calls(
+    reference: Any, graders: tuple[Mapping[str, Any], ...]
+) -> tuple[Mapping[str, Any], ...]:
+    """The tool_calls grader for a reference of expected calls, where no graders are named."""
+    if graders is DEFAULT_GRADERS and _is_calls(reference):
+        return TOOL_CALLS_GRADERS
+    return graders
+
+
+def _is_calls(reference: Any) -> bool:
+    """A list of ``{name, arguments}`` (or of the API's tool calls)."""
+    return (
+        isinstance(reference, list)
+        and bool(reference)
+        and all(
+            isinstance(item, Mapping)
+            and isinstance(item.get("function", item), Mapping)
+            and "name" in item.get("function", item)
+            for item in reference
+        )
+    )
 
 
 def _text(value: Any) -> str:
@@ -283,7 +549,7 @@ def _jsonl_case(
             "a case line needs 'input' and 'ideal' (OpenAI evals) or 'messages' "
             "(chat fine-tune format)",
         )
-    _check_messages(path, line, messages)
+    messages = _checked_messages(path, line, messages)
     if reference is None:
         raise CaseFileError(path, line, "case has no reference: add 'ideal' or 'reference'")
     case_id = (
@@ -291,6 +557,7 @@ def _jsonl_case(
         or "c" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
     )
     case = EvalCase(
+        tooling=_case_tooling(path, data, line),
         id=str(case_id),
         line=line,
         reference=_plain(reference),
@@ -300,12 +567,11 @@ def _jsonl_case(
         alternatives=tuple(_plain(a) for a in alternatives),
         source=path,
     )
-    if (
-        isinstance(case.reference, (dict, list))
-        and data.get("graders") is None
-        and (graders is DEFAULT_GRADERS)
-    ):
-        case = replace(case, graders=({"type": "json"},))
+    if data.get("graders") is None and graders is DEFAULT_GRADERS:
+        if _is_calls(case.reference):
+            case = replace(case, graders=TOOL_CALLS_GRADERS)
+        elif isinstance(case.reference, (dict, list)):
+            case = replace(case, graders=({"type": "json"},))
     return case
 
 
@@ -318,20 +584,65 @@ def _split_chat(path: Path, line: int, data: Mapping[str, Any]) -> tuple[list[Me
         raise CaseFileError(
             path, line, "chat case has no assistant message to use as the reference"
         )
-    return messages[:last], messages[last].get("content")
+    answer = messages[last]
+    if isinstance(answer, Mapping) and answer.get("tool_calls"):
+        calls = [_wire_call(path, line, c, "call_answer") for c in answer["tool_calls"]]
+        return messages[:last], [
+            {"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}
+            for c in calls
+        ]
+    return messages[:last], answer.get("content")
+
+
+def _arguments(text: str) -> Any:
+    return json.loads(text)  # checked as JSON by _wire_call
 
 
 def _role(message: Any) -> Any:
     return message.get("role") if isinstance(message, Mapping) else None
 
 
-def _check_messages(path: Path, line: int, messages: Any) -> None:
+def _checked_messages(path: Path, line: int, messages: Any) -> list[Message]:
+    """The conversation so far, as the API takes it: assistant ``tool_calls`` in the API's
+    shape (``{name, arguments}`` is read too; arguments become a JSON string), each ``tool``
+    message answering, by ``tool_call_id``, a call made before it."""
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise CaseFileError(path, line, "messages must be a non-empty list of chat messages")
-    for message in messages:
-        if _role(message) not in ("system", "developer", "user", "assistant"):
+    checked: list[Message] = []
+    unanswered: set[str] = set()
+    for index, message in enumerate(messages):
+        role = _role(message)
+        if role not in ("system", "developer", "user", "assistant", "tool"):
             raise CaseFileError(
                 path,
                 line,
-                f"message {message!r} needs a role of system, developer, user or assistant",
+                f"message {message!r} needs a role of system, developer, user, assistant or tool",
             )
+        message = _plain(message)
+        if message.get("tool_calls") is not None:
+            if role != "assistant" or not isinstance(message["tool_calls"], list):
+                raise CaseFileError(
+                    path,
+                    line,
+                    f"messages[{index}] ({role}) has 'tool_calls'; only an assistant message "
+                    "makes tool calls, as a list",
+                )
+            message["tool_calls"] = [
+                _wire_call(path, line, call, f"call_{index}_{number}")
+                for number, call in enumerate(message["tool_calls"], start=1)
+            ]
+            message.setdefault("content", None)
+            unanswered |= {call["id"] for call in message["tool_calls"]}
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in unanswered:
+                raise CaseFileError(
+                    path,
+                    line,
+                    f"messages[{index}] (tool) answers tool_call_id {call_id!r}, which no "
+                    "assistant message before it called (or it is answered twice); give it the "
+                    "id of one of that message's tool_calls",
+                )
+            unanswered.discard(call_id)
+        checked.append(message)
+    return checked

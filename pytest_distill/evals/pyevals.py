@@ -15,7 +15,7 @@ import pytest
 from pytest_distill.evals.cases import split_of
 from pytest_distill.evals.fixtures import CLIENTS_KEY
 from pytest_distill.evals.graders import judge_for
-from pytest_distill.evals.items import error_line, format_failure
+from pytest_distill.evals.items import error_line, format_failure, shown_reply
 from pytest_distill.grading.registry import Grade, GraderConfigError, Sample, combine, make_grader
 from pytest_distill.records import GradeRecord, ItemResult
 from pytest_distill.roles import CallRecord
@@ -56,10 +56,12 @@ def grade_with_marker(item: pytest.Item) -> None:
             "through a role fixture (teacher, student, finetuned, distill_client)"
         )
     case = {"reference": options.get("reference"), "id": _case_id(item), **options.get("vars", {})}
-    grades = tuple(_grader(item, s).grade(Sample(output_text=calls[-1].reply), case) for s in specs)
+    last = calls[-1]
+    sample = Sample(output_text=last.reply, output_tools=last.tool_calls)
+    grades = tuple(_grader(item, s).grade(sample, case) for s in specs)
     item.stash[GRADES_KEY] = grades
     if not combine(grades)[1]:
-        raise DistillGradeError(grades, calls[-1].reply)
+        raise DistillGradeError(grades, shown_reply(last))
 
 
 def _grader(item: pytest.Item, spec: Mapping[str, Any]) -> Any:

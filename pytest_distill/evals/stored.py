@@ -3,16 +3,22 @@
 A suite with ``source: {stored_completions: {role, model, metadata, limit}}`` lists the
 completions stored (``store: true``) on that role's endpoint, filtered by model and metadata;
 each becomes a case whose messages are the stored request and whose reference is the stored
-reply. No pytest import; the plugin passes the SDK client in.
+reply: its text, or its tool calls as expected calls (``[{name, arguments}]``, graded by
+``tool_calls`` unless the suite names graders). The API does not return a stored request's
+``tools``: such a suite gives them (``tools`` or ``tools_file``). No pytest import; the plugin
+passes the SDK client in.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_distill.evals.cases import EvalCase
+from pytest_distill.evals.cases import DEFAULT_GRADERS, EvalCase
+from pytest_distill.evals.loaders import TOOL_CALLS_GRADERS
+from pytest_distill.roles import reply_tool_calls
 
 if TYPE_CHECKING:
     import openai
@@ -59,13 +65,17 @@ def load_cases(
         filters["model"] = source.model
     pages = client.chat.completions.list(order="asc", limit=min(source.limit, 100), **filters)
     for stored in pages:
-        reply = stored.choices[0].message.content if stored.choices else None
+        message = stored.choices[0].message if stored.choices else None
+        calls = reply_tool_calls(message)
+        reply: Any = message.content if message is not None else None
+        if calls:
+            reply = [{"name": c.name, "arguments": _arguments(c.arguments)} for c in calls]
         if not reply:
             continue
         messages = [
-            {"role": m.role, "content": m.content}
+            _message(m)
             for m in client.chat.completions.messages.list(stored.id, order="asc")
-            if m.content
+            if m.content or getattr(m, "tool_calls", None)
         ]
         cases.append(
             EvalCase(
@@ -73,10 +83,30 @@ def load_cases(
                 line=line,
                 reference=reply,
                 messages=tuple(messages),
-                graders=graders,
+                graders=TOOL_CALLS_GRADERS if calls and graders is DEFAULT_GRADERS else graders,
                 metadata={"stored_completion": stored.id, **(stored.metadata or {})},
             )
         )
         if len(cases) >= source.limit:
             break  # here, not at the next turn: that would fetch the next page first
     return cases
+
+
+def _message(stored: Any) -> dict[str, Any]:
+    """A stored request message in the request's shape: its tool calls and the call a tool
+    message answers kept."""
+    message: dict[str, Any] = {"role": stored.role, "content": stored.content}
+    calls = reply_tool_calls(stored)
+    if calls:
+        message["tool_calls"] = [call.to_json() for call in calls]
+    call_id = getattr(stored, "tool_call_id", None)
+    if call_id:
+        message["tool_call_id"] = call_id
+    return message
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # the grader reports arguments that are not JSON

@@ -1,5 +1,12 @@
 """Passing teacher outputs -> a validated chat fine-tune JSONL and its lineage manifest.
 
+A line is the student's prompt, then the teacher's answer: its text, or its ``tool_calls`` in
+the API's shape. A line whose student is offered tools carries them (``tools``, and
+``parallel_tool_calls`` when the suite sets it), the same definitions the student is sent at
+inference; the manifest records their hash. The assistant turns before the answer (few-shot
+answers, a conversation's earlier turns) get ``weight: 0`` unless the suite sets
+``train_earlier_turns: true``.
+
 No API calls here: this module selects, filters, validates and writes. Files are written to a
 temporary name and renamed, so a crash never leaves a half-written training set.
 """
@@ -59,7 +66,45 @@ class Selection:
 
 def estimate_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     """An estimate, not a tokenizer: about 4 characters a token plus 4 a message."""
-    return sum(4 + len(str(m.get("content", ""))) // 4 for m in messages)
+    return sum(
+        4 + (len(str(m.get("content") or "")) + len(json.dumps(m.get("tool_calls") or ""))) // 4
+        for m in messages
+    )
+
+
+def training_record(result: ItemResult, call: CallRecord) -> dict[str, Any]:
+    """The fine-tune line of one passing answer: the student's prompt (the call's own, for a
+    Python eval), the assistant's answer with its tool calls, and the tools offered."""
+    student = result.train_messages is not None
+    prompt = [dict(m) for m in (result.train_messages or call.messages)]
+    if not result.train_earlier_turns:
+        for message in prompt:
+            if message.get("role") == "assistant":
+                message.setdefault("weight", 0)
+    answer: dict[str, Any] = {"role": "assistant", "content": call.reply}
+    if call.tool_calls:
+        answer["tool_calls"] = [c.to_json() for c in call.tool_calls]
+        if not call.reply:
+            del answer["content"]
+    record: dict[str, Any] = {"messages": [*prompt, answer]}
+    tools = result.train_tools if student else call.params.get("tools")
+    parallel = (
+        result.train_parallel_tool_calls if student else call.params.get("parallel_tool_calls")
+    )
+    if tools:
+        record["tools"] = list(tools)
+        if parallel is not None:
+            record["parallel_tool_calls"] = parallel
+    return record
+
+
+def tools_sha256(record: Mapping[str, Any]) -> str | None:
+    """The hash of a line's tool definitions (canonical JSON), None when it has none."""
+    tools = record.get("tools")
+    if not tools:
+        return None
+    text = json.dumps(tools, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def select(
@@ -77,8 +122,7 @@ def select(
         for call in _passing_calls(result)
     ]
     for result, call in answers:
-        prompt = result.train_messages or call.messages
-        record = {"messages": [*map(dict, prompt), {"role": "assistant", "content": call.reply}]}
+        record = training_record(result, call)
         case = f"{result.suite}::{result.case_id}"
         if keep is not None:
             verdict = keep(record, case)
@@ -136,21 +180,27 @@ def write(selection: Selection, directory: Path) -> Dataset:
 
 
 def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
-    """The lineage: each line's case and completion, then file, job and fine-tuned model."""
+    """The lineage: each line's case, completion and tools, then file, job and fine-tuned
+    model. ``tools_sha256``: the distinct tool definitions the lines carry, each one's hash."""
+    lines: list[dict[str, Any]] = [
+        {
+            "line": number,
+            "case": example.case,
+            "case_sha256": example.case_sha256 or None,
+            "completion_id": example.completion_id,
+            "stored_completion_id": example.completion_id if example.stored else None,
+            "tools_sha256": tools_sha256(example.record),
+        }
+        for number, example in enumerate(dataset.examples, start=1)
+    ]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "dataset": dataset.path.name,
         "sha256": dataset.sha256,
-        "lines": [
-            {
-                "line": number,
-                "case": example.case,
-                "case_sha256": example.case_sha256 or None,
-                "completion_id": example.completion_id,
-                "stored_completion_id": example.completion_id if example.stored else None,
-            }
-            for number, example in enumerate(dataset.examples, start=1)
-        ],
+        "tools_sha256": sorted(
+            {str(line["tools_sha256"]) for line in lines if line["tools_sha256"]}
+        ),
+        "lines": lines,
         "training": dict(training),
     }
     write_atomic(dataset.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -86,6 +86,7 @@ def context(data: Mapping[str, Any]) -> dict[str, Any]:
         "split": split,
         "scores": scores,
         "suite_table": _suite_table(data.get("suites") or {}, roles, split),
+        "tool_column": _has_tool_accuracy(scores),
         "paired": _paired(data.get("paired")),
         "tables": _tables(scores, roles, split),
         "chart": _score_chart(scores, roles, split),
@@ -111,6 +112,17 @@ def _tables(
         if rows:
             tables.append((name, SPLITS[name] + (" · the gate's" if name == split else ""), rows))
     return tables
+
+
+def _has_tool_accuracy(scores: Mapping[str, Any]) -> bool:
+    """Whether some role's figures have a tool-call accuracy (some case had a tool_calls
+    grader): only then do the tables show that column."""
+    return any(
+        isinstance(agg, Mapping) and agg.get("tool_call_accuracy") is not None
+        for splits in scores.values()
+        if isinstance(splits, Mapping)
+        for agg in splits.values()
+    )
 
 
 def _suite_table(
@@ -184,7 +196,10 @@ def _blobs(
     change_index = {key: n for n, (key, *_) in enumerate(view.CHANGES)}
     rows, details = [], []
     for case in found:
-        replies = [str(item.get("reply") or "") for item in case.roles.values()]
+        replies = [
+            " ".join([str(item.get("reply") or ""), *_calls(item.get("tool_calls"))])
+            for item in case.roles.values()
+        ]
         rows.append(
             {
                 "s": suite_index[case.suite],
@@ -214,10 +229,11 @@ def _detail(item: Mapping[str, Any], strings: dict[str, int]) -> dict[str, Any]:
         "m": None
         if messages is None
         else [
-            [str(m.get("role", "")), strings.setdefault(_text(m.get("content")), len(strings))]
+            [str(m.get("role", "")), strings.setdefault(_message_text(m), len(strings))]
             for m in messages
         ],
         "o": item.get("reply"),
+        "tc": _calls(item.get("tool_calls")) or None,
         "g": [
             [g.get("name"), g.get("score"), g.get("passed"), g.get("reason")]
             for g in item.get("grades") or ()
@@ -225,6 +241,25 @@ def _detail(item: Mapping[str, Any], strings: dict[str, int]) -> dict[str, Any]:
         "tok": [item.get("prompt_tokens"), item.get("completion_tokens")],
         "lat": item.get("latency_s"),
     }
+
+
+def _calls(calls: Any) -> list[str]:
+    """Tool calls (the API's shape) as ``name(arguments)`` lines."""
+    shown = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            shown.append(f"{function.get('name')}({function.get('arguments', '')})")
+    return shown
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    """A prompt message's text: its content, then its tool calls; a tool result names its call."""
+    lines = [_text(message.get("content"))] if message.get("content") is not None else []
+    lines += _calls(message.get("tool_calls"))
+    if message.get("tool_call_id"):
+        lines.insert(0, f"[{message['tool_call_id']}]")
+    return "\n".join(lines)
 
 
 def _text(value: Any) -> str:

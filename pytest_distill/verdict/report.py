@@ -307,6 +307,7 @@ def _gate_json(outcome: Outcome) -> dict[str, Any] | None:
 
 
 def _agg_json(agg: Aggregate) -> dict[str, Any]:
+    tools = {} if agg.tool_score is None else {"tool_call_accuracy": round(agg.tool_score, 6)}
     return {
         "cases": agg.n,
         "errors": agg.errors,
@@ -318,6 +319,7 @@ def _agg_json(agg: Aggregate) -> dict[str, Any]:
         "latency_p50_s": round(percentile(agg.latencies, 50), 4) if agg.latencies else None,
         "latency_p95_s": round(percentile(agg.latencies, 95), 4) if agg.latencies else None,
         "cost_usd": agg.cost,
+        **tools,
     }
 
 
@@ -344,6 +346,7 @@ def _item_json(result: ItemResult) -> dict[str, Any]:
         "model": call.model if call else None,
         "completion_id": call.completion_id if call else None,
         "reply": call.reply if call else None,
+        "tool_calls": [c.to_json() for c in call.tool_calls] if call else [],
         "messages": list(call.messages) if call else None,
         "reference": result.reference,
         "prompt_tokens": call.prompt_tokens if call else 0,

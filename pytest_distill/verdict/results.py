@@ -36,6 +36,7 @@ class Aggregate:
     passes: float = 0.0  # the cases' shares of passing repeats, summed (= passed without repeats)
     passed_any: int = 0  # cases with at least one passing repeat
     errors: int = 0  # cases with no grade: the call or a grader could not run
+    tool_score: float | None = None  # tool-call accuracy: the tool_calls graders' mean score
 
     @property
     def graded(self) -> int:
@@ -89,7 +90,9 @@ class Results:
 def aggregate(results: Sequence[ItemResult], prices: Mapping[str, Any]) -> Aggregate:
     calls = [c for r in results for c in r.all_calls]
     graded = [r for r in results if r.error is None]
+    tools = [r.tool_score for r in graded if r.tool_score is not None]
     return Aggregate(
+        tool_score=sum(tools) / len(tools) if tools else None,
         n=len(results),
         passed=sum(r.passed for r in graded),
         score=sum(r.score for r in graded) / len(graded) if graded else None,

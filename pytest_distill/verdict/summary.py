@@ -68,11 +68,24 @@ def below_passing(tr: pytest.TerminalReporter) -> None:
         tr.write_line(f"BELOW PASSING {rep.nodeid} - {reason}")
 
 
+TOOLS_COLUMN = "tool calls"
+"""Tool-call accuracy: the mean score of the tool_calls graders, shown when a case has one."""
+
+
 def tables(run: Run) -> Iterator[Line]:
     results, prices = run.results, run.settings.prices
     if not results.items:
         return
     roles = results.roles()
+    tools = any(r.tool_score is not None for r in results.items)
+
+    def _row(label: str, agg: Aggregate) -> tuple[str, ...]:
+        row = _cells(label, agg)
+        if not tools:
+            return row
+        shown = f"{agg.tool_score:.3f}" if agg.tool_score is not None else "-"
+        return (*row[:5], shown, *row[5:])
+
     yield from _table(
         "all cases, by role", [_row(r, aggregate(results.select(role=r), prices)) for r in roles]
     )
@@ -109,7 +122,7 @@ def _latency_legend(items: Sequence[ItemResult], roles: Sequence[str]) -> Line:
     return Line(text)
 
 
-def _row(label: str, agg: Aggregate) -> tuple[str, ...]:
+def _cells(label: str, agg: Aggregate) -> tuple[str, ...]:
     lat = agg.latencies
     return (
         label,
@@ -126,9 +139,12 @@ def _row(label: str, agg: Aggregate) -> tuple[str, ...]:
 
 
 def _table(title: str, rows: Sequence[Sequence[str]]) -> Iterator[Line]:
-    widths = [max(len(r[i]) for r in (_COLUMNS, *rows)) for i in range(len(_COLUMNS))]
+    columns: tuple[str, ...] = _COLUMNS
+    if rows and len(rows[0]) > len(_COLUMNS):
+        columns = (*_COLUMNS[:5], TOOLS_COLUMN, *_COLUMNS[5:])
+    widths = [max(len(r[i]) for r in (columns, *rows)) for i in range(len(columns))]
     yield Line(f"{title}:")
-    for row in (_COLUMNS, *rows):
+    for row in (columns, *rows):
         cells = [row[0].ljust(widths[0])] + [
             c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
         ]

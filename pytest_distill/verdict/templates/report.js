@@ -119,8 +119,14 @@
       } else {
         box.appendChild(el("p", "muted", "prompt not in this report"));
       }
-      box.appendChild(el("div", "msg-role", "reply"));
-      box.appendChild(el("pre", "reply", text(r.o)));
+      if (!r.tc || r.o) {
+        box.appendChild(el("div", "msg-role", "reply"));
+        box.appendChild(el("pre", "reply", text(r.o)));
+      }
+      if (r.tc) {
+        box.appendChild(el("div", "msg-role", "tool calls"));
+        box.appendChild(el("pre", "reply tool-calls", r.tc.join("\n")));
+      }
       var grades = el("ul");
       r.g.forEach(function (g) {
         grades.appendChild(el("li", null, (g[2] ? "✓ " : "✗ ") + g[0] + " " +
