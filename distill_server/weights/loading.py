@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 from distill_server import devices
 from distill_server.errors import ApiError
 from distill_server.models import ModelSource, converted_dir
-from distill_server.weights import convert
+from distill_server.weights import chat_format, convert
 
 _LOAD_LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str, str], weakref.ReferenceType[Any]] = {}
@@ -184,14 +184,15 @@ def _alias_free_class(cls: type) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
-    """The model's own chat template, as text."""
-    if not tokenizer.chat_template:
-        raise ApiError(400, "This model's tokenizer has no chat template.", code="no_template")
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
-    return str(text)
+def render(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    generation_prompt: bool,
+    tools: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The prompt text: the model's own chat template, with tools and tool calls in the
+    format of ``chat_format`` (one format for serving and training)."""
+    return chat_format.render(tokenizer, messages, generation_prompt, tools)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
