@@ -344,3 +344,69 @@ def _text(content: Any) -> str:
         parts = [p.get("text", "") for p in content if isinstance(p, dict)]
         return "".join(p for p in parts if isinstance(p, str))
     return ""
+
+
+_TEMPLATE_PRELUDE: Final = r"""{#- The tools format of pytest-distill's embedded server
+    (Hermes-style, as vLLM's and SGLang's tool-call parsers read it): tools and tool calls are
+    turned into plain messages, then the model's own template below renders them. -#}
+{%- set ns = namespace(out=[], tool=false) -%}
+{%- for m in messages -%}
+{%- set content = m.content if m.content is string else '' -%}
+{%- if m.role == 'tool' -%}
+{%- set block = '<tool_response>\n' ~ content ~ '\n</tool_response>' -%}
+{%- if ns.tool -%}
+{%- set ns.out = ns.out[:-1] + [{'role': 'user', 'content': ns.out[-1].content ~ '\n' ~ block}] -%}
+{%- else -%}
+{%- set ns.out = ns.out + [{'role': 'user', 'content': block}] -%}
+{%- endif -%}
+{%- set ns.tool = true -%}
+{%- else -%}
+{%- if m.role == 'assistant' and m.tool_calls -%}
+{%- set calls = namespace(text=content) -%}
+{%- for call in m.tool_calls -%}
+{%- set f = call.function if call.function is defined else call -%}
+{%- set arguments = f.arguments if f.arguments is string else f.arguments | tojson -%}
+{%- set block = '{"name": ' ~ f.name | tojson ~ ', "arguments": ' ~ arguments ~ '}' -%}
+{%- set block = '<tool_call>\n' ~ block ~ '\n</tool_call>' -%}
+{%- set calls.text = calls.text ~ '\n' ~ block if calls.text else block -%}
+{%- endfor -%}
+{%- set content = calls.text -%}
+{%- endif -%}
+{%- set role = 'system' if m.role == 'developer' else m.role -%}
+{%- set ns.out = ns.out + [{'role': role, 'content': content}] -%}
+{%- set ns.tool = false -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if tools -%}
+{%- set lines = namespace(text='') -%}
+{%- for tool in tools -%}
+{%- set f = tool.function if tool.function is defined else tool -%}
+{%- set line = '{"type": "function", "function": {"name": ' ~ f.name | tojson -%}
+{%- if f.description is defined and f.description is not none -%}
+{%- set line = line ~ ', "description": ' ~ f.description | tojson -%}
+{%- endif -%}
+{%- if f.parameters is defined and f.parameters is not none -%}
+{%- set line = line ~ ', "parameters": ' ~ f.parameters | tojson -%}
+{%- endif -%}
+{%- set lines.text = lines.text ~ '\n' ~ line ~ '}}' if lines.text else line ~ '}}' -%}
+{%- endfor -%}
+{%- set section = INTRO ~ lines.text ~ OUTRO -%}
+{%- if ns.out and ns.out[0].role == 'system' -%}
+{%- set system = ns.out[0].content -%}
+{%- set system = system ~ '\n\n' ~ section if system else section -%}
+{%- set ns.out = [{'role': 'system', 'content': system}] + ns.out[1:] -%}
+{%- else -%}
+{%- set ns.out = [{'role': 'system', 'content': section}] + ns.out -%}
+{%- endif -%}
+{%- endif -%}
+{%- set messages = ns.out -%}
+"""
+
+
+def tool_template(template: str) -> str:
+    """A chat template for other engines (vLLM's, SGLang's ``--chat-template``) that renders
+    tools and tool calls as ``render`` does, around the model's own ``template``."""
+    prelude = _TEMPLATE_PRELUDE.replace("INTRO", json.dumps(TOOLS_INTRO)).replace(
+        "OUTRO", json.dumps(TOOLS_OUTRO)
+    )
+    return prelude + template

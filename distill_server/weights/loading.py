@@ -59,6 +59,18 @@ def load_pretrained(
     return tokenizer, model.eval()
 
 
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer of ``source`` alone (no weights), from its converted copy when one is
+    made."""
+    converted = converted_dir(source)
+    if converted is not None and (converted / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted, local_files_only=True)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    return AutoTokenizer.from_pretrained(source.directory, **kwargs)
+
+
 def _load_shared(
     source: ModelSource, directory: Path, gguf_file: str | None, placement: devices.Placement
 ) -> tuple[Any, Any]:

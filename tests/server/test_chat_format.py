@@ -16,6 +16,7 @@ from distill_server.weights.chat_format import (
     parse_reply,
     render,
     template_renders_tools,
+    tool_template,
     tools_section,
 )
 
@@ -213,3 +214,42 @@ def test_a_stream_without_parallel_calls_sends_the_first_call_only() -> None:
     text = _block("get_weather", {"city": "A"}) + "\n" + _block("get_weather", {"city": "B"})
     content, calls, _ = _streamed(text, 4, parallel=False)
     assert content == "" and [c.arguments for c in calls] == ['{"city": "A"}']
+
+
+def test_the_exported_chat_template_renders_what_the_server_renders(tokenizer: Any) -> None:
+    """vLLM and SGLang render the student's prompts with ``tool_template`` (arguments as
+    objects, as vLLM hands them to templates): the text must be the server's, byte for byte."""
+    import copy
+
+    exported = copy.copy(tokenizer)
+    exported.chat_template = tool_template(tokenizer.chat_template)
+    chats = [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "developer", "content": "S"},
+            {"role": "user", "content": "Paris twice?"},
+            {"role": "assistant", "content": "ok", "tool_calls": [CALL, {**CALL, "id": "c2"}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+            {"role": "tool", "tool_call_id": "c2", "content": "2"},
+        ],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+            {"role": "assistant", "content": "done"},
+        ],
+    ]
+    for chat in chats:
+        as_vllm = json.loads(json.dumps(chat))
+        for message in as_vllm:
+            for call in message.get("tool_calls") or []:
+                call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        for tools in ([], [WEATHER, TICKET]):
+            for prompt in (True, False):
+                served = [
+                    {**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in chat
+                ]
+                theirs = exported.apply_chat_template(
+                    as_vllm, tools=tools or None, tokenize=False, add_generation_prompt=prompt
+                )
+                assert theirs == render(tokenizer, served, prompt, tools)
