@@ -1,4 +1,5 @@
-"""The official OpenAI Node SDK streams from the embedded server as the Python SDK does.
+"""The official OpenAI Node SDK streams from the embedded server, and reads its tool calls, as
+the Python SDK does.
 
 Marked ``node`` (deselected by default): it needs Node.js and the SDK that
 ``npm ci --prefix tests/node`` installs from the lock file; ``.ci/run`` does both.
