@@ -7,6 +7,13 @@
   tokenizer as a model directory any engine loads;
 - ``ollama``: the adapter in ``adapter/`` and a ``Modelfile`` (``FROM <base>``, ``ADAPTER``).
 
+The commands printed serve tool calls as this server does: vLLM with
+``--enable-auto-tool-choice --tool-call-parser hermes``, SGLang with ``--tool-call-parser
+qwen25`` (both read the ``<tool_call>`` blocks of ``weights/chat_format.py``). When the base's
+own chat template does not render tools (SmolLM2's), the export also writes
+``tool_chat_template.jinja``, the base's template with the server's tools format before it, and
+the commands pass it with ``--chat-template``: the student sees the prompts it was trained on.
+
 It reads the server's data directory (the SQLite registry and the adapters) and needs no
 running server. Everything is written into a temporary folder beside the target, then renamed.
 """
@@ -35,6 +42,7 @@ FORMATS: tuple[Format, ...] = ("peft", "merged", "ollama")
 VLLM_DEFAULT_MAX_RANK = 16
 _VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values --max-lora-rank accepts
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TOOL_TEMPLATE = "tool_chat_template.jinja"
 
 
 class ExportError(RuntimeError):
@@ -100,12 +108,14 @@ def export(model: FineTuned, target: Path, fmt: Format, name: str | None = None)
     with _staged(target) as staging:
         if fmt == "merged":
             _write_merged(model, staging)
-            return Exported(fmt, target, config["r"], _merged_commands(target, name))
+            tools = _tools_flags(model, staging, target)
+            return Exported(fmt, target, config["r"], _merged_commands(target, name, tools))
         adapter_dir = staging / "adapter" if fmt == "ollama" else staging
         _write_adapter(model.adapter, config, adapter_dir)
         if fmt == "ollama":
             return _write_ollama(model, config, staging, target, name)
-        return Exported(fmt, target, config["r"], _peft_commands(config, target, name))
+        tools = _tools_flags(model, staging, target)
+        return Exported(fmt, target, config["r"], _peft_commands(config, target, name, tools))
 
 
 def adapter_config(adapter: Path) -> dict[str, Any]:
@@ -191,6 +201,12 @@ def _write_ollama(
             f"base is {family!r}, so use --format merged (then `ollama create` from it) if "
             "`ollama create` refuses the adapter.",
         )
+    notes += (
+        "Tool calls: the Modelfile keeps the base's own template. To serve tool calls from "
+        "Ollama, give it a TEMPLATE that writes tools and calls as <tool_call> blocks, as "
+        "--format peft's tool_chat_template.jinja does, or serve that export with vLLM or "
+        "SGLang (their commands name the tool-call parser).",
+    )
     commands = (f"ollama create {name} -f {target / 'Modelfile'}", f"ollama run {name}")
     return Exported("ollama", target, config["r"], commands, notes)
 
@@ -203,21 +219,49 @@ def _base_family(config: Mapping[str, Any]) -> str:
         return "unknown"
 
 
-def _peft_commands(config: Mapping[str, Any], target: Path, name: str) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True)
+class _ToolFlags:
+    vllm: str
+    sglang: str
+
+
+def _tools_flags(model: FineTuned, staging: Path, target: Path) -> _ToolFlags:
+    """The flags that serve tool calls in the server's format; writes the chat template that
+    renders tools when the base's own does not."""
+    from distill_server.weights.chat_format import template_renders_tools, tool_template
+    from distill_server.weights.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model.base)
+    template = ""
+    if tokenizer.chat_template and not template_renders_tools(tokenizer):
+        (staging / TOOL_TEMPLATE).write_text(tool_template(str(tokenizer.chat_template)))
+        template = f" --chat-template {target / TOOL_TEMPLATE}"
+    return _ToolFlags(
+        f" --enable-auto-tool-choice --tool-call-parser hermes{template}",
+        f" --tool-call-parser qwen25{template}",
+    )
+
+
+def _peft_commands(
+    config: Mapping[str, Any], target: Path, name: str, tools: _ToolFlags
+) -> tuple[str, ...]:
     base = config.get("base_model_name_or_path") or "BASE"
     rank = vllm_max_rank(int(config["r"]))
     extra = f" --max-lora-rank {rank}" if rank else ""
     return (
-        f"vllm serve {base} --enable-lora --lora-modules {name}={target}{extra}",
+        f"vllm serve {base} --enable-lora --lora-modules {name}={target}{extra}{tools.vllm}",
         f"python -m sglang.launch_server --model-path {base} --enable-lora "
-        f"--lora-paths {name}={target}" + (f" --max-lora-rank {config['r']}" if rank else ""),
+        f"--lora-paths {name}={target}"
+        + (f" --max-lora-rank {config['r']}" if rank else "")
+        + tools.sglang,
     )
 
 
-def _merged_commands(target: Path, name: str) -> tuple[str, ...]:
+def _merged_commands(target: Path, name: str, tools: _ToolFlags) -> tuple[str, ...]:
     return (
-        f"vllm serve {target} --served-model-name {name}",
-        f"python -m sglang.launch_server --model-path {target} --served-model-name {name}",
+        f"vllm serve {target} --served-model-name {name}{tools.vllm}",
+        f"python -m sglang.launch_server --model-path {target} --served-model-name {name}"
+        + tools.sglang,
     )
 
 

@@ -54,7 +54,8 @@ def parse_request(form: Any, ids: list[str]) -> Request:
 
 
 def training_lines(app: App, ids: tuple[str, ...]) -> bytes:
-    """One chat fine-tuning line per selected completion: its prompt and its reply.
+    """One chat fine-tuning line per selected completion: its prompt and its reply, with the
+    request's tools and the reply's tool calls.
 
     Duplicates (the same prompt and reply stored twice) are written once, as ``--distill`` does.
     """
@@ -63,9 +64,18 @@ def training_lines(app: App, ids: tuple[str, ...]) -> bytes:
         record = app.store.get("completion", completion_id)
         if record is None:
             raise SelectionError(f"completion {completion_id!r} no longer exists; reload the page")
-        reply = record.body["choices"][0]["message"].get("content") or ""
-        messages = [*record.extra.get("messages", []), {"role": "assistant", "content": reply}]
-        lines[json.dumps({"messages": messages}, ensure_ascii=False)] = None
+        message = record.body["choices"][0]["message"]
+        reply: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            reply = {
+                **reply,
+                "content": message.get("content"),
+                "tool_calls": message["tool_calls"],
+            }
+        line: dict[str, Any] = {"messages": [*record.extra.get("messages", []), reply]}
+        if record.extra.get("tools"):
+            line["tools"] = record.extra["tools"]
+        lines[json.dumps(line, ensure_ascii=False)] = None
     return "".join(f"{line}\n" for line in lines).encode()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import secrets
 import time
 from collections import Counter
@@ -59,7 +60,8 @@ EXPECTED_ANSWER = 64
 class GenRequest:
     """One chat request, as the batcher hands it to the engine."""
 
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
+    """Role and content; an assistant's ``tool_calls``, a tool message's ``tool_call_id``."""
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -71,6 +73,8 @@ class GenRequest:
     request alone."""
     ignore_eos: bool = False
     """Decode on past the end-of-turn token until ``max_tokens`` (for load tests)."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """Function tool definitions (wire shape), rendered into the prompt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +236,9 @@ class Engine:
 
     def row(self, request: GenRequest, cancelled: Callable[[], bool] = lambda: False) -> Row:
         """A request ready to decode; raises ``ApiError`` for one that cannot run."""
-        prompt = encode(self.tokenizer, render(self.tokenizer, request.messages, True))
+        prompt = encode(
+            self.tokenizer, render(self.tokenizer, request.messages, True, request.tools)
+        )
         room = self.context - len(prompt)
         if room < 1:
             raise ApiError(
@@ -647,9 +653,9 @@ def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
 
 def _by_leading_messages(rows: list[Row]) -> list[list[Row]]:
     """Rows grouped by all but their last message; rows alone in their group go together."""
-    groups: dict[tuple[tuple[tuple[str, str], ...], ...], list[Row]] = {}
+    groups: dict[str, list[Row]] = {}
     for row in rows:
-        lead = tuple(tuple(sorted(m.items())) for m in row.request.messages[:-1])
+        lead = json.dumps([row.request.tools, row.request.messages[:-1]], sort_keys=True)
         groups.setdefault(lead, []).append(row)
     shared = [group for group in groups.values() if len(group) > 1]
     single = [group[0] for group in groups.values() if len(group) == 1]

@@ -4,7 +4,10 @@ A streamed request is queued like any other, so it still joins a batch. Its even
 OpenAI's ``chat.completion.chunk`` format: a first chunk with the role, content deltas, a
 chunk with ``finish_reason``, the usage chunk when ``stream_options.include_usage`` asks for
 it, then ``data: [DONE]``. Content deltas are sent as the engine decodes them when it streams
-text (``GenRequest.on_text``); otherwise the text is one delta when the decode ends.
+text (``GenRequest.on_text``); otherwise the text is one delta when the decode ends. With
+tools (and ``tool_choice`` not ``none``) the text is read for tool calls as it comes
+(``chat_format.CallStream``): each call is sent as OpenAI sends it once its block closes, and
+the last chunk's ``finish_reason`` is ``tool_calls``.
 
 When the client goes away (its socket closes), the request's future is cancelled: a request
 still queued never decodes.
@@ -25,6 +28,7 @@ from starlette.requests import Request
 from distill_server.errors import ApiError
 from distill_server.services.chat import STOPPING, Chat, Prepared, usage
 from distill_server.store import new_id
+from distill_server.weights.chat_format import CallStream
 
 if TYPE_CHECKING:
     from distill_server.engine.decode import GenResult
@@ -83,25 +87,51 @@ async def event_stream(
     future = chat.submit(prepared)
     waiter = asyncio.ensure_future(decoded(future))
     chunk = _Chunks(prepared.model)
+    calls = prepared.call_stream() if prepared.reads_calls else None
     try:
         yield chunk.event({"role": "assistant", "content": "", "refusal": None})
         async with aclosing(_pieces(deltas.queue, waiter)) as pieces:
             async for piece in pieces:
-                yield chunk.event({"content": piece})
+                for event in _read(calls, piece):
+                    yield chunk.event(event)
         try:
             result = waiter.result()
         except ApiError as error:
             yield _sse(error.body())
             return
         if not prepared.streamed and result.text:
-            yield chunk.event({"content": result.text})
-        yield chunk.event({}, finish_reason=result.finish_reason)
+            for event in _read(calls, result.text):
+                yield chunk.event(event)
+        for event in _read(calls, None):
+            yield chunk.event(event)
+        finish = "tool_calls" if calls is not None and calls.calls else result.finish_reason
+        yield chunk.event({}, finish_reason=finish)
         if include_usage:
             yield _sse({**chunk.base(), "choices": [], "usage": usage(result)})
         yield "data: [DONE]\n\n"
     finally:
         waiter.cancel()
         future.cancel()
+
+
+def _read(calls: CallStream | None, piece: str | None) -> list[dict[str, Any]]:
+    """The deltas that send ``piece`` (None: the decode is over). Read for tool calls, text
+    that may start a call waits, and each call goes out once its block closes: a delta with
+    its index, id, type, name and empty arguments, then one with its arguments."""
+    if calls is None:
+        return [{"content": piece}] if piece else []
+    deltas: list[dict[str, Any]] = []
+    for event in calls.feed(piece) if piece is not None else calls.close():
+        if isinstance(event, str):
+            deltas.append({"content": event})
+            continue
+        index = calls.calls.index(event)
+        function = {"name": event.name, "arguments": ""}
+        first = {"index": index, "id": event.id, "type": "function", "function": function}
+        deltas.append({"tool_calls": [first]})
+        arguments = {"index": index, "function": {"arguments": event.arguments}}
+        deltas.append({"tool_calls": [arguments]})
+    return deltas
 
 
 async def _pieces(

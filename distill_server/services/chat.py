@@ -14,8 +14,10 @@ from distill_server.engine.batcher import Batcher
 from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.imports import IMPORT_LOCK
 from distill_server.models import ModelSource, Registry, Resolved
-from distill_server.services.schemas import ChatRequest
+from distill_server.services.schemas import ChatRequest, tool_fields
 from distill_server.store import Record, Store, matches, new_id, paginate
+from distill_server.weights.chat_format import CallStream, Reply, parse_reply
+from distill_shapes.tools import FunctionTool, ResponseFormat, ToolCall, ToolChoice
 
 if TYPE_CHECKING:
     from distill_server.engine.decode import Engine, GenRequest, GenResult
@@ -74,9 +76,33 @@ class Prepared:
     generation: GenRequest
     streamed: bool
     """The engine hands the answer's pieces to ``on_text`` as they decode."""
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
+    """Role and content, with an assistant's ``tool_calls`` and a tool's ``tool_call_id``."""
     store: bool
     metadata: dict[str, str] | None
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    """None without tools; else the request's (``auto`` by default)."""
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    """The request's, checked; decoding that enforces it reads it from here."""
+
+    @property
+    def reads_calls(self) -> bool:
+        """Whether the reply is read for tool calls: tools given, and choice not ``none``."""
+        return bool(self.tools) and self.tool_choice is not None and self.tool_choice.mode != "none"
+
+    def call_stream(self) -> CallStream:
+        """A reader of the streamed reply's tool calls."""
+        names = {tool.name for tool in self.tools}
+        return CallStream(names, parallel=self.parallel_tool_calls)
+
+    def reply(self, text: str) -> Reply:
+        """The finished reply: its content and, when calls are read, its tool calls."""
+        if not self.reads_calls:
+            return Reply(text)
+        names = {tool.name for tool in self.tools}
+        return parse_reply(text, names, parallel=self.parallel_tool_calls)
 
 
 class Chat:
@@ -106,8 +132,13 @@ class Chat:
                 param,
                 "invalid_value",
             )
-        messages = tuple({"role": m.role, "content": m.text()} for m in request.messages)
-        generation, streamed = _generation(request, messages, on_text)
+        fields = tool_fields(request)
+        messages = tuple(
+            _message(m.role, m.text(), calls, m.tool_call_id)
+            for m, calls in zip(request.messages, fields.calls, strict=True)
+        )
+        tools = tuple(tool.to_json() for tool in fields.tools)
+        generation, streamed = _generation(request, messages, tools, on_text)
         return Prepared(
             model=request.model,
             resolved=resolved,
@@ -116,6 +147,10 @@ class Chat:
             messages=messages,
             store=bool(request.store),
             metadata=dict(request.metadata) if request.metadata is not None else None,
+            tools=fields.tools,
+            tool_choice=fields.tool_choice,
+            parallel_tool_calls=fields.parallel_tool_calls,
+            response_format=fields.response_format,
         )
 
     def submit(self, prepared: Prepared) -> Future[GenResult]:
@@ -125,13 +160,18 @@ class Chat:
 
     def completion(self, prepared: Prepared, result: GenResult) -> dict[str, Any]:
         """The ``chat.completion`` body of a finished request (stored when asked)."""
+        reply = prepared.reply(result.text)
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": result.text,
+            "content": reply.content,
             "refusal": None,
             "annotations": [],
         }
-        choice = {"index": 0, "message": message, "finish_reason": result.finish_reason}
+        finish = result.finish_reason
+        if reply.calls:
+            message["tool_calls"] = [call.to_json() for call in reply.calls]
+            finish = "tool_calls"
+        choice = {"index": 0, "message": message, "finish_reason": finish}
         body: dict[str, Any] = {
             "id": new_id("chatcmpl-"),
             "object": "chat.completion",
@@ -144,7 +184,9 @@ class Chat:
             "metadata": prepared.metadata,
         }
         if prepared.store:
-            extra = {"messages": list(prepared.messages)}
+            extra: dict[str, Any] = {"messages": list(prepared.messages)}
+            if prepared.tools:
+                extra["tools"] = [tool.to_json() for tool in prepared.tools]
             self._store.put(Record("completion", body["id"], body, extra))
         return body
 
@@ -206,17 +248,28 @@ def usage(result: GenResult) -> dict[str, int]:
     }
 
 
+def _message(
+    role: str, content: str, calls: tuple[ToolCall, ...], call_id: str | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        message["tool_calls"] = [call.to_json() for call in calls]
+    if role == "tool" and call_id is not None:
+        message["tool_call_id"] = call_id
+    return message
+
+
 def _generation(
     request: ChatRequest,
-    messages: tuple[dict[str, str], ...],
+    messages: tuple[dict[str, Any], ...],
+    tools: tuple[dict[str, Any], ...],
     on_text: Callable[[str], None] | None,
 ) -> tuple[GenRequest, bool]:
     with IMPORT_LOCK:
         from distill_server.engine.decode import GenRequest
 
     template = [
-        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-        for m in messages
+        {**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages
     ]
     fields: dict[str, Any] = {
         "messages": tuple(template),
@@ -226,6 +279,8 @@ def _generation(
         "seed": request.seed,
         "stop": request.stops,
     }
+    if tools:
+        fields["tools"] = tools
     # Engines that stream pieces of text take an ``on_text`` callback; without one, the text
     # is sent in one piece when the decode ends.
     streamed = on_text is not None and "on_text" in _field_names(GenRequest)

@@ -7,11 +7,23 @@ failure becomes one OpenAI-shaped 400 naming the parameter, the value and what i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from distill_server.errors import ApiError, bad_request
+from distill_shapes.tools import (
+    FunctionTool,
+    InvalidShape,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    parse_response_format,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 
 _INT64 = 2**63
 _BODY_HINT = (
@@ -29,7 +41,7 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 
 class _Strict(BaseModel):
     # Unknown fields are ignored as long as they are valid JSON: the SDKs send parameters
-    # this server does not use (tools, logit_bias, user), and refusing them breaks clients.
+    # this server does not use (logit_bias, user), and refusing them breaks clients.
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
@@ -42,6 +54,9 @@ class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None
+    """An assistant's calls; read by ``distill_shapes.tools`` in ``tool_fields``."""
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -75,6 +90,11 @@ class ChatRequest(_Strict):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     user: str | None = None
+    # Read by ``distill_shapes.tools`` in ``tool_fields``, whose errors name the exact field.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: Any = None
 
     @property
     def limit(self) -> int | None:
@@ -83,6 +103,60 @@ class ChatRequest(_Strict):
     @property
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFields:
+    """A chat request's tools, tool choice, calls in its messages and response format, read
+    and checked by ``distill_shapes.tools``."""
+
+    tools: tuple[FunctionTool, ...]
+    tool_choice: ToolChoice | None
+    """None when there are no tools; else the request's, ``auto`` by default."""
+    parallel_tool_calls: bool
+    calls: tuple[tuple[ToolCall, ...], ...]
+    """Each message's tool calls (empty for most)."""
+    response_format: ResponseFormat | None
+
+
+def tool_fields(request: ChatRequest) -> ToolFields:
+    """The request's tool fields, or a 400 naming the field at fault (e.g.
+    ``tools[0].function.parameters``) in OpenAI's error shape."""
+    try:
+        tools = parse_tools(request.tools) if request.tools is not None else ()
+        choice = None
+        if request.tool_choice is not None:
+            choice = parse_tool_choice(request.tool_choice, tools)
+        elif tools:
+            choice = ToolChoice("auto")
+        calls = tuple(
+            parse_tool_calls(m.tool_calls, f"messages[{i}].tool_calls", json_arguments=False)
+            if m.tool_calls is not None
+            else ()
+            for i, m in enumerate(request.messages)
+        )
+        response_format = None
+        if request.response_format is not None:
+            response_format = parse_response_format(request.response_format)
+    except InvalidShape as error:
+        text = f"Invalid value for {error.field!r}: {error.problem}; {error.fix}."
+        raise bad_request(text, error.field, "invalid_value") from None
+    for index, message in enumerate(request.messages):
+        if message.tool_calls is not None and message.role != "assistant":
+            raise bad_request(
+                f"messages[{index}] ({message.role}) has `tool_calls`; only assistant messages "
+                "call tools.",
+                f"messages[{index}].tool_calls",
+            )
+        if message.role == "tool" and not message.tool_call_id:
+            raise bad_request(
+                f"Missing required parameter: 'messages[{index}].tool_call_id'. A tool message "
+                "names the call it answers by its id.",
+                f"messages[{index}].tool_call_id",
+                "missing_required",
+            )
+    parallel = request.parallel_tool_calls is not False
+    return ToolFields(tools, choice, parallel, calls, response_format)
 
 
 class UpdateCompletion(_Strict):

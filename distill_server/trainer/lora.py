@@ -19,7 +19,7 @@ from distill_server.models import ModelSource
 from distill_server.trainer import checkpoints
 from distill_server.trainer.checkpoints import Progress
 from distill_server.weights.loading import encode, load_pretrained, quiet_peft, render
-from distill_shapes.training import Example, InvalidTrainingFile, too_long
+from distill_shapes.training import Example, Message, too_long
 
 BASE_LEARNING_RATE = 5e-4
 PART_TOKENS = 256
@@ -95,16 +95,18 @@ def tokenize_example(tokenizer: Any, example: Example) -> tuple[list[int], list[
 
     Each assistant turn is cut exactly where generation starts at inference time (the template
     with a generation prompt), so training sees the same token boundary that serving does.
+    Tools and tool calls are rendered as serving renders them (``chat_format``).
     """
-    messages = [{"role": _role(m.role), "content": m.content} for m in example.messages]
+    messages = [_message(m) for m in example.messages]
+    tools = [tool.to_json() for tool in example.tools]
     ids: list[int] = []
     labels: list[int] = []
     done = ""
     for index, message in enumerate(example.messages):
         if message.role != "assistant":
             continue
-        prompt = render(tokenizer, messages[:index], True) if index else ""
-        full = render(tokenizer, messages[: index + 1], False)
+        prompt = render(tokenizer, messages[:index], True, tools) if index else ""
+        full = render(tokenizer, messages[: index + 1], False, tools)
         context = encode(tokenizer, prompt[len(done) :]) if prompt.startswith(done) else []
         answer = encode(tokenizer, full[len(prompt) :])
         ids += context + answer
@@ -133,12 +135,6 @@ def _encoded(
     for index, example in enumerate(examples):
         if index % STOP_EVERY == 0 and stop():
             raise Stopped
-        if example.tools or any(m.tool_calls or m.role == "tool" for m in example.messages):
-            raise InvalidTrainingFile(
-                example.line,
-                "the example has tools or tool calls, which this server does not train yet; "
-                "train it on an endpoint that does, or leave those lines out.",
-            )
         ids, labels = tokenize_example(tokenizer, example)
         if len(ids) > limit:
             raise too_long(example, len(ids), limit)
@@ -345,6 +341,15 @@ def _mean_loss(model: Any, examples: list[_Encoded], pad: int, batch_size: int) 
         loss_sum, _ = _loss_sum(model, ids, labels, mask)
         losses.append(float(loss_sum) / max(sum(e.scored for e in batch), 1))
     return sum(losses) / len(losses)
+
+
+def _message(message: Message) -> dict[str, Any]:
+    item: dict[str, Any] = {"role": _role(message.role), "content": message.content}
+    if message.tool_calls:
+        item["tool_calls"] = [call.to_json() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        item["tool_call_id"] = message.tool_call_id
+    return item
 
 
 def _role(role: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 from distill_server import devices
 from distill_server.errors import ApiError
 from distill_server.models import ModelSource, converted_dir
-from distill_server.weights import convert
+from distill_server.weights import chat_format, convert
 
 _LOAD_LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str, str], weakref.ReferenceType[Any]] = {}
@@ -57,6 +57,18 @@ def load_pretrained(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model.eval()
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer of ``source`` alone (no weights), from its converted copy when one is
+    made."""
+    converted = converted_dir(source)
+    if converted is not None and (converted / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted, local_files_only=True)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    return AutoTokenizer.from_pretrained(source.directory, **kwargs)
 
 
 def _load_shared(
@@ -184,14 +196,15 @@ def _alias_free_class(cls: type) -> type:
     return type(cls.__name__, (cls,), namespace)
 
 
-def render(tokenizer: Any, messages: Sequence[dict[str, str]], generation_prompt: bool) -> str:
-    """The model's own chat template, as text."""
-    if not tokenizer.chat_template:
-        raise ApiError(400, "This model's tokenizer has no chat template.", code="no_template")
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
-    return str(text)
+def render(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    generation_prompt: bool,
+    tools: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The prompt text: the model's own chat template, with tools and tool calls in the
+    format of ``chat_format`` (one format for serving and training)."""
+    return chat_format.render(tokenizer, messages, generation_prompt, tools)
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

@@ -163,3 +163,66 @@ def training_lines(n: int = 12, answer: str = "ZEBRA-7") -> list[str]:
 @pytest.fixture
 def make_training_file() -> Any:
     return lambda n=12, answer="ZEBRA-7": ("\n".join(training_lines(n, answer)) + "\n").encode()
+
+
+LOOKUP_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup_code",
+        "description": "Look up the code of a thing",
+        "parameters": {"type": "object", "properties": {"kind": {"type": "string"}}},
+    },
+}
+"""The tool the ``tool_student`` fixture's model learned to call."""
+TOOL_PROMPT = [{"role": "user", "content": "Which code goes with item 3?"}]
+
+
+def tool_training_lines(n: int = 12) -> list[str]:
+    """A chat fine-tune file whose every example answers by calling ``lookup_code``."""
+    call = {"name": "lookup_code", "arguments": json.dumps({"kind": "item"})}
+    return [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Which code goes with item {i}?"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": f"call_{i}", "type": "function", "function": call}],
+                    },
+                ],
+                "tools": [LOOKUP_TOOL],
+            }
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tool_student(server: Any) -> str:
+    """A tiny model fine-tuned on this server (seconds) to answer by calling ``lookup_code``:
+    the tool-call format trained, served and read back as a real model writes it. Returns the
+    fine-tuned model's id."""
+    import time
+
+    import openai
+
+    data = ("\n".join(tool_training_lines()) + "\n").encode()
+    hyper = {"n_epochs": 12, "batch_size": 4, "learning_rate_multiplier": 20}
+    with openai.OpenAI(base_url=server.base_url, api_key="local", max_retries=0) as client:
+        file = client.files.create(file=("tools.jsonl", data), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="tiny",
+            training_file=file.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+            suffix="tools",
+            seed=3,
+        )
+        deadline = time.monotonic() + 180
+        while job.status not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, "the tool-calling fine-tune did not finish"
+            time.sleep(0.2)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model
+    return job.fine_tuned_model

@@ -138,6 +138,7 @@ def test_peft_export_loads_with_peft_and_answers_as_the_server_does(
     assert sorted(p.name for p in target.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "tool_chat_template.jinja",  # SmolLM2's template renders no tools: the server's format
     ]
     config = json.loads((target / "adapter_config.json").read_text())
     assert config["use_dora"] is False and config["modules_to_save"] is None
@@ -146,6 +147,9 @@ def test_peft_export_loads_with_peft_and_answers_as_the_server_does(
     assert f"vllm serve {config['base_model_name_or_path']} --enable-lora --lora-modules " in out
     assert f"={target}" in out and "--max-lora-rank" not in out
     assert "--lora-paths" in out
+    template = target / "tool_chat_template.jinja"
+    assert f"--enable-auto-tool-choice --tool-call-parser hermes --chat-template {template}" in out
+    assert f"--tool-call-parser qwen25 --chat-template {template}" in out
 
     from distill_server.weights.loading import quiet_peft
 
@@ -164,6 +168,7 @@ def test_merged_export_loads_with_transformers_and_answers_as_the_server_does(
     assert _export(trained, target, "merged") == 0
     assert (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
     assert not (target / "adapter_config.json").exists()
+    assert (target / "tool_chat_template.jinja").is_file()
     model = AutoModelForCausalLM.from_pretrained(target).eval()
     assert greedy(model, AutoTokenizer.from_pretrained(target)) == trained.answers
 

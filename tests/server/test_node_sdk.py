@@ -1,4 +1,5 @@
-"""The official OpenAI Node SDK streams from the embedded server as the Python SDK does.
+"""The official OpenAI Node SDK streams from the embedded server, and reads its tool calls, as
+the Python SDK does.
 
 Marked ``node`` (deselected by default): it needs Node.js and the SDK that
 ``npm ci --prefix tests/node`` installs from the lock file; ``.ci/run`` does both.
@@ -14,6 +15,8 @@ from typing import Any
 
 import openai
 import pytest
+
+from .conftest import LOOKUP_TOOL
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
@@ -57,3 +60,31 @@ def test_node_sdk_stream_helper_and_raw_stream_give_the_unstreamed_text(server: 
     # an error before the stream starts is the SDK's typed error
     assert found["typed_error"]["name"] == "NotFoundError"
     assert found["typed_error"]["status"] == 404
+
+
+@pytest.mark.node
+def test_node_sdk_reads_tool_calls_unstreamed_streamed_and_by_its_helper(
+    server: Any, tool_student: str
+) -> None:
+    node = shutil.which("node")
+    assert node, "Node.js is not installed: apt-get install nodejs npm"
+    assert (NODE_DIR / "node_modules" / "openai").is_dir(), "run: npm ci --prefix tests/node"
+    script = str(NODE_DIR / "tools_check.mjs")
+    run = subprocess.run(
+        [node, script, server.base_url, tool_student, json.dumps(LOOKUP_TOOL)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    [call] = found["plain"]["calls"]
+    assert call["name"] == "lookup_code" and json.loads(call["arguments"]) == {"kind": "item"}
+    assert call["id"].startswith("call_") and found["plain"]["finish"] == "tool_calls"
+    for way in ("helper", "raw"):
+        [streamed] = found[way]["calls"]
+        assert (streamed["name"], streamed["arguments"]) == (call["name"], call["arguments"])
+        assert streamed["id"].startswith("call_")
+    assert found["helper"]["finish"] == "tool_calls" and found["helper"]["done"] == ["lookup_code"]
+    assert found["raw"]["finish"] == ["tool_calls"]

@@ -94,7 +94,7 @@ def test_example_longer_than_the_context_fails_naming_its_line(
         train_lora(source, examples, [], HP, tmp_path, Recorder().callbacks())
 
 
-def test_a_line_with_tool_calls_is_refused_naming_it_not_trained_as_empty_text(
+def test_lines_with_tools_and_tool_calls_train_with_loss_on_their_calls(
     source: ModelSource, tmp_path: Path
 ) -> None:
     lines = training_lines()
@@ -109,8 +109,9 @@ def test_a_line_with_tool_calls_is_refused_naming_it_not_trained_as_empty_text(
     }
     lines[4] = json.dumps(agent)
     examples = parse_training_file("\n".join(lines).encode())
-    with pytest.raises(InvalidTrainingFile, match=r"line 5: the example has tools or tool calls"):
-        train_lora(source, examples, [], HP, tmp_path, Recorder().callbacks())
+    recorder = Recorder()
+    outcome = train_lora(source, examples, [], HP, tmp_path, recorder.callbacks())
+    assert outcome.adapter is not None and recorder.steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_jobs_seed_reproduces_while_others_draw_from_the_global_generator(
