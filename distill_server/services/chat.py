@@ -18,6 +18,7 @@ from distill_server.services.schemas import ChatRequest
 from distill_server.store import Record, Store, matches, new_id, paginate
 
 if TYPE_CHECKING:
+    from distill_server.engine.constrain import Constraint
     from distill_server.engine.decode import Engine, GenRequest, GenResult
 
 
@@ -211,6 +212,7 @@ def _generation(
     messages: tuple[dict[str, str], ...],
     on_text: Callable[[str], None] | None,
 ) -> tuple[GenRequest, bool]:
+    constraint = _constraint(request)
     with IMPORT_LOCK:
         from distill_server.engine.decode import GenRequest
 
@@ -231,7 +233,44 @@ def _generation(
     streamed = on_text is not None and "on_text" in _field_names(GenRequest)
     if streamed:
         fields["on_text"] = on_text
+    if constraint is not None:
+        fields["constraint"] = constraint
     return GenRequest(**fields), streamed
+
+
+def _constraint(request: ChatRequest) -> Constraint | None:
+    """The grammar ``response_format`` asks the answer to follow.
+
+    ``json_object``: any JSON object. ``json_schema``: JSON valid against the schema, enforced
+    with or without ``strict`` (OpenAI's models only try without it; a small model needs the
+    grammar). A schema that uses what the grammar cannot enforce (``not``, ``uniqueItems``,
+    ``if``/``then``, an unknown ``format``) is a 400 naming it with ``strict``; without, the
+    rest of the schema is enforced, or nothing when even that cannot be.
+    """
+    shape = request.format()
+    if shape is None or shape.type == "text":
+        return None
+    with IMPORT_LOCK:
+        from distill_server.engine.constrain import Constraint, UnsupportedSchema
+
+    if shape.type == "json_object":
+        return Constraint.json_object()
+    schema = shape.schema if shape.schema is not None else {}
+    try:
+        return Constraint.json_schema(schema)
+    except UnsupportedSchema as error:
+        if shape.strict:
+            raise bad_request(
+                f"Invalid 'response_format.json_schema.schema': this server cannot enforce it "
+                f"({error}); leave that out of the schema, or set strict to false to have the "
+                "rest enforced.",
+                "response_format.json_schema.schema",
+                "invalid_value",
+            ) from None
+    try:
+        return Constraint.json_schema(schema, lenient=True)
+    except UnsupportedSchema:
+        return None
 
 
 def _field_names(cls: type) -> frozenset[str]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from distill_server.errors import ApiError, bad_request
+from distill_shapes.tools import InvalidShape, ResponseFormat, parse_response_format
 
 _INT64 = 2**63
 _BODY_HINT = (
@@ -75,6 +76,8 @@ class ChatRequest(_Strict):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
+    """Checked by ``format()`` (one reading of the shape, ``distill_shapes.tools``)."""
 
     @property
     def limit(self) -> int | None:
@@ -83,6 +86,15 @@ class ChatRequest(_Strict):
     @property
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def format(self) -> ResponseFormat | None:
+        """``response_format`` read, or a 400 naming what is wrong in it (its schema too)."""
+        if self.response_format is None:
+            return None
+        try:
+            return parse_response_format(self.response_format)
+        except InvalidShape as error:
+            raise bad_request(f"{error}.", error.field, "invalid_value") from None
 
 
 class UpdateCompletion(_Strict):
