@@ -166,7 +166,6 @@ class Grammars:
         self._executor: LLExecutor | None = None
         self._compiled: OrderedDict[str, LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
-        self._tables: dict[str, torch.Tensor] = {}
 
     @property
     def tokenizer(self) -> LLTokenizer:
@@ -202,38 +201,30 @@ class Grammars:
     def mask(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher]]) -> None:
         """Set to -inf, in place, the logits of the tokens each of ``rows`` (the index of its
         row in ``logits``, its matcher) may not take next."""
+        import numpy as np
         import torch
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask_par
 
         tokenizer = self.tokenizer
         assert self._executor is not None
-        words = (tokenizer.vocab_size + 31) // 32
-        bitmask = torch.empty((len(rows), words), dtype=torch.int32)
-        self._executor.unsafe_compute_mask_ptr(
-            [(matcher.inner, k) for k, (_, matcher) in enumerate(rows)],
-            bitmask.data_ptr(),
-            words * 4,
-            len(rows),
+        bitmask = allocate_token_bitmask(len(rows), tokenizer.vocab_size)
+        fill_next_token_bitmask_par(
+            self._executor, [(matcher.inner, j) for j, (_, matcher) in enumerate(rows)], bitmask
         )
-        # Bit j of word i allows token 32 * i + j: each byte, little-endian, looked up in a
-        # table of its 8 bits (shifting the int32 words is 50 times slower on a CPU).
-        table = self._bits(logits.device)
-        forbidden = ~table[bitmask.to(logits.device).view(torch.uint8).int()].reshape(len(rows), -1)
-        width = min(logits.shape[1], forbidden.shape[1])
-        forbidden = forbidden[:, :width]
-        index = torch.tensor([k for k, _ in rows], device=logits.device)
+        # Bit b of word w allows token 32 * w + b; the words are little-endian. numpy unpacks
+        # and applies the bits on one thread, in a fraction of a millisecond: torch's
+        # operations on a vocabulary-wide row wait for each other's threads on a busy CPU.
+        width = min(logits.shape[1], 32 * bitmask.shape[1])
+        allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, count=width, bitorder="little")
+        allowed = allowed.view(np.bool_)
         with torch.inference_mode():  # the logits are the model's output, an inference tensor
-            chosen = logits[index]
-            chosen[:, :width].masked_fill_(forbidden, float("-inf"))
-            chosen[:, width:] = float("-inf")
-            logits[index] = chosen
-
-    def _bits(self, device: torch.device) -> torch.Tensor:
-        """A (256, 8) table: row b holds the bits of byte b, lowest first."""
-        import torch
-
-        table = self._tables.get(str(device))
-        if table is None:
-            byte, bit = torch.arange(256).unsqueeze(-1), torch.arange(8)
-            table = ((byte >> bit) & 1).bool().to(device)
-            self._tables[str(device)] = table
-        return table
+            if logits.device.type == "cpu":
+                array = logits.numpy()
+                for j, (k, _) in enumerate(rows):
+                    np.putmask(array[k, :width], ~allowed[j], -np.inf)
+                    array[k, width:] = -np.inf
+                return
+            on_device = torch.from_numpy(allowed).to(logits.device, non_blocking=True)
+            for j, (k, _) in enumerate(rows):
+                logits[k, :width].masked_fill_(~on_device[j], float("-inf"))
+                logits[k, width:] = float("-inf")
