@@ -82,6 +82,9 @@ class Constraint:
         that tool's parameters>}``, name first; with ``name``, every call is to that tool.
 
         ``tools`` are ``FunctionTool``s or their wire shape (``{"type": "function", ...}``).
+        A tool marked ``strict`` whose parameters use what llguidance cannot enforce raises
+        ``UnsupportedSchema``; for the others that part is left unenforced (as
+        ``json_schema(..., lenient=True)``).
         """
         parsed = [t if isinstance(t, FunctionTool) else parse_tool(t) for t in tools]
         chosen = [tool for tool in parsed if name is None or tool.name == name]
@@ -101,7 +104,7 @@ def _call_schema(tool: FunctionTool) -> str:
     if parameters is None:  # a function without parameters takes an empty object
         parameters = {"type": "object", "properties": {}, "additionalProperties": False}
     schema = {
-        "x-guidance": JSON_OPTIONS,
+        "x-guidance": {**JSON_OPTIONS, "lenient": not tool.strict},
         "type": "object",
         "properties": {"name": {"const": tool.name}, "arguments": parameters},
         "required": ["name", "arguments"],

@@ -371,6 +371,12 @@ def test_constraints_say_what_they_cannot_enforce() -> None:
     with pytest.raises(UnsupportedSchema, match="uniqueItems"):
         Constraint.json_schema({"type": "array", "uniqueItems": True})
     assert Constraint.json_schema({"type": "array", "uniqueItems": True}, lenient=True)
+    unique = {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}
+    loose = {"type": "function", "function": {"name": "f", "parameters": unique}}
+    assert Constraint.tool_calls([loose]).kind == "tool_calls"  # the rest is enforced
+    strict_tool = {"type": "function", "function": {**loose["function"], "strict": True}}
+    with pytest.raises(UnsupportedSchema, match="uniqueItems"):
+        Constraint.tool_calls([strict_tool])
     with pytest.raises(ValueError, match="No tool named 'nope'"):
         Constraint.tool_calls(TOOLS, name="nope")
     assert Constraint.json_object() == Constraint.json_object()
