@@ -31,6 +31,7 @@ from distill_server.engine.cache import (
     keep_rows,
     reserve,
 )
+from distill_server.engine.constrain import Constraint, Grammars, Matcher
 from distill_server.engine.text import Answer
 from distill_server.errors import ApiError
 from distill_server.models import ModelSource
@@ -75,6 +76,9 @@ class GenRequest:
     """Decode on past the end-of-turn token until ``max_tokens`` (for load tests)."""
     tools: tuple[dict[str, Any], ...] = ()
     """Function tool definitions (wire shape), rendered into the prompt."""
+    constraint: Constraint | None = None
+    """The grammar the answer must follow (JSON, a JSON Schema, tool calls); the row stops
+    with ``stop`` once the grammar is complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,8 @@ class Row:
     finish: str | None = None
     error: BaseException | None = None
     batch_size: int = 0
+    matcher: Matcher | None = None
+    """Where a constrained row is in its grammar."""
     taken: float = field(default_factory=time.perf_counter)  # off the queue, into a batch
 
     @property
@@ -193,6 +199,7 @@ class Engine:
         self.kv_token_bytes = _kv_token_bytes(self.base)
         self.kv_budget = _kv_budget(self.device.type)
         self._threads = _Threads(torch.get_num_threads() if self.device.type == "cpu" else 1)
+        self.grammars = Grammars(self.tokenizer, self._eos)
         self.counts = Counter[str]()
         """Prompt tokens by how they ran: ``prompt`` in all, ``cached`` (restored from the
         prefix cache), ``shared`` (a group's common prefix, run once for its other rows),
@@ -254,7 +261,10 @@ class Engine:
             generator = torch.Generator()
             generator.manual_seed(seed if seed is not None else secrets.randbits(63))
         answer = Answer(self.tokenizer, request.stop, request.on_text)
-        return Row(request, prompt, limit, generator, answer, cancelled)
+        row = Row(request, prompt, limit, generator, answer, cancelled)
+        if request.constraint is not None:
+            row.matcher = self.grammars.matcher(request.constraint)
+        return row
 
     def start(self, adapter: Path | None, rows: list[Row]) -> tuple[Decoding | None, list[Row]]:
         """Run the prompts of ``rows`` and pick each one's first token.
@@ -463,6 +473,9 @@ class Engine:
 
     def _advance(self, decoding: Decoding, logits: torch.Tensor) -> None:
         """Append each row's next token; the next step feeds them in."""
+        constrained = [(k, r.matcher) for k, r in enumerate(decoding.rows) if r.matcher]
+        if constrained:  # the tokens their grammars do not allow next are out
+            self.grammars.mask(logits, constrained)
         greedy = logits.argmax(dim=-1).tolist()
         for row, token, logit in zip(decoding.rows, greedy, logits, strict=True):
             row.batch_size = max(row.batch_size, len(decoding.rows))
@@ -492,6 +505,9 @@ class Engine:
             if row.answer.stopped:
                 row.finish = "stop"
                 return
+        if row.matcher is not None and row.matcher.consume(token):
+            row.finish = "stop"  # the grammar is complete: nothing more may follow
+            return
         if len(row.tokens) >= row.limit:
             row.finish = "length"
 

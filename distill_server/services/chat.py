@@ -14,12 +14,13 @@ from distill_server.engine.batcher import Batcher
 from distill_server.errors import ApiError, bad_request, not_found
 from distill_server.imports import IMPORT_LOCK
 from distill_server.models import ModelSource, Registry, Resolved
-from distill_server.services.schemas import ChatRequest, tool_fields
+from distill_server.services.schemas import ChatRequest, ToolFields, tool_fields
 from distill_server.store import Record, Store, matches, new_id, paginate
 from distill_server.weights.chat_format import CallStream, Reply, parse_reply
 from distill_shapes.tools import FunctionTool, ResponseFormat, ToolCall, ToolChoice
 
 if TYPE_CHECKING:
+    from distill_server.engine.constrain import Constraint
     from distill_server.engine.decode import Engine, GenRequest, GenResult
 
 
@@ -138,7 +139,8 @@ class Chat:
             for m, calls in zip(request.messages, fields.calls, strict=True)
         )
         tools = tuple(tool.to_json() for tool in fields.tools)
-        generation, streamed = _generation(request, messages, tools, on_text)
+        constraint = _calls_constraint(fields) or _constraint(request)
+        generation, streamed = _generation(request, messages, tools, constraint, on_text)
         return Prepared(
             model=request.model,
             resolved=resolved,
@@ -263,6 +265,7 @@ def _generation(
     request: ChatRequest,
     messages: tuple[dict[str, Any], ...],
     tools: tuple[dict[str, Any], ...],
+    constraint: Constraint | None,
     on_text: Callable[[str], None] | None,
 ) -> tuple[GenRequest, bool]:
     with IMPORT_LOCK:
@@ -286,7 +289,69 @@ def _generation(
     streamed = on_text is not None and "on_text" in _field_names(GenRequest)
     if streamed:
         fields["on_text"] = on_text
+    if constraint is not None:
+        fields["constraint"] = constraint
     return GenRequest(**fields), streamed
+
+
+def _calls_constraint(fields: ToolFields) -> Constraint | None:
+    """The grammar of the tool calls ``tool_choice`` forces: ``required``, one or more calls
+    (one without ``parallel_tool_calls``) to the request's tools; a named function, calls to
+    it alone. Each call's arguments follow its tool's ``parameters`` (what llguidance cannot
+    enforce is a 400 for a ``strict`` tool, left unenforced for the others). ``auto`` and
+    ``none`` decode freely: the reply is read for calls afterwards (``auto``) or not at all.
+    """
+    choice = fields.tool_choice
+    if choice is None or choice.mode not in ("required", "function"):
+        return None
+    with IMPORT_LOCK:
+        from distill_server.engine.constrain import Constraint, UnsupportedSchema
+
+    try:
+        return Constraint.tool_calls(fields.tools, choice.name, fields.parallel_tool_calls)
+    except UnsupportedSchema as error:
+        raise bad_request(
+            f"Invalid 'tools': a strict tool's parameters use what this server cannot enforce "
+            f"({error}); leave that out of the schema, or set strict to false to have the rest "
+            "enforced.",
+            "tools",
+            "invalid_value",
+        ) from None
+
+
+def _constraint(request: ChatRequest) -> Constraint | None:
+    """The grammar ``response_format`` asks the answer to follow.
+
+    ``json_object``: any JSON object. ``json_schema``: JSON valid against the schema, enforced
+    with or without ``strict`` (OpenAI's models only try without it; a small model needs the
+    grammar). A schema that uses what the grammar cannot enforce (``not``, ``uniqueItems``,
+    ``if``/``then``, an unknown ``format``) is a 400 naming it with ``strict``; without, the
+    rest of the schema is enforced, or nothing when even that cannot be.
+    """
+    shape = request.format()
+    if shape is None or shape.type == "text":
+        return None
+    with IMPORT_LOCK:
+        from distill_server.engine.constrain import Constraint, UnsupportedSchema
+
+    if shape.type == "json_object":
+        return Constraint.json_object()
+    schema = shape.schema if shape.schema is not None else {}
+    try:
+        return Constraint.json_schema(schema)
+    except UnsupportedSchema as error:
+        if shape.strict:
+            raise bad_request(
+                f"Invalid 'response_format.json_schema.schema': this server cannot enforce it "
+                f"({error}); leave that out of the schema, or set strict to false to have the "
+                "rest enforced.",
+                "response_format.json_schema.schema",
+                "invalid_value",
+            ) from None
+    try:
+        return Constraint.json_schema(schema, lenient=True)
+    except UnsupportedSchema:
+        return None
 
 
 def _field_names(cls: type) -> frozenset[str]:

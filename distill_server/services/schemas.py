@@ -104,6 +104,15 @@ class ChatRequest(_Strict):
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
+    def format(self) -> ResponseFormat | None:
+        """``response_format`` read, or a 400 naming what is wrong in it (its schema too)."""
+        if self.response_format is None:
+            return None
+        try:
+            return parse_response_format(self.response_format)
+        except InvalidShape as error:
+            raise bad_request(f"{error}.", error.field, "invalid_value") from None
+
 
 @dataclass(frozen=True, slots=True)
 class ToolFields:
@@ -135,9 +144,7 @@ def tool_fields(request: ChatRequest) -> ToolFields:
             else ()
             for i, m in enumerate(request.messages)
         )
-        response_format = None
-        if request.response_format is not None:
-            response_format = parse_response_format(request.response_format)
+        response_format = request.format()
     except InvalidShape as error:
         text = f"Invalid value for {error.field!r}: {error.problem}; {error.fix}."
         raise bad_request(text, error.field, "invalid_value") from None
