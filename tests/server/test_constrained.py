@@ -353,7 +353,7 @@ def test_the_sdk_parses_replies_into_a_pydantic_model(server: Any) -> None:
         ),
         ({"type": "xml"}, "response_format.type", "json_schema"),
         ({"type": "json_schema"}, "response_format.json_schema", "write an object"),
-        ("json", "response_format", "should be an object"),
+        ("json", "response_format", "write an object"),
     ],
 )
 def test_a_bad_response_format_is_a_400_naming_it(
