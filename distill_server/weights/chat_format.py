@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from distill_server.errors import ApiError
+from distill_shapes.tools import ToolCall
 
 OPEN: Final = "<tool_call>"
 CLOSE: Final = "</tool_call>"
@@ -61,29 +62,12 @@ Chat = Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """A tool call read from a reply: ``id``, the function's ``name``, ``arguments`` as a JSON
-    string (the model's object, serialised again)."""
-
-    id: str
-    name: str
-    arguments: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class Reply:
     """A reply as the API returns it: ``content`` (None when empty and there are calls) and
     the ``calls``; ``finish_reason`` is ``tool_calls`` when there are any."""
 
     content: str | None
-    calls: tuple[Call, ...] = ()
+    calls: tuple[ToolCall, ...] = ()
 
 
 def render(
@@ -206,7 +190,7 @@ def parse_reply(text: str, tools: Collection[str], *, parallel: bool = True) -> 
     "arguments": {...}}``. Text outside the blocks, stripped, is the content. A block that is
     not such a call leaves the whole reply as plain text; without ``parallel`` only the first
     call is kept."""
-    calls: list[Call] = []
+    calls: list[ToolCall] = []
     for match in _BLOCK.finditer(text):
         call = read_call(match.group(1), tools)
         if call is None:
@@ -218,7 +202,7 @@ def parse_reply(text: str, tools: Collection[str], *, parallel: bool = True) -> 
     return Reply(content or None, tuple(calls[:1] if not parallel else calls))
 
 
-def read_call(inside: str, tools: Collection[str]) -> Call | None:
+def read_call(inside: str, tools: Collection[str]) -> ToolCall | None:
     """The call a block's inside holds, or None when it is not one of ``tools``' calls."""
     try:
         value = json.loads(inside)
@@ -229,7 +213,7 @@ def read_call(inside: str, tools: Collection[str]) -> Call | None:
     name, arguments = value.get("name"), value.get("arguments")
     if not isinstance(name, str) or name not in tools or not isinstance(arguments, dict):
         return None
-    return Call(new_call_id(), name, json.dumps(arguments, ensure_ascii=False))
+    return ToolCall(new_call_id(), name, json.dumps(arguments, ensure_ascii=False))
 
 
 def new_call_id() -> str:
@@ -239,7 +223,7 @@ def new_call_id() -> str:
 
 class CallStream:
     """A reply read piece by piece as it decodes: ``feed`` and ``close`` return what is ready
-    to send, in order, each a ``str`` (content) or a ``Call``.
+    to send, in order, each a ``str`` (content) or a ``ToolCall``.
 
     Text streams as it comes, except what may still become a ``<tool_call>`` block (a partial
     ``<tool_call>`` at the end, a block not closed yet) and whitespace before a block, which
@@ -256,11 +240,11 @@ class CallStream:
         self._space = ""
         """Whitespace held back: it goes out before the next text, or not at all if the reply
         ends with calls."""
-        self.calls: list[Call] = []
+        self.calls: list[ToolCall] = []
 
-    def feed(self, piece: str) -> list[str | Call]:
+    def feed(self, piece: str) -> list[str | ToolCall]:
         self._pending += piece
-        out: list[str | Call] = []
+        out: list[str | ToolCall] = []
         while self._pending:
             if self._pending.startswith(OPEN):
                 end = self._pending.find(CLOSE)
@@ -288,9 +272,9 @@ class CallStream:
             self._pending = self._pending[start:]
         return out
 
-    def close(self) -> list[str | Call]:
+    def close(self) -> list[str | ToolCall]:
         """What is left once decoding ended: an unfinished block is text."""
-        out: list[str | Call] = []
+        out: list[str | ToolCall] = []
         rest, self._pending = self._pending, ""
         self._text(rest, out)
         if not self.calls and self._space:
@@ -298,7 +282,7 @@ class CallStream:
         self._space = ""
         return out
 
-    def _text(self, text: str, out: list[str | Call]) -> None:
+    def _text(self, text: str, out: list[str | ToolCall]) -> None:
         body = text.rstrip()
         if not body:
             self._space += text

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from distill_server.weights.chat_format import (
-    Call,
     CallStream,
     call_block,
     parse_reply,
@@ -19,6 +18,7 @@ from distill_server.weights.chat_format import (
     tool_template,
     tools_section,
 )
+from distill_shapes.tools import ToolCall
 
 WEATHER = {
     "type": "function",
@@ -164,14 +164,14 @@ def test_without_parallel_calls_only_the_first_is_kept() -> None:
     assert [c.arguments for c in reply.calls] == ['{"city": "A"}']
 
 
-def _streamed(text: str, size: int, parallel: bool = True) -> tuple[str, list[Call], list[Any]]:
+def _streamed(text: str, size: int, parallel: bool = True) -> tuple[str, list[ToolCall], list[Any]]:
     stream = CallStream(NAMES, parallel=parallel)
     events: list[Any] = []
     for start in range(0, len(text), size):
         events += stream.feed(text[start : start + size])
     events += stream.close()
     content = "".join(e for e in events if isinstance(e, str))
-    return content, [e for e in events if isinstance(e, Call)], events
+    return content, [e for e in events if isinstance(e, ToolCall)], events
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
