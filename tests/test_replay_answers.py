@@ -252,3 +252,27 @@ def test_a_call_whose_body_the_sdk_builds_otherwise_goes_through_it(
     session = replay(role, True)
     assert call_chat(session.client, role, MESSAGES, params=params).reply == "C-1"
     assert session.sent == ["POST /v1/chat/completions"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "temperature": 1.0, "n": 1, "stream": False, "messages": MESSAGES},
+        {"store": True, "metadata": {"distill_case": "c1", "distill_run": "run-a"}},
+        [1, 1.0, True, None, "é", {"b": 1, "a": [float("inf")]}],
+        "text",
+    ],
+)
+def test_a_loaded_cassette_keys_json_bodies_as_their_bytes_would_be_keyed(body: Any) -> None:
+    from pytest_distill.cassettes.session import _shape_of
+
+    request = {
+        "method": "post",
+        "uri": f"{BASE}/chat/completions?b=2&a=1",
+        "headers": {"content-type": ["application/json"], "openai-beta": ["assistants=v2"]},
+        "body": {"json": body},
+    }
+    loaded = _shape_of(request)
+    encoded = cassettes.decode_body(request["body"])
+    from_bytes = matching.shape("post", request["uri"], encoded, {"OpenAI-Beta": "assistants=v2"})
+    assert loaded.key == from_bytes.key and loaded.value == from_bytes.value

@@ -60,14 +60,13 @@ def shape(method: str, uri: str, body: bytes | None, headers: Mapping[str, str])
     )
 
 
-def json_shape(
-    method: str, uri: str, value: Mapping[str, Any], headers: Mapping[str, str]
-) -> Shape:
-    """What :func:`shape` gives for a request whose body is ``value`` sent as JSON, without
-    encoding and parsing it: ``value`` must be JSON's own types (what parsing would give)."""
+def json_shape(method: str, uri: str, value: Any, headers: Mapping[str, str]) -> Shape:
+    """What :func:`shape` gives for a request whose body is ``value`` sent as JSON (not as a
+    multipart form), without encoding and parsing it: ``value`` must be JSON's own types, as
+    parsing gives them."""
     lower = {k.lower(): v for k, v in headers.items()}
     parts = urlsplit(uri)
-    body = _without_volatile(dict(value))
+    body = _without_volatile(dict(value) if isinstance(value, dict) else value)
     return Shape(
         method=method.upper(),
         path=parts.path,
