@@ -276,3 +276,25 @@ def test_a_loaded_cassette_keys_json_bodies_as_their_bytes_would_be_keyed(body: 
     encoded = cassettes.decode_body(request["body"])
     from_bytes = matching.shape("post", request["uri"], encoded, {"OpenAI-Beta": "assistants=v2"})
     assert loaded.key == from_bytes.key and loaded.value == from_bytes.value
+
+
+def test_every_argument_of_call_chat_reaches_the_replayed_request() -> None:
+    """A replayed answer is found by the body ``_replayed`` builds: an argument of call_chat
+    that the SDK call sends but that body lacks would replay an older recording silently."""
+    import inspect
+
+    from pytest_distill import roles
+
+    assert list(inspect.signature(roles.call_chat).parameters) == [
+        "client",
+        "role",
+        "messages",
+        "params",
+        "store",
+    ], "a new argument of call_chat must go into roles._replayed's body too, then here"
+    assert list(inspect.signature(roles._replayed).parameters)[2:] == [
+        "role",
+        "messages",
+        "params",
+        "store",
+    ]
