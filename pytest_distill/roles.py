@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from distill_shapes.tools import ToolCall
 
@@ -204,6 +205,11 @@ def call_chat(
     store: Mapping[str, str] | None = None,
 ) -> CallRecord:
     """Send one chat completion for ``role``; ``store`` is the metadata of a stored completion."""
+    replay = _REPLAYS.get(client)
+    if replay is not None:
+        replayed = _replayed(replay, client, role, messages, params, store)
+        if replayed is not None:
+            return replayed
     return send_chat(client, role, messages, params=params, store=store)[1]
 
 
@@ -216,14 +222,7 @@ def send_chat(
     store: Mapping[str, str] | None = None,
 ) -> tuple[Any, CallRecord]:
     """Like :func:`call_chat`, also returning the SDK's ``ChatCompletion``."""
-    model = (params or {}).get("model") or role.model
-    if not model:
-        raise RuntimeError(
-            f"role {role.name!r} has no model; set ini distill_{role.name}_model, "
-            f"DISTILL_{role.name.upper()}_MODEL or --distill-model {role.name}=MODEL"
-        )
-    merged = {k: v for k, v in {**role.params, **(params or {})}.items() if k != "model"}
-    extra: dict[str, Any] = {"store": True, "metadata": dict(store)} if store else {}
+    model, merged, extra = _chat_request(role, params, store)
     sent = list(messages)
     if "extra_body" not in merged and _plain_json(sent):
         # The SDK rewrites every message against its typed schema before sending it (about a
@@ -269,6 +268,118 @@ def reply_tool_calls(message: Any) -> tuple[ToolCall, ...]:
         if function is not None:
             found.append(ToolCall(call.id, function.name, function.arguments))
     return tuple(found)
+
+
+def _chat_request(
+    role: RoleConfig, params: Mapping[str, Any] | None, store: Mapping[str, str] | None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A call's model, its sampling parameters, and the fields of a stored completion."""
+    model = (params or {}).get("model") or role.model
+    if not model:
+        raise RuntimeError(
+            f"role {role.name!r} has no model; set ini distill_{role.name}_model, "
+            f"DISTILL_{role.name.upper()}_MODEL or --distill-model {role.name}=MODEL"
+        )
+    merged = {k: v for k, v in {**role.params, **(params or {})}.items() if k != "model"}
+    extra: dict[str, Any] = {"store": True, "metadata": dict(store)} if store else {}
+    return model, merged, extra
+
+
+# --- answers from a recording, without the SDK's round trip ------------------------------------
+
+_T = TypeVar("_T")
+Headers = Mapping[str, Sequence[str]]  # lower-case name: its values, as a cassette keeps them
+
+
+class ChatReplay(Protocol):
+    """Answers a POST of a JSON body from a recording, as the client's transport would: the
+    recorded answer is taken only where ``read`` takes it (a 2xx JSON body), else left for the
+    request to be sent as usual, where the transport plays it or explains the miss."""
+
+    def __call__(
+        self,
+        uri: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        read: Callable[[Headers, Any], _T | None],
+    ) -> _T | None: ...
+
+
+_REPLAYS: weakref.WeakKeyDictionary[Any, ChatReplay] = weakref.WeakKeyDictionary()
+
+
+def answer_from(client: openai.OpenAI, replay: ChatReplay) -> None:
+    """:func:`call_chat` on ``client`` takes a recorded answer from ``replay`` where it has one
+    for the very request the SDK would send; anything else goes through the SDK as before."""
+    _REPLAYS[client] = replay
+
+
+def _replayed(
+    replay: ChatReplay,
+    client: openai.OpenAI,
+    role: RoleConfig,
+    messages: Sequence[Message],
+    params: Mapping[str, Any] | None,
+    store: Mapping[str, str] | None,
+) -> CallRecord | None:
+    """:func:`send_chat`'s record from a recorded answer, where the request is one whose body
+    the SDK sends as given (JSON data, sampling parameters only): the body and headers it would
+    send, matched as its transport matches them; the reply read from the recorded JSON as the
+    SDK reads it into a ``ChatCompletion`` (a body it would not read so goes through it)."""
+    model, merged, extra = _chat_request(role, params, store)
+    if not merged.keys() <= SAMPLING_PARAMS:
+        return None
+    body = {"messages": list(messages), "model": model, **merged, **extra}
+    if not _plain_json(body):
+        return None
+    headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}
+    started = time.perf_counter()
+    found = replay(f"{client.base_url}chat/completions", body, headers, _read_completion)
+    if found is None:
+        return None
+    latency = time.perf_counter() - started
+    data, processing = found
+    choices, usage = data["choices"], data.get("usage")
+    reply = choices[0]["message"].get("content") if choices else None
+    return CallRecord(
+        role=role.name,
+        model=data["model"] or model,
+        messages=tuple(dict(m) for m in messages),
+        params=merged,
+        reply=reply or "",
+        completion_id=data["id"],
+        prompt_tokens=usage["prompt_tokens"] if usage is not None else 0,
+        completion_tokens=usage["completion_tokens"] if usage is not None else 0,
+        latency_s=latency,
+        stored=bool(store),
+        server_s=_processing_s(processing),
+    )
+
+
+def _read_completion(headers: Headers, data: Any) -> tuple[dict[str, Any], str | None] | None:
+    """A recorded chat completion and its ``openai-processing-ms`` header (joined as httpx
+    joins a repeated header), where :func:`send_chat` would read it without an error: else
+    None, and the SDK reads it (and raises what it raises)."""
+    if not isinstance(data, dict) or "id" not in data or not isinstance(data.get("model"), str):
+        return None
+    choices, usage = data.get("choices"), data.get("usage")
+    if type(choices) is not list:
+        return None
+    if choices:
+        first = choices[0]
+        message = first.get("message") if isinstance(first, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+            return None
+        if message.get("tool_calls"):  # read as the SDK reads them, by the SDK
+            return None
+    if usage is not None and not (
+        isinstance(usage, dict)
+        and isinstance(usage.get("prompt_tokens"), int)
+        and isinstance(usage.get("completion_tokens"), int)
+    ):
+        return None
+    processing = headers.get("openai-processing-ms")
+    return data, ", ".join(processing) if processing else None
 
 
 def _plain_json(value: object) -> bool:

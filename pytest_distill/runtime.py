@@ -21,7 +21,15 @@ import pytest
 
 from pytest_distill import paths
 from pytest_distill.options import Settings
-from pytest_distill.roles import LOCAL_API_KEY_ENV, Endpoint, RoleConfig, make_openai, tls_context
+from pytest_distill.roles import (
+    LOCAL_API_KEY_ENV,
+    ChatReplay,
+    Endpoint,
+    RoleConfig,
+    answer_from,
+    make_openai,
+    tls_context,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -52,6 +60,8 @@ class Runtime:
     replaying: bool = False  # replaying cassettes: nothing waits (set by recording)
     # The cassettes' transport (set by recording), called with the TLS context to use.
     transport: Callable[[ssl.SSLContext], Any] | None = None
+    # The cassettes' answers to chat calls, taken without the SDK's round trip (set by recording).
+    replay: ChatReplay | None = None
     notice: Callable[[str], None] | None = None  # a line of the plugin's own on the terminal
     item_notice: Callable[[str], None] | None = None  # the same, just before an item starts
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -89,7 +99,7 @@ class Runtime:
                 # Each role its own client (base URL, key, timeout, retries), one TLS context.
                 if self._tls is None:
                     self._tls = tls_context()
-                self._clients[config.name] = make_openai(
+                self._clients[config.name] = client = make_openai(
                     config,
                     local_url=self._local_url,
                     timeout=self.settings.timeout,
@@ -97,6 +107,8 @@ class Runtime:
                     transport=self.transport(self._tls) if self.transport is not None else None,
                     tls=self._tls,
                 )
+                if self.replay is not None:
+                    answer_from(client, self.replay)
             return self._clients[config.name]
 
     def use_finetuned(self, model: str, endpoint: Endpoint, key_env: str | None = None) -> None:

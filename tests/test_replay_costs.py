@@ -269,3 +269,42 @@ def test_the_json_grade_skips_the_diff_only_when_it_would_find_nothing(
             compare._normalize(expected, (), ()), compare._normalize(actual, (), ()), tolerance
         )
         assert shown.equal == (not levels)
+
+
+# --- what a plain pytest run loads ----------------------------------------------------------
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements install, as this environment has them."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in metadata.requires(name) or ()]
+        except metadata.PackageNotFoundError:
+            continue
+    return seen
+
+
+def test_the_dev_and_local_extras_install_no_pytest_plugin_of_schemathesis_or_hypothesis() -> None:
+    """Both register pytest plugins, which every pytest run in the environment then imports, a
+    user's project included: they come with the ``schemathesis`` extra only."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    installed = _closure(extras["dev"] + extras["local"] + project["project"]["dependencies"])
+    assert not installed & {"schemathesis", "hypothesis"}
+    assert "schemathesis" in _closure(extras["schemathesis"])

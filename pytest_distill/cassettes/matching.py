@@ -60,6 +60,23 @@ def shape(method: str, uri: str, body: bytes | None, headers: Mapping[str, str])
     )
 
 
+def json_shape(method: str, uri: str, value: Any, headers: Mapping[str, str]) -> Shape:
+    """What :func:`shape` gives for a request whose body is ``value`` sent as JSON (not as a
+    multipart form), without encoding and parsing it: ``value`` must be JSON's own types, as
+    parsing gives them."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    parts = urlsplit(uri)
+    body = _without_volatile(dict(value) if isinstance(value, dict) else value)
+    return Shape(
+        method=method.upper(),
+        path=parts.path,
+        query=tuple(sorted(parse_qsl(parts.query, keep_blank_values=True))),
+        body="json:" + json.dumps(body, sort_keys=True, separators=(",", ":")),
+        headers=tuple((h, lower[h]) for h in MATCHED_HEADERS if h in lower),
+        value=body,
+    )
+
+
 def canonical_body(body: bytes, content_type: str) -> tuple[str, Any]:
     if not body:
         return "", None

@@ -138,6 +138,7 @@ def start(config: pytest.Config, runtime: Runtime) -> None:
     recorder = _recorder(config, runtime)
     if recorder is not None:
         runtime.transport = recorder.transport
+        runtime.replay = recorder.cassette.answer
         config.stash[RECORDER_KEY] = recorder
         config.pluginmanager.register(recorder, "distill-recording")
 

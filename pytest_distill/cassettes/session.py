@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_distill.cassettes import files as cassettes
 from pytest_distill.cassettes import matching
 from pytest_distill.cassettes.routes import ROUTE, SESSION_ROUTE, CassetteMiss, Route
+
+T = TypeVar("T")
 
 MAX_RETRY_AFTER = 120.0  # the SDK does not retry a longer retry-after; keep that decision
 RETRIED_STATUSES = frozenset({408, 409, 429})
@@ -48,7 +50,8 @@ class _Cassette:
         if not waiting:
             return None
         interaction = self.recorded[waiting.popleft()]
-        self.used.append(interaction)
+        if self.records:  # rewritten with what this run adds; a replay writes nothing
+            self.used.append(interaction)
         return interaction
 
 
@@ -109,6 +112,36 @@ class SessionCassette:
             if target.records:
                 return False
             raise CassetteMiss(self._miss(target, to, sent))
+
+    # --- answers without a request (roles.answer_from) -------------------------------------------
+
+    def answer(
+        self,
+        uri: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        read: Callable[[Mapping[str, list[str]], Any], T | None],
+    ) -> T | None:
+        """The next recorded answer to a POST of JSON ``body`` to ``uri`` as ``read`` reads it,
+        taken as the transport would take it, where it is a 2xx JSON answer that ``read``
+        takes; None leaves the request to be sent: the transport then plays what is recorded
+        (an error, a retry) or says why nothing is (CassetteMiss), as for any request."""
+        to = ROUTE.get() or SESSION_ROUTE
+        key = matching.json_shape("POST", uri, body, headers).key
+        with self._lock:
+            target = self._cassette(to.name)
+            waiting = target.index.get(key) if target.replays else None
+            if not waiting:
+                return None
+            response = target.recorded[waiting[0]]["response"]
+            code, content = response["status"]["code"], response.get("body", {})
+            if not (200 <= code < 300 and "json" in content):
+                return None
+            found = read(response.get("headers", {}), content["json"])
+            if found is not None:
+                target.shared = target.shared or to.shared
+                target.take(key)
+            return found
 
     def play_response(self, request: Any) -> dict[str, Any]:
         recorded: dict[str, Any] = request.distill_answer
@@ -191,8 +224,11 @@ def _closest(target: _Cassette, sent: matching.Shape) -> str:
 
 def _shape_of(request: dict[str, Any]) -> matching.Shape:
     headers = {k: v[0] for k, v in request.get("headers", {}).items() if v}
-    body = cassettes.decode_body(request.get("body", {}))
-    return matching.shape(request["method"], request["uri"], body, headers)
+    body = request.get("body", {})
+    if "json" in body and not headers.get("content-type", "").startswith("multipart/"):
+        # As matching.shape would find it in the body's bytes, without writing and parsing them.
+        return matching.json_shape(request["method"], request["uri"], body["json"], headers)
+    return matching.shape(request["method"], request["uri"], cassettes.decode_body(body), headers)
 
 
 def _shape_of_vcr(request: Any) -> matching.Shape:

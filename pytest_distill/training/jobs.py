@@ -250,7 +250,8 @@ def follow(
                 f"distill: job {job_id} still {job.status} after {settings.job_timeout:.0f} s; run "
                 "pytest --distill again to keep following it (ini distill_job_timeout)"
             )
-        time.sleep(settings.poll_interval)
+        if settings.poll_interval > 0:  # a replay polls at once
+            time.sleep(settings.poll_interval)
 
 
 def _progress_line(job: Any, events: list[Any]) -> str:
