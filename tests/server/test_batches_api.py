@@ -255,6 +255,22 @@ def _stored(client: openai.OpenAI, tag: str) -> set[str]:
     return {c.id for c in client.chat.completions.list(metadata={"run": tag}, limit=10_000).data}
 
 
+def _left(data_dir: Path, batch_id: str) -> int:
+    """How many requests the stopped server had answered (read from its store): some, not
+    all, or the test did not stop it mid-batch."""
+    from distill_server.store import Store
+
+    store = Store(data_dir / "state.sqlite3")
+    try:
+        record = store.get("batch", batch_id)
+    finally:
+        store.close()
+    assert record is not None and record.body["status"] == "in_progress", record
+    done = int(record.body["request_counts"]["completed"])
+    assert 0 < done < record.body["request_counts"]["total"]
+    return done
+
+
 def _completed(client: openai.OpenAI, batch_id: str, bodies: dict[str, Any]) -> set[str]:
     """Wait for the batch; check it answered every request once; its completions' ids."""
     done = wait(client, batch_id, timeout=300)
@@ -272,7 +288,8 @@ def test_a_batch_a_stopped_server_left_resumes_without_running_a_line_twice(
     bodies = _stored_bodies(300, "stopped")
     with LocalServer(tmp_path, models=models) as first, _client(first) as client:
         batch_id = _create(client, bodies)
-        before = _progressed(client, batch_id)
+        _progressed(client, batch_id)
+    before = _left(tmp_path, batch_id)
     with LocalServer(tmp_path, models=models) as second, _client(second) as client:
         assert len(_stored(client, "stopped")) >= before
         answered = _completed(client, batch_id, bodies)
@@ -301,6 +318,7 @@ def test_a_batch_a_killed_server_left_resumes(tmp_path: Path, tiny_model: Path) 
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    _left(tmp_path, batch_id)
     with LocalServer(tmp_path, models={"tiny": tiny_model}) as srv, _client(srv) as client:
         answered = _completed(client, batch_id, bodies)
         stored = _stored(client, "killed")
