@@ -39,7 +39,7 @@ class Batches:
     def __init__(self, store: Store, files: Files, root: Path) -> None:
         self.store = store
         self.files = files
-        self.root = root
+        self.root = private_dir(root)
         self._lock = threading.Lock()
         self.waiting = threading.Condition()
         """Notified when a batch is created or cancelled: the runner has work."""
