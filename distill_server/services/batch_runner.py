@@ -102,6 +102,7 @@ class BatchRunner:
         self._batches = batches
         self._chat = chat
         self._registry = registry
+        self._looked = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distill-batches", daemon=True)
 
@@ -279,8 +280,13 @@ class BatchRunner:
         return BatchResult.answered(custom_id, 200, self._chat.completion(prepared, result))
 
     def _check_stop(self, batch_id: str) -> None:
+        """``_Stop`` when the server stops or the batch is cancelled (the store is read at
+        most every ``_POLL_S``); batches cancelled while waiting their turn are written out."""
         if self._stopping.is_set():
             raise _Stop
+        if time.monotonic() - self._looked < _POLL_S:
+            return
+        self._looked = time.monotonic()
         for other in self._batches.cancelling_idle():  # cancelled while waiting its turn
             self._finalize(other, "cancelled")
         if self._batches.body(batch_id)["status"] == "cancelling":

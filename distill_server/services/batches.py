@@ -3,9 +3,10 @@
 A batch moves ``validating -> in_progress -> finalizing -> completed``; a bad input file
 fails it (``failed``, ``errors`` naming the line); a cancel moves it to ``cancelling``, then
 ``cancelled`` once what ran is written out. Every move goes through ``Batches.update`` under
-one lock and stamps its ``<status>_at``; a final state is never left, and ``cancelling`` only
-goes on to ``cancelled``. State lives in the store, so a server started again on the same
-data directory carries on with what the last one left (``batch_runner`` says how).
+one lock and stamps its ``<status>_at``; a final state is never left, ``cancelling`` only
+goes on to ``cancelled``, and a cancel that comes once the batch is ``finalizing`` is too late.
+State lives in the store, so a server started again on the same data directory carries on
+with what the last one left (``batch_runner`` says how).
 """
 
 from __future__ import annotations
@@ -132,8 +133,8 @@ class Batches:
 
     def update(self, batch_id: str, status: str | None = None, **changes: Any) -> dict[str, Any]:
         """Apply ``changes`` and move to ``status`` (stamping ``<status>_at``), unless the
-        batch is final; a cancelling batch takes no status but ``cancelled`` (or ``failed``).
-        Returns the stored body."""
+        batch is final; a cancelling batch takes no status but ``cancelled`` (or ``failed``),
+        a finalizing one none but ``completed`` (or ``failed``). Returns the stored body."""
         with self._lock:
             record = self.store.get("batch", batch_id)
             if record is None:
@@ -145,6 +146,8 @@ class Batches:
             moves = status is not None and status != current
             if moves and current == "cancelling" and status not in ("cancelled", "failed"):
                 moves = False
+            if moves and current == "finalizing" and status not in ("completed", "failed"):
+                moves = False  # every request has its line: a cancel comes too late
             if moves:
                 body["status"] = status
                 if status in _STAMPED:

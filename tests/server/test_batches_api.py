@@ -65,6 +65,7 @@ def test_batch_answers_equal_live_calls_and_a_bad_body_is_an_error_line(sdk: Api
     client = sdk.client
     bodies = {f"case-{i}": chat_body(i) for i in range(6)}
     bodies["hot"] = chat_body(9, temperature=5)  # a 400 when called live
+    bodies["streamed"] = chat_body(8, stream=True)  # a batch's answers are whole
     bodies["case-5"]["store"] = True
     bodies["case-5"]["metadata"] = {"suite": "batch"}
     file_id = upload(client, input_file(bodies))
@@ -82,12 +83,12 @@ def test_batch_answers_equal_live_calls_and_a_bad_body_is_an_error_line(sdk: Api
     sdk.call("retrieveBatch", "batches.retrieve", batch_id=created.id)
     assert done.status == "completed", done.errors
     assert done.model == "tiny"
-    assert done.request_counts.model_dump() == {"total": 7, "completed": 6, "failed": 1}
+    assert done.request_counts.model_dump() == {"total": 8, "completed": 6, "failed": 2}
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at
     assert done.usage and done.usage.output_tokens > 0
     output, errors = results(client, done.output_file_id), results(client, done.error_file_id)
-    assert set(output) == {f"case-{i}" for i in range(6)} and set(errors) == {"hot"}
+    assert set(output) == {f"case-{i}" for i in range(6)} and set(errors) == {"hot", "streamed"}
     for custom_id, result in output.items():
         live = client.chat.completions.create(**{**bodies[custom_id], "store": False})
         assert result.ok and result.response and result.response.request_id.startswith("req_")
@@ -99,6 +100,9 @@ def test_batch_answers_equal_live_calls_and_a_bad_body_is_an_error_line(sdk: Api
     bad = errors["hot"]
     assert bad.response and bad.response.status_code == 400 and bad.error is None
     assert bad.body == info.value.response.json()
+    streamed = errors["streamed"]
+    assert streamed.response and streamed.response.status_code == 400
+    assert streamed.body and streamed.body["error"]["param"] == "stream"
     stored = client.chat.completions.list(metadata={"suite": "batch"}).data
     assert [c.id for c in stored] == [output["case-5"].body["id"]]  # type: ignore[index]
     # The input file is the batch's to read until it is final; then it may go.
@@ -203,12 +207,13 @@ def test_a_batch_for_an_unknown_model_fails_naming_it(sdk: Api) -> None:
 def test_cancel_keeps_what_ran_and_answers_the_rest_as_cancelled(sdk: Api) -> None:
     client = sdk.client
     bodies = {f"c{i}": chat_body(i, max_tokens=32) for i in range(400)}
+    file_id = upload(client, input_file(bodies))
     batch = client.batches.create(
-        input_file_id=upload(client, input_file(bodies)),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     wait(client, batch.id, {"in_progress", *FINAL})
+    error = sdk.error(409, "files.delete", file_id=file_id)
+    assert error["code"] == "file_in_use" and batch.id in error["message"]
     cancelling = sdk.call("cancelBatch", "batches.cancel", batch_id=batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
     done = wait(client, batch.id)
