@@ -150,7 +150,7 @@ class LocalServer:
         from distill_server.http.routes import asgi_app
 
         self._app = App.open(self.data_dir, self._bases, self._keep_checkpoints)
-        self._app.runner.start()
+        self._app.start()
         policy = Policy(self._address[0], self._port, self.api_key)
         keys = KeyCheck(self.api_key)  # one count of wrong keys for the API and the login page
         starlette = asgi_app(self._app)

@@ -7,7 +7,9 @@ it), so each side parses and checks a shape with the same code. One module per s
   through).
 - ``tools``: function tool definitions, ``tool_choice``, assistant tool calls and
   ``response_format``, with JSON Schema checked by ``jsonschema``.
+- ``batch``: the Batch API's files: input lines (requests), output lines (results), the API's
+  limits and the splitting of requests into files within them.
 
-Preference (DPO) lines, grader JSON and batch lines belong here too, each in a
-module of its own, when the plugin and the server come to share them.
+Preference (DPO) lines and grader JSON belong here too, each in a module of its own, when the
+plugin and the server come to share them.
 """

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distill_server.models import KEEP_CHECKPOINTS, ModelSource, Registry
+from distill_server.services.batch_runner import BatchRunner
+from distill_server.services.batches import Batches
 from distill_server.services.chat import Chat, Serving
 from distill_server.services.files import PARTIAL, Files
 from distill_server.services.jobs import Jobs
@@ -28,6 +30,8 @@ class App:
     runner: Runner
     chat: Chat
     serving: Serving
+    batches: Batches
+    batch_runner: BatchRunner
 
     @classmethod
     def open(
@@ -50,9 +54,18 @@ class App:
         jobs = Jobs(store, files, registry)
         serving = Serving()
         runner = Runner(jobs, data_dir / "adapters")
-        return cls(store, registry, files, jobs, runner, Chat(store, registry, serving), serving)
+        chat = Chat(store, registry, serving)
+        batches = Batches(store, files, data_dir / "batches")
+        batch_runner = BatchRunner(batches, chat, registry)
+        return cls(store, registry, files, jobs, runner, chat, serving, batches, batch_runner)
+
+    def start(self) -> None:
+        """Start the background work: queued fine-tuning jobs, and batches."""
+        self.runner.start()
+        self.batch_runner.start()
 
     def close(self) -> None:
+        self.batch_runner.stop()
         self.runner.stop()
         self.serving.close()
         self.store.close()

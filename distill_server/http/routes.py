@@ -26,7 +26,13 @@ from distill_server.errors import ApiError, bad_request, whole_number
 from distill_server.http.app import App
 from distill_server.http.guard import error_response
 from distill_server.http.streaming import Deltas, event_stream, wait_unless_gone
-from distill_server.services.schemas import ChatRequest, JobRequest, UpdateCompletion, parse
+from distill_server.services.schemas import (
+    BatchCreate,
+    ChatRequest,
+    JobRequest,
+    UpdateCompletion,
+    parse,
+)
 
 log = logging.getLogger("distill_server")
 Body = TypeVar("Body", bound=BaseModel)
@@ -129,6 +135,14 @@ class Routes:
             (job + "/cancel", "POST", self.cancel_job),
             (job + "/events", "GET", self.job_events),
             (job + "/checkpoints", "GET", self.job_checkpoints),
+            ("/v1/batches", "POST", self.create_batch),
+            ("/v1/batches", "GET", self.list_batches),
+            (
+                "/v1/batches/{batch_id}",
+                "GET",
+                self._call(lambda a, p: a.batches.retrieve(p["batch_id"])),
+            ),
+            ("/v1/batches/{batch_id}/cancel", "POST", self.cancel_batch),
             (
                 "/v1/models",
                 "GET",
@@ -261,6 +275,18 @@ class Routes:
         )
         return await run_in_threadpool(self.app.jobs.checkpoints, *args)
 
+    async def create_batch(self, request: Request) -> Any:
+        body = await json_body(request, BatchCreate)
+        return await run_in_threadpool(self.app.batches.create, body)
+
+    async def cancel_batch(self, request: Request) -> Any:
+        no_body(request)
+        return await run_in_threadpool(self.app.batches.cancel, request.path_params["batch_id"])
+
+    async def list_batches(self, request: Request) -> Any:
+        after, limit = request.query_params.get("after"), int_query(request, "limit", 20)
+        return await run_in_threadpool(self.app.batches.list, after, limit)
+
 
 _NO_CACHE = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -281,7 +307,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "unknown_url", 405: "method_not_allowed"}
     messages = {
         404: f"Unknown path {path!r}: this server implements /v1/chat/completions, /v1/files, "
-        "/v1/fine_tuning/jobs and /v1/models.",
+        "/v1/fine_tuning/jobs, /v1/batches and /v1/models.",
         405: f"{request.method} is not allowed on {path!r}.",
     }
     message = messages.get(exc.status_code, str(exc.detail))

@@ -20,7 +20,15 @@ _JOBS_USING = (
     "json_extract(body, '$.status') NOT IN ('succeeded', 'failed', 'cancelled') AND "
     "(json_extract(body, '$.training_file') = ? OR json_extract(body, '$.validation_file') = ?)"
 )
+_BATCHES_USING = (
+    "SELECT id, json_extract(body, '$.status') FROM objects WHERE kind = 'batch' AND "
+    "json_extract(body, '$.status') IN ('validating', 'in_progress', 'finalizing', 'cancelling') "
+    "AND json_extract(body, '$.input_file_id') = ?"
+)
 PURPOSES = frozenset({"fine-tune", "batch", "assistants", "vision", "user_data"})
+"""What an upload may be for; a batch's input file is uploaded with ``batch`` (its lines are
+checked when a batch runs it), and the server's results get ``batch_output`` and
+``fine-tune-results``."""
 
 
 class Files:
@@ -41,6 +49,15 @@ class Files:
     def add(self, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         """Store a file without checking ``purpose`` (the server's own result files)."""
         return self._put(filename, purpose, lambda out: out.write(data))
+
+    def add_copy(self, filename: str, purpose: str, source: Path) -> dict[str, Any]:
+        """Store a copy of the file at ``source`` (a batch's results, written as it ran)."""
+
+        def copy(out: IO[bytes]) -> None:
+            with source.open("rb") as data:
+                shutil.copyfileobj(data, out, 1 << 20)
+
+        return self._put(filename, purpose, copy)
 
     def _put(
         self, filename: str, purpose: str, write: Callable[[IO[bytes]], object]
@@ -107,8 +124,9 @@ class Files:
         return paginate(bodies, after=after, limit=limit, newest_first=order != "asc").body()
 
     def delete(self, file_id: str) -> dict[str, Any]:
-        """Delete a file, unless a job that has not finished trains on it (409): deleting it
-        would fail that job later, far from the request that caused it."""
+        """Delete a file, unless a job that has not finished trains on it, or a batch that has
+        not finished reads it (409): deleting it would fail them later, far from the request
+        that caused it."""
         self.retrieve(file_id)
         using = self._store.query(_JOBS_USING, (file_id, file_id))
         if using:
@@ -116,6 +134,15 @@ class Files:
                 409,
                 f"File {file_id!r} is used by fine-tuning job {using[0][0]!r}, which is "
                 f"{using[0][1]}; cancel it or wait for it to finish, then delete the file.",
+                param="file_id",
+                code="file_in_use",
+            )
+        running = self._store.query(_BATCHES_USING, (file_id,))
+        if running:
+            raise ApiError(
+                409,
+                f"File {file_id!r} is the input of batch {running[0][0]!r}, which is "
+                f"{running[0][1]}; cancel it or wait for it to finish, then delete the file.",
                 param="file_id",
                 code="file_in_use",
             )

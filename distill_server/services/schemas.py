@@ -211,6 +211,17 @@ class JobRequest(_Strict):
     integrations: list[dict[str, Any]] | None = None
 
 
+class BatchCreate(_Strict):
+    """``CreateBatchRequest``; ``endpoint`` and ``completion_window`` are checked by
+    ``Batches.create``, whose messages say what this server runs."""
+
+    input_file_id: Annotated[str, StringConstraints(min_length=1)]
+    endpoint: Annotated[str, StringConstraints(min_length=1)]
+    completion_window: Annotated[str, StringConstraints(min_length=1)]
+    metadata: Metadata | None = None
+    output_expires_after: dict[str, Any] | None = None
+
+
 Body = TypeVar("Body", bound=BaseModel)
 
 
