@@ -51,7 +51,9 @@ def suite() -> str:
         "cases:",
     ]
     reference = json.dumps([CALL])
-    lines += [f"  - {{id: t{n:02d}, vars: {{n: {n}}}, reference: {reference}}}" for n in range(CASES)]
+    lines += [
+        f"  - {{id: t{n:02d}, vars: {{n: {n}}}, reference: {reference}}}" for n in range(CASES)
+    ]
     return "\n".join(lines) + "\n"
 
 
