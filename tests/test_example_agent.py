@@ -1,7 +1,7 @@
 """The agent example: its recording replays offline, and a live run still matches it.
 
 The replay runs by default (no model is needed). The live run is ``slow``: it runs the whole
-distillation on SmolLM2 on the CPU, several minutes, and CI runs it as a step of its own
+distillation on SmolLM2 on the CPU, about 20 minutes, and CI runs it as a step of its own
 (``pytest -m slow``).
 """
 
@@ -28,7 +28,9 @@ float, differ from run to run; now and then a greedy choice flips."""
 
 def _copy_example(to: Path) -> Path:
     """The example as a fresh clone has it: no state, no report, no log."""
-    ignore = shutil.ignore_patterns(".distill", "report.json", "run.log", "__pycache__")
+    ignore = shutil.ignore_patterns(
+        ".distill", "report.json", "report.html", "run.log", "__pycache__"
+    )
     shutil.copytree(EXAMPLE, to, ignore=ignore)
     return to
 
