@@ -7,7 +7,7 @@ distillation on SmolLM2 on the CPU, about 20 minutes, and CI runs it as a step o
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -51,11 +51,13 @@ def _holdout_scores(report: dict[str, Any]) -> dict[str, float]:
 
 
 def _import_from_example(name: str) -> Any:
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(EXAMPLE))
+    """The example's module ``name``, under a name of its own: example_project has modules
+    of the same names, and ``sys.modules`` must not hand one example's to the other's test."""
+    spec = importlib.util.spec_from_file_location(f"example_agent_{name}", EXAMPLE / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_example_cases_are_what_the_seeded_generator_writes_and_their_references_check() -> None:
