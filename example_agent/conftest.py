@@ -5,8 +5,8 @@ padded to the teacher's few-shot prompts.)
 
 At most ``MAX_EXAMPLES_PER_SUITE`` passing teacher outputs per suite go into training, so
 neither suite outweighs the other; with the tools in every line, one epoch over the recorded
-run's 116 examples was about 6 minutes of LoRA on 2 busy CPU cores. Examples are kept in case order: the same data
-gives the same training file, and so the same fine-tuning job.
+run's 116 examples was about 6 minutes of LoRA on 2 busy CPU cores. Examples are kept in case
+order: the same data gives the same training file, and so the same fine-tuning job.
 """
 
 from __future__ import annotations
