@@ -236,3 +236,41 @@ def test_state_keeps_the_other_entries(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["jobs"] == {"k": {"job_id": "j"}}
     assert data["batches"] == {"b": {"run": "r", "batch_id": "x"}}
+
+
+def test_a_batch_on_the_embedded_server(
+    pytester: pytest.Pytester, server: ScriptedServer, tiny_model: Path
+) -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        distill_teacher_model = big
+        distill_teacher_endpoint = {server.base_url}
+        distill_student_model = tiny
+        distill_student_endpoint = local
+        distill_local_models = tiny = {tiny_model}
+        distill_student_params = temperature=0 max_tokens=4
+        distill_poll_interval = 0.1
+        """
+    )
+    pytester.makefile(".eval.yaml", capitals=SUITE)
+    live = pytester.runpytest("--distill-report=live.json")
+    live.assert_outcomes(passed=5, failed=5)
+    result = pytester.runpytest("--distill-batch=student", "--distill-report=batch.json")
+    result.assert_outcomes(passed=5, failed=5)
+    (entry,) = _state(pytester).values()
+    assert entry["role"] == "student" and entry["model"] == "tiny" and entry["done"] is True
+    assert any(
+        line.startswith(f"distill: batch {entry['batch_id']} of role student completed, 5/5")
+        for line in result.outlines
+    ), result.outlines
+    reports = [json.loads((pytester.path / f"{n}.json").read_text()) for n in ("live", "batch")]
+    students = [
+        {
+            i["case_id"]: (i["error"], i["model"], i["reply"])
+            for i in r["items"]
+            if i["role"] == "student"
+        }
+        for r in reports
+    ]
+    assert students[0] == students[1]  # temperature 0: the batch answers as the live calls did
