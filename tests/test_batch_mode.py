@@ -274,3 +274,30 @@ def test_a_batch_on_the_embedded_server(
         for r in reports
     ]
     assert students[0] == students[1]  # temperature 0: the batch answers as the live calls did
+
+
+def test_distill_with_the_teacher_and_the_finetuned_student_in_batches(
+    pytester: pytest.Pytester, tiny_model: Path
+) -> None:
+    from test_distill import _teacher, ini, suite
+
+    with ScriptedServer(_teacher) as teacher:
+        pytester.makeini(ini(teacher.base_url, tiny_model))
+        pytester.makefile(".eval.yaml", codes=suite())
+        result = pytester.runpytest(
+            "--distill", "--distill-batch=teacher,finetuned", "--distill-report=report.json"
+        )
+        assert not teacher.chat_requests()  # the teacher answered through its batch only
+        assert len(teacher.api.batches) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "distill: batch * of role teacher completed, 30/30 requests done*",
+            "distill: wrote * examples to *train.jsonl*",
+            "distill: fine-tuned model ft:tiny:local:distill:*",
+            "distill: batch * of role finetuned completed, */* requests done*",
+        ]
+    )
+    report = json.loads((pytester.path / "report.json").read_text())
+    finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
+    assert finetuned and not any(i["error"] for i in finetuned)
+    assert {e["role"] for e in _state(pytester).values()} == {"teacher", "finetuned"}
