@@ -3,7 +3,8 @@
 ::
 
     .distill/
-        state.json                      jobs by key, the last fine-tuned model (training/state)
+        state.json                      jobs by key, the last fine-tuned model (training/state),
+                                        --distill-batch's batches by input key (batches)
         datasets/<hash>/train.jsonl     a training file (training/dataset)
         datasets/<hash>/manifest.json   its lineage (training/dataset; verdict/leakage reads it)
         replay/state.json               the job state a replayed distill step starts from

@@ -258,6 +258,9 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
     session.items.extend(items)
     session.testscollected += len(items)
     runtime.order.update({item.nodeid: start + n for n, item in enumerate(items)})
+    for item in items:
+        if isinstance(item, DistillItem) and item.batched:  # --distill-batch finetuned
+            runtime.plan_batch(item.role, item.nodeid, item.batch_bodies)
     for index, item in enumerate(items):
         nextitem = items[index + 1] if index + 1 < len(items) else None
         item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)

@@ -32,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", pyevals.MARKER_HELP)
     settings = options.resolve(config, trained=trained_model(config.rootpath))
+    if settings.batch_roles and xdist.starts_workers(config):
+        raise pytest.UsageError(
+            "--distill-batch sends a role's cases as one batch per model for the whole "
+            "session; run it without -n (xdist)"
+        )
     gate = check_gate(settings.gate)
     config.stash[RUNTIME_KEY] = runtime = Runtime(settings)
     if not xdist.is_worker(config):  # a worker's terminal output is not shown
@@ -77,7 +82,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     runtime = session.config.stash[RUNTIME_KEY]
     runtime.order = {i.nodeid: n for n, i in enumerate(session.items)}
-    runtime.calls_total = sum(isinstance(i, DistillItem) for i in session.items)
+    runtime.calls_total = sum(isinstance(i, DistillItem) and not i.batched for i in session.items)
+    for item in session.items:
+        if isinstance(item, DistillItem) and item.batched:
+            runtime.plan_batch(item.role, item.nodeid, item.batch_bodies)
     if runtime.notice is not None:
         runtime.progress_every = progress_every(session.config)
 
@@ -91,6 +99,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         ahead = [item, nextitem]
     else:
         ahead = runtime.ahead(item.session.items, runtime.order.get(item.nodeid, 0))
+    if isinstance(item, DistillItem) and item.batched:
+        runtime.run_batches(item.role)  # once: before the role's first item, with progress
     for other in ahead:
         if isinstance(other, DistillItem):
             other.prefetch()

@@ -285,6 +285,55 @@ def _chat_request(
     return model, merged, extra
 
 
+def chat_body(
+    role: RoleConfig,
+    messages: Sequence[Message],
+    *,
+    params: Mapping[str, Any] | None = None,
+    store: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The JSON body :func:`send_chat` sends for this call (its messages, model, sampling
+    parameters and the fields of a stored completion): what a Batch API request line holds."""
+    model, merged, extra = _chat_request(role, params, store)
+    return {"messages": list(messages), "model": model, **merged, **extra}
+
+
+def record_from_body(
+    role: RoleConfig,
+    messages: Sequence[Message],
+    data: Mapping[str, Any],
+    *,
+    params: Mapping[str, Any] | None = None,
+    store: Mapping[str, str] | None = None,
+    latency_s: float = 0.0,
+) -> CallRecord:
+    """The :class:`CallRecord` of a chat completion read from its JSON body (a Batch API
+    result's ``response.body``), as :func:`send_chat` makes one from the SDK's reply."""
+    model, merged, _ = _chat_request(role, params, store)
+    choices = data.get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    message = message if isinstance(message, dict) else {}
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    calls = tuple(
+        ToolCall(str(c.get("id", "")), c["function"]["name"], c["function"].get("arguments", ""))
+        for c in message.get("tool_calls") or ()
+        if isinstance(c, dict) and isinstance(c.get("function"), dict) and "name" in c["function"]
+    )
+    return CallRecord(
+        role=role.name,
+        model=str(data.get("model") or model),
+        messages=tuple(dict(m) for m in messages),
+        params=merged,
+        reply=message.get("content") or "",
+        completion_id=data.get("id"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0) if usage else 0,
+        completion_tokens=int(usage.get("completion_tokens") or 0) if usage else 0,
+        latency_s=latency_s,
+        stored=bool(store),
+        tool_calls=calls,
+    )
+
+
 # --- answers from a recording, without the SDK's round trip ------------------------------------
 
 _T = TypeVar("_T")
@@ -326,10 +375,10 @@ def _replayed(
     the SDK sends as given (JSON data, sampling parameters only): the body and headers it would
     send, matched as its transport matches them; the reply read from the recorded JSON as the
     SDK reads it into a ``ChatCompletion`` (a body it would not read so goes through it)."""
-    model, merged, extra = _chat_request(role, params, store)
+    model, merged, _ = _chat_request(role, params, store)
     if not merged.keys() <= SAMPLING_PARAMS:
         return None
-    body = {"messages": list(messages), "model": model, **merged, **extra}
+    body = chat_body(role, messages, params=params, store=store)
     if not _plain_json(body):
         return None
     headers = {k: v for k, v in client.default_headers.items() if isinstance(v, str)}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import pytest
 
 from pytest_distill import paths
+from pytest_distill.batches import BatchItemError, BatchState, RoleBatches, mark_done, run_batch
 from pytest_distill.options import Settings
 from pytest_distill.roles import (
     LOCAL_API_KEY_ENV,
@@ -85,6 +86,7 @@ class Runtime:
     _progress_at: float | None = None
     _converting: tuple[list[str], float, Callable[[], list[str]]] | None = None
     _converted: str | None = None
+    _batches: dict[str, RoleBatches] = field(default_factory=dict)  # --distill-batch, by role
 
     def role(self, name: str) -> RoleConfig:
         return self.settings.role_configs[name]
@@ -256,6 +258,55 @@ class Runtime:
         elif not answered:
             line += f", the first still running after {_duration(elapsed)}"
         notice(line)
+
+    # --- --distill-batch: a role's data-file calls as Batch API batches ------------------------
+
+    def plan_batch(
+        self, role: str, nodeid: str, bodies: Callable[[], Sequence[dict[str, Any]]]
+    ) -> None:
+        """After collection: an item of a batch role, and the chat bodies it sends (one per
+        repeat), built when the role's batches are made."""
+        self._batches.setdefault(role, RoleBatches(role)).plan(nodeid, bodies)
+
+    def run_batches(self, role: str) -> None:
+        """Before the first item of a batch role runs: its batches, made, followed and read."""
+        if role in self._batches:
+            self._batches[role].run(lambda: self.client(role), self._batch_runner(role))
+
+    def batch_answers(self, role: str, nodeid: str) -> tuple[dict[str, Any], ...]:
+        """The chat completions (JSON bodies, one per repeat) the role's batch gave the item;
+        ``BatchItemError`` with the reason where it gave none."""
+        batches = self._batches.get(role)
+        if batches is None:
+            raise BatchItemError(f"role {role} has no batch planned for {nodeid}")
+        endpoint, state = str(self.role(role).endpoint), self._batch_state()
+        return batches.answers(
+            nodeid,
+            lambda: self.client(role),
+            self._batch_runner(role),
+            lambda data: mark_done(state, endpoint, data),
+        )
+
+    def _batch_state(self) -> BatchState:
+        return BatchState(paths.state_file(self.settings.rootpath))
+
+    def _batch_runner(self, role: str) -> Callable[[openai.OpenAI, bytes], Any]:
+        endpoint, state = str(self.role(role).endpoint), self._batch_state()
+        progress = self.notice or (lambda line: None)
+
+        def run(client: openai.OpenAI, data: bytes) -> Any:
+            return run_batch(
+                client,
+                data,
+                role=role,
+                endpoint=endpoint,
+                run_id=self.run_id,
+                state=state,
+                progress=progress,
+                poll_interval=self.settings.training.poll_interval,
+            )
+
+        return run
 
     # --- model retirement ---------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ class ScriptedServer:
         self.answered_as: dict[str, str] = {}
         self.requests: list[tuple[str, str, Any]] = []
         self.failures: list[Failure] = []
-        self.api = ScriptedApi()  # files, fine-tuning jobs, stored completions
+        self.api = ScriptedApi()  # files, fine-tuning jobs, batches, stored completions
+        self.api.chat = self.completion
         self.chat_spans: list[tuple[float, float]] = []  # (arrived, answered), perf_counter
         self.processing_ms: int | None = None  # sent as openai-processing-ms, as OpenAI does
         # Fine-tuning, as a remote trainer (Azure OpenAI's v1 API takes OpenAI's shape): the
@@ -240,7 +241,11 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             if failure is not None:
                 self._send(failure.status, failure.body, failure.headers)
                 return
-            answer = None if azure else server.api.post(self.path, body)
+            answer = (
+                None
+                if azure
+                else server.api.post(self.path, body, raw, self.headers.get("content-type", ""))
+            )
             if answer is not None:
                 self._send(*answer)
                 return
@@ -267,9 +272,10 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             server.chat_spans.append((arrived, time.perf_counter()))
 
         def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
+            self.send_header("content-type", kind)
             self.send_header("content-length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_distill.batches import BatchItemError
 from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.graders import build_graders
@@ -29,7 +30,15 @@ from pytest_distill.grading.registry import (
 )
 from pytest_distill.grading.tools import ToolCallsCheck
 from pytest_distill.records import Attempt, GradeRecord, ItemResult
-from pytest_distill.roles import CallRecord, MissingApiKey, call_chat, describe_error
+from pytest_distill.roles import (
+    CallRecord,
+    Message,
+    MissingApiKey,
+    call_chat,
+    chat_body,
+    describe_error,
+    record_from_body,
+)
 from pytest_distill.runtime import RUNTIME_KEY, DistillWarning, Runtime
 from pytest_distill.text import shorten
 
@@ -166,15 +175,41 @@ class DistillItem(pytest.Item):
 
     def model_call(self) -> CallRecord:
         runtime = self.runtime
+        messages, params, store = self._request()
         return call_chat(
             runtime.client(self.role),
             runtime.role(self.role),
-            self.suite.messages_for(self.case, self.role),
-            params={
-                **self.suite.params_for(self.role),
-                **self.suite.tooling_for(self.role, self.case).request(),
-            },
-            store=self._store_metadata(),
+            messages,
+            params=params,
+            store=store,
+        )
+
+    def _request(self) -> tuple[list[Message], dict[str, Any], dict[str, str] | None]:
+        """The case's chat call for the item's role: messages, parameters, stored metadata."""
+        params = {
+            **self.suite.params_for(self.role),
+            **self.suite.tooling_for(self.role, self.case).request(),
+        }
+        return list(self.suite.messages_for(self.case, self.role)), params, self._store_metadata()
+
+    @property
+    def batched(self) -> bool:
+        """Whether the item's calls go through the Batch API (``--distill-batch``)."""
+        return self.role in self.runtime.settings.batch_roles
+
+    def batch_bodies(self) -> list[dict[str, Any]]:
+        """The chat bodies the item sends, one per repeat, exactly as a live call sends them."""
+        messages, params, store = self._request()
+        body = chat_body(self.runtime.role(self.role), messages, params=params, store=store)
+        return [body for _ in range(self.runtime.settings.repeats)]
+
+    def _batch_calls(self) -> tuple[CallRecord, ...]:
+        """The item's records, read from its role's batch results as from live replies."""
+        messages, params, store = self._request()
+        config = self.runtime.role(self.role)
+        return tuple(
+            record_from_body(config, messages, body, params=params, store=store)
+            for body in self.runtime.batch_answers(self.role, self.nodeid)
         )
 
     def _store_metadata(self) -> dict[str, str] | None:
@@ -190,7 +225,8 @@ class DistillItem(pytest.Item):
         return {k[:64]: v[:512] for k, v in tags.items()}
 
     def prefetch(self) -> None:
-        self.runtime.prefetch(self.nodeid, self._routed_calls)
+        if not self.batched:  # a batch role's answers come from its batch
+            self.runtime.prefetch(self.nodeid, self._routed_calls)
 
     def _routed_calls(self) -> tuple[CallRecord, ...]:
         """The case's calls, one per repeat, one after another: identical requests then replay
@@ -212,7 +248,10 @@ class DistillItem(pytest.Item):
             warning = self.runtime.retirement_warning(self.role)
             if warning:
                 self.warn(DistillWarning(warning))
-            calls = self.runtime.call(self.nodeid, self._routed_calls)
+            if self.batched:
+                calls = self._batch_calls()
+            else:
+                calls = self.runtime.call(self.nodeid, self._routed_calls)
             graded = [self._grade(call) for call in calls]
         except Exception as exc:
             # No grade: still a result of its role, counted as errored (never a quiet pass).
@@ -294,7 +333,7 @@ class DistillItem(pytest.Item):
         miss = _miss_in(error)
         if miss is not None:  # one line, and no traceback built only to be replaced
             return str(miss)
-        if isinstance(error, MissingApiKey):
+        if isinstance(error, MissingApiKey | BatchItemError):
             return str(error)
         if type(error).__module__.startswith("openai"):
             return f"{self.role} model call failed: {describe_error(error)}"
@@ -333,6 +372,8 @@ def error_line(error: BaseException) -> str:
         return f"no recording: {shorten(str(miss).splitlines()[0], 200)}"
     if type(error).__module__.startswith("openai"):
         return f"model call failed: {shorten(describe_error(error), 200)}"
+    if isinstance(error, BatchItemError):
+        return shorten(str(error), 300)
     text = str(error).strip().splitlines()
     return shorten(f"{type(error).__name__}: {text[0] if text else ''}", 200)
 

@@ -72,3 +72,4 @@ class Settings:
     summary_cases: bool = False  # the CI job summary lists prompts and replies
     repeats: int = 1  # times each case runs per role
     confidence: float = 0.95  # of the gate's intervals and one-sided bounds
+    batch_roles: tuple[str, ...] = ()  # roles whose data-file cases go through the Batch API

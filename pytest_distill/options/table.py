@@ -45,6 +45,15 @@ OPTIONS: tuple[Option, ...] = (
         ini_help="roles to run eval items for (comma-separated)",
     ),
     Option(
+        "batch",
+        role_options.run_roles,
+        metavar="ROLES",
+        flag_help="comma-separated roles whose data-file cases go through the Batch API (one "
+        "batch per model, half the price of live calls, answered within 24 h) instead of live "
+        "calls, e.g. teacher (ini distill_batch).",
+        ini_help="roles whose data-file cases go through the Batch API (comma-separated)",
+    ),
+    Option(
         "model",
         values.text_or_none,
         per_role=True,

@@ -1,0 +1,380 @@
+"""``--distill-batch``: a role's data-file cases sent as one Batch API batch per model, not as
+live calls (half the price on OpenAI; answered within the 24 h completion window).
+
+Before the first item of a batch role runs, every request of that role's items in the session
+is written to input files (``distill_shapes.batch``: one model per file, within the API's
+limits), each uploaded with ``purpose=batch`` and run as one batch, followed to its end with a
+progress line; its output and error files are read back by ``custom_id`` and each item takes
+its own answers. A request without a good answer (a line's 4xx/5xx, a batch that expired,
+failed or was cancelled before it ran the line) is an error of its item, with the reason.
+
+Idempotent as the fine-tuning jobs are: each input file is keyed by its content (the
+requests, and the endpoint); the key, the run that made the batch and the batch id are kept
+in ``.distill/state.json`` (under ``batches``) and in the batch's metadata, so a rerun after
+Ctrl-C or a crash follows the batch already running (or reads the one already finished), and
+a create that timed out or got a 5xx is looked up by its metadata before it is tried again.
+Once every item took its answers, the entry is marked done: the next session makes a new batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distill_shapes.batch import (
+    COMPLETION_WINDOW,
+    BatchRequest,
+    BatchResult,
+    read_requests,
+    results_by_id,
+    split_requests,
+)
+from pytest_distill.atomic import write_atomic
+from pytest_distill.roles import describe_error
+from pytest_distill.text import shorten
+
+if TYPE_CHECKING:
+    import openai
+
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+GONE = frozenset({"failed", "cancelled", "expired"})
+"""A batch in one of these states is not picked up again by a rerun (its file may be)."""
+HEARTBEAT_S = 30.0
+MAX_POLL_S = 60.0
+Progress = Callable[[str], None]
+Bodies = Callable[[], Sequence[dict[str, Any]]]
+
+
+class BatchItemError(RuntimeError):
+    """An item of a batch role without its answer; the message is the reason, in one line."""
+
+
+class BatchState:
+    """The ``batches`` entries of ``.distill/state.json``, by input key; each save reads the file
+    again, so the other entries (the fine-tuning jobs, the fine-tuned model) are kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _data(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(
+                f"{self.path}: unreadable state ({exc}); delete the file to start afresh"
+            ) from None
+        return data if isinstance(data, dict) else {}
+
+    def entry(self, key: str) -> dict[str, Any]:
+        return dict(self._data().get("batches", {}).get(key, {}))
+
+    def save(self, key: str, **values: Any) -> None:
+        data = self._data()
+        batches = data.setdefault("batches", {})
+        batches[key] = {**batches.get(key, {}), **values}
+        write_atomic(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def input_key(endpoint: str, requests: Sequence[BatchRequest]) -> str:
+    """An input file's key: its requests (a stored completion's metadata left out, since it
+    names the session that sent it) and the endpoint that runs them."""
+    material = [endpoint] + [
+        [r.custom_id, {k: v for k, v in r.body.items() if k != "metadata"}] for r in requests
+    ]
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class Finished:
+    """A batch at its end: its id, status, and results by ``custom_id``; ``reason``: why a
+    request without a result has none."""
+
+    batch_id: str
+    status: str
+    results: dict[str, BatchResult]
+    reason: str
+
+
+def run_batch(
+    client: openai.OpenAI,
+    data: bytes,
+    *,
+    role: str,
+    endpoint: str,
+    run_id: str,
+    state: BatchState,
+    progress: Progress,
+    poll_interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Finished:
+    """Find or start the batch of one input file, follow it to its end, read its results."""
+    requests = list(read_requests(data.splitlines()))
+    key = input_key(endpoint, requests)
+    batch = _find_or_start(client, data, requests, key, role, run_id, state, progress)
+    batch = follow(client, batch, role, progress, poll_interval, sleep)
+    files = [
+        client.files.content(file_id).content
+        for file_id in (batch.output_file_id, batch.error_file_id)
+        if file_id
+    ]
+    results = results_by_id(files)
+    return Finished(batch.id, batch.status, results, _missing_reason(batch))
+
+
+def mark_done(state: BatchState, endpoint: str, data: bytes) -> None:
+    """Every item took its answers from this input file's batch: a later session starts anew."""
+    key = input_key(endpoint, list(read_requests(data.splitlines())))
+    if state.entry(key):
+        state.save(key, done=True)
+
+
+def _find_or_start(
+    client: openai.OpenAI,
+    data: bytes,
+    requests: list[BatchRequest],
+    key: str,
+    role: str,
+    run_id: str,
+    state: BatchState,
+    progress: Progress,
+) -> Any:
+    import openai
+
+    known = state.entry(key)
+    if known and not known.get("done"):
+        run = str(known.get("run") or run_id)
+        if known.get("batch_id"):
+            try:
+                batch = client.batches.retrieve(known["batch_id"])
+            except openai.NotFoundError:
+                progress(f"distill: the endpoint no longer knows batch {known['batch_id']}")
+                batch = None
+            if batch is not None and batch.status not in GONE:
+                progress(f"distill: resuming batch {batch.id} of role {role} ({batch.status})")
+                return batch
+        found = _listed(client, key, run)
+        if found is not None:
+            state.save(key, batch_id=found.id, file_id=found.input_file_id)
+            progress(f"distill: found batch {found.id} ({found.status}) for these requests")
+            return found
+    else:
+        run, known = run_id, {}
+    model = requests[0].model if requests else None
+    state.save(key, run=run, role=role, model=model, done=False, batch_id=None)
+    file_id = known.get("file_id") or _upload(client, data, key, progress)
+    state.save(key, file_id=file_id)
+    batch = _create(client, key, run, role, file_id)
+    state.save(key, batch_id=batch.id)
+    progress(
+        f"distill: started batch {batch.id} of {len(requests)} requests for role {role} "
+        f"({model}); it runs within {COMPLETION_WINDOW}"
+    )
+    return batch
+
+
+def _listed(client: openai.OpenAI, key: str, run: str) -> Any:
+    """The batch of these requests and this run, by its metadata (the first page, newest
+    first: the list takes no metadata filter)."""
+    for batch in client.batches.list(limit=100).data:
+        metadata = batch.metadata or {}
+        if (
+            metadata.get("distill_key") == key
+            and metadata.get("distill_run") == run
+            and batch.status not in GONE
+        ):
+            return batch
+    return None
+
+
+def _upload(client: openai.OpenAI, data: bytes, key: str, progress: Progress) -> str:
+    name = f"distill-batch-{key[:12]}.jsonl"
+    uploaded = client.files.create(file=(name, data), purpose="batch")
+    progress(f"distill: uploaded the batch input as {uploaded.id} ({name})")
+    return str(uploaded.id)
+
+
+def _create(client: openai.OpenAI, key: str, run: str, role: str, file_id: str) -> Any:
+    """Create without SDK retries: a POST that timed out or got a 5xx may have created the batch
+    after all, so it is looked up by its metadata before it is tried again."""
+    once = client.with_options(max_retries=0)
+    metadata = {"distill_key": key, "distill_run": run, "distill_role": role}
+    for attempt in range(3):
+        try:
+            return once.batches.create(
+                input_file_id=file_id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=metadata,
+            )
+        except Exception as exc:
+            if not _may_have_created(exc):
+                raise
+            found = _listed(client, key, run)
+            if found is not None:
+                return found
+            if attempt == 2:
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _may_have_created(exc: Exception) -> bool:
+    if type(exc).__name__ in ("APITimeoutError", "APIConnectionError"):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500
+
+
+def follow(
+    client: openai.OpenAI,
+    batch: Any,
+    role: str,
+    progress: Progress,
+    poll_interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Poll the batch until it is final: a line when its status or counts change, else one
+    every 30 s. Polls start ``poll_interval`` apart and grow to a minute apart."""
+    started = time.monotonic()
+    last_line, last_shown = "", 0.0
+    interval = poll_interval
+    while True:
+        line = progress_line(batch, role)
+        elapsed = time.monotonic() - started
+        if line != last_line or elapsed - last_shown >= HEARTBEAT_S:
+            progress(f"{line}, {elapsed:.0f}s elapsed")
+            last_line, last_shown = line, elapsed
+        if batch.status in FINAL:
+            return batch
+        if interval > 0:
+            sleep(interval)
+            interval = min(MAX_POLL_S, interval * 1.5)
+        batch = client.batches.retrieve(batch.id)
+
+
+def progress_line(batch: Any, role: str) -> str:
+    counts = batch.request_counts
+    line = f"distill: batch {batch.id} of role {role} {batch.status}"
+    if counts is not None and counts.total:
+        line += f", {counts.completed + counts.failed}/{counts.total} requests done"
+        if counts.failed:
+            line += f", {counts.failed} failed"
+    return line
+
+
+def _missing_reason(batch: Any) -> str:
+    """Why a request of this batch has no result line."""
+    if batch.status == "completed":
+        return f"batch {batch.id} completed without a result for this request"
+    errors = getattr(getattr(batch, "errors", None), "data", None) or []
+    why = "; ".join(e.message for e in errors if getattr(e, "message", None))
+    ran = {"expired": "expired before it ran this request", "cancelled": "was cancelled"}
+    return f"batch {batch.id} {ran.get(batch.status, batch.status)}" + (
+        f": {shorten(why, 300)}" if why else ""
+    )
+
+
+@dataclass
+class RoleBatches:
+    """The batch mode of one role in a session: its items' requests, by node id, run as
+    batches the first time an item asks for its answers."""
+
+    role: str
+    items: dict[str, Bodies] = field(default_factory=dict)
+    _answers: dict[str, tuple[dict[str, Any], ...] | str] | None = None
+    _files: list[bytes] = field(default_factory=list)
+    _taken: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def plan(self, nodeid: str, bodies: Bodies) -> None:
+        self.items[nodeid] = bodies
+
+    def run(
+        self,
+        client: Callable[[], openai.OpenAI],
+        run: Callable[[openai.OpenAI, bytes], Finished],
+    ) -> None:
+        """Make, follow and read the batches now, unless done before."""
+        with self._lock:
+            if self._answers is None:
+                self._answers = self._run(client, run)
+
+    def answers(
+        self,
+        nodeid: str,
+        client: Callable[[], openai.OpenAI],
+        run: Callable[[openai.OpenAI, bytes], Finished],
+        done: Callable[[bytes], None],
+    ) -> tuple[dict[str, Any], ...]:
+        """The item's chat completions (one per repeat), the batches run the first time;
+        ``BatchItemError`` with the reason when one has no good answer."""
+        with self._lock:
+            if self._answers is None:
+                self._answers = self._run(client, run)
+            found = self._answers.get(nodeid)
+            self._taken.add(nodeid)
+            if self._taken >= self.items.keys():
+                for data in self._files:
+                    done(data)
+                self._files = []
+        if found is None:
+            raise BatchItemError(f"no batch request was planned for {nodeid}")
+        if isinstance(found, str):
+            raise BatchItemError(found)
+        return found
+
+    def _run(
+        self,
+        client: Callable[[], openai.OpenAI],
+        run: Callable[[openai.OpenAI, bytes], Finished],
+    ) -> dict[str, tuple[dict[str, Any], ...] | str]:
+        ids: dict[str, list[str]] = {}
+        requests = []
+        try:
+            for nodeid, bodies in self.items.items():
+                for n, body in enumerate(bodies(), 1):
+                    custom_id = f"{nodeid}#{n}"
+                    ids.setdefault(nodeid, []).append(custom_id)
+                    requests.append(BatchRequest(custom_id, dict(body)))
+            self._files = split_requests(requests)
+            sdk = client()
+            finished = [run(sdk, data) for data in self._files]
+        except Exception as exc:
+            why = f"batch of role {self.role} failed: {shorten(describe_error(exc), 300)}"
+            return dict.fromkeys(self.items, why)
+        results: dict[str, BatchResult] = {}
+        reasons: dict[str, str] = {}
+        for data, one in zip(self._files, finished, strict=True):
+            results.update(one.results)
+            for request in read_requests(data.splitlines()):
+                reasons[request.custom_id] = one.reason
+        answers: dict[str, tuple[dict[str, Any], ...] | str] = {}
+        for nodeid, custom_ids in ids.items():
+            answers[nodeid] = _answer(custom_ids, results, reasons, finished)
+        return answers
+
+
+def _answer(
+    custom_ids: list[str],
+    results: Mapping[str, BatchResult],
+    reasons: Mapping[str, str],
+    finished: Sequence[Finished],
+) -> tuple[dict[str, Any], ...] | str:
+    bodies = []
+    for custom_id in custom_ids:
+        result = results.get(custom_id)
+        if result is None:
+            return reasons.get(custom_id) or "the batch gave no result for this request"
+        if not result.ok or result.body is None:
+            where = next((f.batch_id for f in finished if custom_id in f.results), "")
+            return f"batch {where} request failed: {shorten(result.message(), 300)}"
+        bodies.append(result.body)
+    return tuple(bodies)

@@ -1,0 +1,303 @@
+"""``--distill-batch``: a role's data-file cases as Batch API batches, against a loopback
+OpenAI-shaped server (files of purpose batch, batches created, listed and retrieved, their
+output and error files), graded as the live path grades them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SUITE
+from scripted_server import ScriptedServer
+
+from pytest_distill import batches
+
+FAST = ("-o", "distill_poll_interval=0")
+GRADED = ("nodeid", "role", "passed", "error", "score", "grades", "reply", "messages", "model")
+
+
+def _run(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, Any]]:
+    result = project.runpytest("--distill-report=report.json", *FAST, *args)
+    report = json.loads((project.path / "report.json").read_text())
+    return result, report
+
+
+def _items(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {i["nodeid"]: {k: i[k] for k in GRADED} for i in report["items"]}
+
+
+def _input_lines(server: ScriptedServer, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    data = server.api.contents[batch["input_file_id"]]
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def _state(project: pytest.Pytester) -> dict[str, Any]:
+    return dict(json.loads((project.path / ".distill" / "state.json").read_text())["batches"])
+
+
+def test_the_teacher_runs_as_one_batch_with_the_live_grades_and_no_live_call(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    live, live_report = _run(project)
+    live.assert_outcomes(passed=6, failed=4)
+    live_bodies = [b for b in server.chat_requests() if b["model"] == "big"]
+    server.requests.clear()
+
+    result, report = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=6, failed=4)
+    assert [b["model"] for b in server.chat_requests()] == ["small"] * 5  # no live teacher call
+    (batch,) = server.api.batches.values()
+    assert batch["status"] == "completed" and batch["completion_window"] == "24h"
+    assert batch["endpoint"] == "/v1/chat/completions"
+    assert batch["metadata"]["distill_role"] == "teacher" and batch["metadata"]["distill_run"]
+    assert server.api.files[batch["input_file_id"]]["purpose"] == "batch"
+    lines = _input_lines(server, batch)
+    assert {line["method"] for line in lines} == {"POST"}
+    assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+    # Each request's body is the very body the live call sent.
+    assert sorted(json.dumps(x["body"], sort_keys=True) for x in lines) == sorted(
+        json.dumps(b, sort_keys=True) for b in live_bodies
+    )
+    assert _items(report) == _items(live_report)
+    teacher = [i for i in report["items"] if i["role"] == "teacher"]
+    assert all(i["completion_id"] and i["prompt_tokens"] for i in teacher)
+    assert any(f"distill: started batch {batch['id']}" in line for line in result.outlines)
+    assert any(
+        line.startswith(f"distill: batch {batch['id']} of role teacher completed, 5/5")
+        for line in result.outlines
+    ), result.outlines
+    (entry,) = _state(project).values()
+    assert entry["batch_id"] == batch["id"] and entry["done"] is True
+
+
+def test_output_lines_in_any_order_reach_their_own_items(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_reversed = True
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, report = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=6, failed=4)
+    replies = {i["case_id"]: i["reply"] for i in report["items"] if i["role"] == "teacher"}
+    assert replies == {"fr": "Paris", "it": "Rome", "es": "Madrid", "jp": "Tokyo", "pe": "Lima"}
+
+
+def test_a_failed_line_is_an_errored_item_with_its_reason(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_line_fails = {"Capital of Spain?": 500}
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, report = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=5, failed=5)
+    (errored,) = [i for i in report["items"] if i["error"]]
+    assert errored["nodeid"].endswith("es[teacher]") and errored["score"] is None
+    assert "request failed: HTTP 500: scripted 500" in errored["error"]
+    assert "HTTP 500: scripted 500" in result.stdout.str()
+
+
+def test_an_expired_batch_gives_its_answered_lines_and_errors_for_the_rest(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_final = "expired"
+    server.api.batch_ran = 2
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, report = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=3, failed=7)
+    teacher = {i["case_id"]: i for i in report["items"] if i["role"] == "teacher"}
+    assert [c for c, i in teacher.items() if i["passed"]] == ["fr", "it"]
+    for case in ("es", "jp", "pe"):
+        assert "expired before it ran this request" in teacher[case]["error"]
+
+
+def test_a_failed_batch_errors_every_item_of_its_role(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_final = "failed"
+    server.api.batch_ran = 0
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, report = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=1, failed=9)
+    errors = [i["error"] for i in report["items"] if i["role"] == "teacher"]
+    assert all("failed: scripted failure" in e for e in errors), errors
+
+
+def test_a_create_that_answers_5xx_after_creating_makes_no_second_batch(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_create_fails = [500]
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, _ = _run(project, "--distill-batch=teacher")
+    result.assert_outcomes(passed=6, failed=4)
+    assert len(server.api.batches) == len(server.api.batch_creates) == 1
+
+
+def test_a_rerun_after_an_interruption_follows_the_same_batch(
+    project: pytest.Pytester, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    follow = batches.follow
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batches, "follow", interrupted)
+        first = project.runpytest("--distill-batch=teacher", *FAST, no_reraise_ctrlc=True)
+    assert first.ret == pytest.ExitCode.INTERRUPTED
+    (batch_id,) = server.api.batches
+    (entry,) = _state(project).values()
+    assert entry["batch_id"] == batch_id and entry["done"] is False
+    assert batches.follow is follow
+
+    again, _ = _run(project, "--distill-batch=teacher")
+    again.assert_outcomes(passed=6, failed=4)
+    assert list(server.api.batches) == [batch_id]
+    assert sum(f["purpose"] == "batch" for f in server.api.files.values()) == 1
+    assert any(f"distill: resuming batch {batch_id}" in line for line in again.outlines)
+    assert _state(project)[next(iter(_state(project)))]["done"] is True
+
+    # Its answers were taken: the next session sends its own batch.
+    third, _ = _run(project, "--distill-batch=teacher")
+    third.assert_outcomes(passed=6, failed=4)
+    assert len(server.api.batches) == 2
+
+
+def test_a_rerun_whose_state_lost_the_batch_id_finds_it_by_its_metadata(
+    project: pytest.Pytester, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(batches, "follow", interrupted)
+        project.runpytest("--distill-batch=teacher", *FAST, no_reraise_ctrlc=True)
+    state_file = project.path / ".distill" / "state.json"
+    state = json.loads(state_file.read_text())
+    for entry in state["batches"].values():
+        entry["batch_id"] = None  # as if the create's answer never came back
+    state_file.write_text(json.dumps(state))
+    again, _ = _run(project, "--distill-batch=teacher")
+    again.assert_outcomes(passed=6, failed=4)
+    assert len(server.api.batches) == 1
+    assert any("distill: found batch" in line for line in again.outlines)
+
+
+def test_repeats_send_one_request_each(project: pytest.Pytester, server: ScriptedServer) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result, report = _run(project, "--distill-batch=teacher,student", "--distill-repeats=2")
+    result.assert_outcomes(passed=6, failed=4)
+    assert not server.chat_requests()
+    assert len(server.api.batches) == 2  # one per model
+    for batch in server.api.batches.values():
+        assert len(_input_lines(server, batch)) == 10
+    assert all(len(i["attempts"]) == 2 for i in report["items"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--distill-batch=teacher,judge"], "unknown role 'judge'"),
+        (["--distill-batch=teacher", "--distill-record-mode=once"], "cassettes do not"),
+    ],
+)
+def test_bad_batch_options_stop_before_any_call(
+    project: pytest.Pytester, server: ScriptedServer, args: list[str], message: str
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result = project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert not server.requests
+
+
+def test_the_input_key_leaves_out_a_stored_completions_metadata() -> None:
+    from distill_shapes.batch import BatchRequest
+
+    def request(run: str) -> BatchRequest:
+        body = {"model": "m", "messages": [], "metadata": {"distill_run": run}}
+        return BatchRequest("a#1", body)
+
+    assert batches.input_key("openai", [request("1")]) == batches.input_key(
+        "openai", [request("2")]
+    )
+    assert batches.input_key("openai", [request("1")]) != batches.input_key("local", [request("1")])
+
+
+def test_state_keeps_the_other_entries(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"jobs": {"k": {"job_id": "j"}}}))
+    state = batches.BatchState(path)
+    state.save("b", run="r")
+    state.save("b", batch_id="x")
+    data = json.loads(path.read_text())
+    assert data["jobs"] == {"k": {"job_id": "j"}}
+    assert data["batches"] == {"b": {"run": "r", "batch_id": "x"}}
+
+
+def test_a_batch_on_the_embedded_server(
+    pytester: pytest.Pytester, server: ScriptedServer, tiny_model: Path
+) -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        distill_teacher_model = big
+        distill_teacher_endpoint = {server.base_url}
+        distill_student_model = tiny
+        distill_student_endpoint = local
+        distill_local_models = tiny = {tiny_model}
+        distill_student_params = temperature=0 max_tokens=4
+        distill_poll_interval = 0.1
+        """
+    )
+    pytester.makefile(".eval.yaml", capitals=SUITE)
+    live = pytester.runpytest("--distill-report=live.json")
+    live.assert_outcomes(passed=5, failed=5)
+    result = pytester.runpytest("--distill-batch=student", "--distill-report=batch.json")
+    result.assert_outcomes(passed=5, failed=5)
+    (entry,) = _state(pytester).values()
+    assert entry["role"] == "student" and entry["model"] == "tiny" and entry["done"] is True
+    assert any(
+        line.startswith(f"distill: batch {entry['batch_id']} of role student completed, 5/5")
+        for line in result.outlines
+    ), result.outlines
+    reports = [json.loads((pytester.path / f"{n}.json").read_text()) for n in ("live", "batch")]
+    students = [
+        {
+            i["case_id"]: (i["error"], i["model"], i["reply"])
+            for i in r["items"]
+            if i["role"] == "student"
+        }
+        for r in reports
+    ]
+    assert students[0] == students[1]  # temperature 0: the batch answers as the live calls did
+
+
+def test_distill_with_the_teacher_and_the_finetuned_student_in_batches(
+    pytester: pytest.Pytester, tiny_model: Path
+) -> None:
+    from test_distill import _teacher, ini, suite
+
+    with ScriptedServer(_teacher) as teacher:
+        pytester.makeini(ini(teacher.base_url, tiny_model))
+        pytester.makefile(".eval.yaml", codes=suite())
+        result = pytester.runpytest(
+            "--distill", "--distill-batch=teacher,finetuned", "--distill-report=report.json"
+        )
+        assert not teacher.chat_requests()  # the teacher answered through its batch only
+        assert len(teacher.api.batches) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "distill: batch * of role teacher completed, 30/30 requests done*",
+            "distill: wrote * examples to *train.jsonl*",
+            "distill: fine-tuned model ft:tiny:local:distill:*",
+            "distill: batch * of role finetuned completed, */* requests done*",
+        ]
+    )
+    report = json.loads((pytester.path / "report.json").read_text())
+    finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
+    assert finetuned and not any(i["error"] for i in finetuned)
+    assert {e["role"] for e in _state(pytester).values()} == {"teacher", "finetuned"}
