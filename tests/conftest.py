@@ -5,6 +5,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# httpx2 maps httpcore2's errors to its own (the SDK's APIConnectionError) by classes it looks
+# up once, on its first request: first imported inside an in-process run, httpcore2 would be
+# forgotten after it and imported anew, its errors then classes the map does not hold.
+import httpcore2  # noqa: F401
 import pytest
 
 # numpy refuses to load twice in one process, and pytester's in-process runs forget modules
