@@ -165,7 +165,7 @@ def _message(number: int, index: int, item: Any, tools: tuple[FunctionTool, ...]
             calls = parse_tool_calls(item["tool_calls"], f"{where}.tool_calls", tools=tools)
         except InvalidShape as error:
             raise InvalidTrainingFile(number, f"{error}.") from None
-    content = _text(item.get("content"))
+    content = message_text(item.get("content"))
     if not content.strip() and not calls:
         raise InvalidTrainingFile(number, f"{where} ({role}) has empty or missing `content`.")
     call_id = item.get("tool_call_id")
@@ -212,7 +212,7 @@ def _answers(number: int, messages: tuple[Message, ...]) -> None:
         pending = {call.id: index for call in message.tool_calls}
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """Content as text: a string, or the text parts of a content-parts list."""
     if isinstance(content, str):
         return content

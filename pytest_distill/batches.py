@@ -36,7 +36,7 @@ from distill_shapes.batch import (
     split_requests,
 )
 from pytest_distill.atomic import write_atomic
-from pytest_distill.roles import describe_error
+from pytest_distill.roles import describe_error, may_have_created
 from pytest_distill.text import shorten
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def _create(client: openai.OpenAI, key: str, run: str, role: str, file_id: str) 
                 metadata=metadata,
             )
         except Exception as exc:
-            if not _may_have_created(exc):
+            if not may_have_created(exc):
                 raise
             found = _listed(client, key, run)
             if found is not None:
@@ -224,13 +224,6 @@ def _create(client: openai.OpenAI, key: str, run: str, role: str, file_id: str) 
                 raise
             time.sleep(2**attempt)
     raise AssertionError("unreachable")
-
-
-def _may_have_created(exc: Exception) -> bool:
-    if type(exc).__name__ in ("APITimeoutError", "APIConnectionError"):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and status >= 500
 
 
 def follow(

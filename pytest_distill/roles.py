@@ -536,6 +536,15 @@ def check_params(params: Mapping[str, Any], where: str = "") -> None:
         raise UnknownParam(unknown[0], where)
 
 
+def may_have_created(exc: Exception) -> bool:
+    """A timeout, a dropped connection or a server error on a create: what it was creating (a
+    fine-tuning job, a batch) may exist all the same, so look it up before creating again."""
+    if type(exc).__name__ in ("APITimeoutError", "APIConnectionError"):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and status >= 500
+
+
 def describe_error(error: BaseException) -> str:
     """One line for a failed SDK call: the error type, HTTP status and code, the message."""
     status = getattr(error, "status_code", None)

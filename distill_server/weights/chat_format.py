@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from distill_server.errors import ApiError
 from distill_shapes.tools import ToolCall
+from distill_shapes.training import message_text
 
 OPEN: Final = "<tool_call>"
 CLOSE: Final = "</tool_call>"
@@ -127,7 +128,7 @@ def hermes_messages(
     out: list[dict[str, str]] = []
     for message in messages:
         role = str(message.get("role"))
-        content = _text(message.get("content"))
+        content = message_text(message.get("content"))
         if role == "tool":
             block = f"<tool_response>\n{content}\n</tool_response>"
             if out and out[-1].get("_tool"):
@@ -319,15 +320,6 @@ def _object_or_text(arguments: str) -> Any:
         return json.loads(arguments)
     except ValueError:
         return arguments
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict)]
-        return "".join(p for p in parts if isinstance(p, str))
-    return ""
 
 
 _TEMPLATE_PRELUDE: Final = r"""{#- The tools format of pytest-distill's embedded server

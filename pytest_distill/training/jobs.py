@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_distill.options import TrainingSettings
+from pytest_distill.roles import may_have_created
 from pytest_distill.text import shorten
 from pytest_distill.training.dataset import Dataset
 from pytest_distill.training.state import State
@@ -166,7 +167,7 @@ def _create(
         try:
             return once.fine_tuning.jobs.create(**known, extra_body=extra or None)
         except Exception as exc:
-            if not _may_have_created(exc):
+            if not may_have_created(exc):
                 raise
             found = _listed_job(client, key)
             if found is not None:
@@ -201,14 +202,6 @@ def merge_body(body: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
         else:
             merged[key] = value
     return merged
-
-
-def _may_have_created(exc: Exception) -> bool:
-    """A timeout, a dropped connection or a server error: the job may exist all the same."""
-    if type(exc).__name__ in ("APITimeoutError", "APIConnectionError"):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and status >= 500
 
 
 def follow(
