@@ -9,7 +9,9 @@ it), so each side parses and checks a shape with the same code. One module per s
   ``response_format``, with JSON Schema checked by ``jsonschema``.
 - ``batch``: the Batch API's files: input lines (requests), output lines (results), the API's
   limits and the splitting of requests into files within them.
-
-Preference (DPO) lines and grader JSON belong here too, each in a module of its own, when the
-plugin and the server come to share them.
+- ``preference``: the DPO file (``input``, ``preferred_output``, ``non_preferred_output``).
+- ``reinforcement``: the reinforcement file (prompts and the grader's item fields) and grader
+  JSON (one grader or ``multi``, and its ``calculate_output``).
+- ``methods``: a fine-tuning job's ``method`` (supervised, dpo, reinforcement) and its
+  hyperparameters' ranges.
 """

@@ -134,10 +134,13 @@ def _example(number: int, line: str) -> Example:
         raise InvalidTrainingFile(
             number, f"`parallel_tool_calls` is {parallel!r}; it must be true or false."
         )
-    parsed = tuple(_message(number, index, item, tools) for index, item in enumerate(messages))
+    parsed = tuple(
+        parse_message(number, f"messages[{index}]", item, tools)
+        for index, item in enumerate(messages)
+    )
     if not any(message.role == "assistant" for message in parsed):
         raise InvalidTrainingFile(number, "each example needs at least one assistant message.")
-    _answers(number, parsed)
+    answers(number, parsed)
     if not any(message.trained for message in parsed):
         raise InvalidTrainingFile(
             number,
@@ -147,8 +150,9 @@ def _example(number: int, line: str) -> Example:
     return Example(parsed, number, tools, parallel)
 
 
-def _message(number: int, index: int, item: Any, tools: tuple[FunctionTool, ...]) -> Message:
-    where = f"messages[{index}]"
+def parse_message(number: int, where: str, item: Any, tools: tuple[FunctionTool, ...]) -> Message:
+    """One message of line ``number``, at ``where`` (e.g. ``messages[2]``), by the rules above;
+    the preference and reinforcement files read their messages with it too."""
     if not isinstance(item, dict):
         raise InvalidTrainingFile(number, f"{where} must be an object with `role` and `content`.")
     role = item.get("role")
@@ -187,16 +191,17 @@ def _message(number: int, index: int, item: Any, tools: tuple[FunctionTool, ...]
     )
 
 
-def _answers(number: int, messages: tuple[Message, ...]) -> None:
+def answers(number: int, messages: tuple[Message, ...], prefix: str = "messages") -> None:
     """Each tool message answers a call of the assistant message before it; each call is
-    answered before the conversation goes on, except those of the last message."""
+    answered before the conversation goes on, except those of the last message. ``prefix``
+    names the list in errors."""
     pending: dict[str, int] = {}  # call id -> index of the assistant message that made it
     for index, message in enumerate(messages):
         if message.role == "tool":
             if message.tool_call_id not in pending:
                 raise InvalidTrainingFile(
                     number,
-                    f"messages[{index}] (tool) answers tool_call_id {message.tool_call_id!r}, "
+                    f"{prefix}[{index}] (tool) answers tool_call_id {message.tool_call_id!r}, "
                     "which no assistant message before it called (or it is answered twice); "
                     "use the id of one of that message's `tool_calls`.",
                 )
@@ -206,8 +211,8 @@ def _answers(number: int, messages: tuple[Message, ...]) -> None:
             call_id, caller = next(iter(pending.items()))
             raise InvalidTrainingFile(
                 number,
-                f"messages[{caller}] calls {call_id!r}, but no tool message answers it before "
-                f"messages[{index}]; add a tool message with that `tool_call_id`.",
+                f"{prefix}[{caller}] calls {call_id!r}, but no tool message answers it before "
+                f"{prefix}[{index}]; add a tool message with that `tool_call_id`.",
             )
         pending = {call.id: index for call in message.tool_calls}
 
