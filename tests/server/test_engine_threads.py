@@ -51,7 +51,7 @@ def test_the_block_runs_on_the_chosen_count_and_the_default_comes_back() -> None
             seen.append(torch.get_num_threads())
         assert torch.get_num_threads() == default
     assert seen == [2, 1]
-    assert set(threads.cost) == {("step", 1), ("step", 2)}
+    assert set(threads.cost) == {("step/8", 1), ("step/8", 2)}
 
 
 def test_one_core_times_nothing() -> None:
@@ -59,3 +59,34 @@ def test_one_core_times_nothing() -> None:
     with threads("step", 8):
         pass
     assert not threads.cost
+
+
+def test_each_size_of_call_is_timed_apart() -> None:
+    """A token costs less in a wider step: a count timed on 32 rows is not compared with one
+    timed on 4 (the wider step would make its count look faster)."""
+    threads = _Threads(2)
+    assert threads.kind_of("step", 32) == threads.kind_of("step", 63) == "step/32"
+    assert threads.kind_of("step", 4) == "step/4" and threads.kind_of("step", 0) == "step/1"
+    wide, thin = threads.kind_of("step", 32), threads.kind_of("step", 4)
+    # Per token: 32 rows on 2 threads 1.0, on 1 thread 1.6; 4 rows on 2 threads 5.0, on 1: 4.0.
+    for kind, seconds in ((wide, {2: 1.0, 1: 1.6}), (thin, {2: 5.0, 1: 4.0})):
+        for _ in range(2):
+            count = threads.pick(kind)
+            threads.timed(kind, count, seconds[count])
+    assert threads.best(wide) == 2 and threads.best(thin) == 1
+
+
+def test_a_try_is_timed_on_its_second_call_after_the_switch() -> None:
+    threads = _Threads(2)
+    threads.timed("step", 2, 1.0)
+    threads.timed("step", 1, 2.0, switched=True)  # first time on 1: timed (nothing to compare)
+    assert threads.best("step") == 2
+    threads.calls["step"] = threads.every["step"] = threads.TRY_EVERY
+    threads.calls["step"] -= 1
+    assert threads.pick("step") == 1  # the try
+    threads.timed("step", 1, 9.0, switched=True)  # woke the threads: not counted
+    assert threads.cost["step", 1] == 2.0
+    assert threads.pick("step") == 1  # the try goes on, now timed
+    threads.timed("step", 1, 0.5, switched=False)
+    assert threads.cost["step", 1] == 0.5 and threads.best("step") == 1
+    assert "step" not in threads.trying
