@@ -52,7 +52,7 @@ class Constraint:
     """The grammar an answer must follow. Build one with ``json_object``, ``json_schema`` or
     ``tool_calls``; each checks its grammar, so a constraint that exists can be enforced."""
 
-    kind: Literal["json_object", "json_schema", "tool_calls"]
+    kind: Literal["json_object", "json_schema", "tool_calls", "text"]
     grammar: str
     """The llguidance grammar (its JSON text); compiled grammars are cached by it."""
 
@@ -76,10 +76,14 @@ class Constraint:
         tools: Sequence[FunctionTool | Mapping[str, Any]],
         name: str | None = None,
         parallel: bool = True,
+        *,
+        optional: bool = False,
     ) -> Constraint:
         """One or more ``<tool_call>`` blocks joined by newlines (exactly one when not
         ``parallel``), each ``{"name": <a tool's name>, "arguments": <an object valid against
         that tool's parameters>}``, name first; with ``name``, every call is to that tool.
+        With ``optional`` (``tool_choice`` auto), the answer is either those calls or text in
+        which no ``<tool_call>`` begins: a call, if the model makes one, is a valid one.
 
         ``tools`` are ``FunctionTool``s or their wire shape (``{"type": "function", ...}``).
         A tool marked ``strict`` whose parameters use what llguidance cannot enforce raises
@@ -94,9 +98,22 @@ class Constraint:
         rules = [f"call_{k}: %json {_call_schema(tool)}" for k, tool in enumerate(chosen)]
         calls = " | ".join(f"call_{k}" for k in range(len(chosen)))
         block = f"{json.dumps(TOOL_CALL_OPEN)} ({calls}) {json.dumps(TOOL_CALL_CLOSE)}"
-        start = 'start: block ("\\n" block)*' if parallel else "start: block"
-        lark = "\n".join([start, f"block: {block}", *rules])
+        calls_rule = 'calls: block ("\\n" block)*' if parallel else "calls: block"
+        start = "start: TEXT | calls" if optional else "start: calls"
+        text = [_TEXT] if optional else []
+        lark = "\n".join([start, calls_rule, f"block: {block}", *rules, *text])
         return cls("tool_calls", _checked(_lark_grammar(lark)))
+
+    @classmethod
+    def text(cls) -> Constraint:
+        """Text in which no ``<tool_call>`` begins (``tool_choice`` none: the tools are in
+        the prompt, but the answer may not call them)."""
+        return cls("text", _checked(_lark_grammar("\n".join(["start: TEXT", _TEXT]))))
+
+
+_TEXT = f"TEXT: /(?s:.+)/ & ~/(?s:.*{TOOL_CALL_OPEN.strip()}.*)/"
+"""Any text, at least a character, in which no call begins (llguidance's ``&`` and ``~`` on
+lexemes: the intersection with the complement)."""
 
 
 def _call_schema(tool: FunctionTool) -> str:

@@ -139,7 +139,9 @@ class Chat:
             for m, calls in zip(request.messages, fields.calls, strict=True)
         )
         tools = tuple(tool.to_json() for tool in fields.tools)
-        constraint = _calls_constraint(fields) or _constraint(request)
+        answer_format = fields.response_format is not None and fields.response_format.type != "text"
+        constraint = _calls_constraint(fields, answer_format)
+        constraint = constraint or _constraint(request)
         generation, streamed = _generation(request, messages, tools, constraint, on_text)
         return Prepared(
             model=request.model,
@@ -294,21 +296,36 @@ def _generation(
     return GenRequest(**fields), streamed
 
 
-def _calls_constraint(fields: ToolFields) -> Constraint | None:
-    """The grammar of the tool calls ``tool_choice`` forces: ``required``, one or more calls
+def _calls_constraint(fields: ToolFields, answer_format: bool) -> Constraint | None:
+    """The grammar of the tool calls ``tool_choice`` asks for: ``required``, one or more calls
     (one without ``parallel_tool_calls``) to the request's tools; a named function, calls to
-    it alone. Each call's arguments follow its tool's ``parameters`` (what llguidance cannot
-    enforce is a 400 for a ``strict`` tool, left unenforced for the others). ``auto`` and
-    ``none`` decode freely: the reply is read for calls afterwards (``auto``) or not at all.
+    it alone; ``auto`` with a ``strict`` tool, text or such calls (a call the model begins is
+    a valid one); ``none``, text in which no call begins. Each call's arguments follow its
+    tool's ``parameters`` (what llguidance cannot enforce is a 400 for a ``strict`` tool, left
+    unenforced for the others). ``auto`` without strict tools decodes freely and the reply is
+    read for calls afterwards. With a ``response_format`` (``answer_format``), ``auto`` and
+    ``none`` leave the answer to its grammar.
     """
     choice = fields.tool_choice
-    if choice is None or choice.mode not in ("required", "function"):
+    if choice is None or not fields.tools:
+        return None
+    strict = any(tool.strict for tool in fields.tools)
+    if choice.mode in ("auto", "none") and (
+        answer_format or (choice.mode == "auto" and not strict)
+    ):
         return None
     with IMPORT_LOCK:
         from distill_server.engine.constrain import Constraint, UnsupportedSchema
 
+    if choice.mode == "none":
+        return Constraint.text()
     try:
-        return Constraint.tool_calls(fields.tools, choice.name, fields.parallel_tool_calls)
+        return Constraint.tool_calls(
+            fields.tools,
+            choice.name,
+            fields.parallel_tool_calls,
+            optional=choice.mode == "auto",
+        )
     except UnsupportedSchema as error:
         raise bad_request(
             f"Invalid 'tools': a strict tool's parameters use what this server cannot enforce "

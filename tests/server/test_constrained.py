@@ -453,3 +453,53 @@ def test_a_strict_tool_it_cannot_enforce_is_a_400_naming_tools(server: Any) -> N
     response = chat(server, messages=QUESTION, tools=[tool], tool_choice="required")
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "tools"
+
+
+def accepts(engine: Engine, constraint: Constraint, text: str) -> bool:
+    """Whether ``constraint`` lets the model write ``text`` (token by token, as it decodes)."""
+    matcher = engine.grammars.matcher(constraint)
+    try:
+        for token in engine.tokenizer.encode(text, add_special_tokens=False):
+            matcher.consume(token)
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_auto_with_strict_tools_allows_text_or_valid_calls_only(engine: Engine) -> None:
+    strict_tools = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    auto = Constraint.tool_calls(strict_tools, optional=True)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}'
+    assert accepts(engine, auto, "It is sunny in Oslo today.")
+    assert accepts(engine, auto, call + "\n</tool_call>")
+    assert not accepts(engine, auto, call.replace('"c"', '"kelvin"'))  # not in the enum
+    assert not accepts(engine, auto, '<tool_call>\n{"name": "launch", "arguments": {}}')
+    assert not accepts(engine, auto, "Let me check. " + call)  # no call begins inside text
+    none = Constraint.text()
+    assert accepts(engine, none, "It is sunny in Oslo today.")
+    assert not accepts(engine, none, call)
+    assert not accepts(engine, none, "Sure: <tool_call>")
+
+
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_auto_with_strict_tools_and_none_over_http(server: Any, mode: str) -> None:
+    """An untrained model's answers under ``auto`` with strict tools: text without a call in
+    it, or calls valid against the tools; under ``none``: never a call."""
+    strict_tools = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    for temperature, seed in SETTINGS:
+        response = chat(
+            server,
+            messages=QUESTION,
+            tools=strict_tools,
+            tool_choice=mode,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=120,
+        )
+        assert response.status_code == 200, response.text
+        message = response.json()["choices"][0]["message"]
+        for call in message.get("tool_calls") or []:
+            assert mode == "auto"
+            arguments = json.loads(call["function"]["arguments"])
+            assert schema_error(arguments, PARAMETERS[call["function"]["name"]]) is None
+        assert "<tool_call>" not in (message["content"] or "")
