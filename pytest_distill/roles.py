@@ -175,13 +175,27 @@ def make_openai(
     )
 
 
-def tls_context() -> ssl.SSLContext:
+def tls_context(*, offline: bool = False) -> ssl.SSLContext:
     """The TLS context an SDK client builds for itself by default (the system's certificates,
     or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), built once to be shared: loading the
-    certificates is the slow part of making a client."""
+    certificates is the slow part of making a client (about 0.3 s).
+
+    ``offline`` (a replay with record mode ``none``: every request is answered by the
+    cassettes, none reaches a server): a context that verifies as strictly but trusts no
+    certificate, so nothing is loaded; a connection that got out anyway would fail its check.
+    """
+    if offline:
+        return _trusting_nothing()
     import httpx2
 
     return httpx2.create_ssl_context()
+
+
+def _trusting_nothing() -> ssl.SSLContext:
+    import ssl
+
+    # PROTOCOL_TLS_CLIENT: certificates required and host names checked, as by default.
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _no_retry_when_out_of_quota(response: Any) -> None:

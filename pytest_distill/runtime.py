@@ -100,7 +100,7 @@ class Runtime:
             if config.name not in self._clients:
                 # Each role its own client (base URL, key, timeout, retries), one TLS context.
                 if self._tls is None:
-                    self._tls = tls_context()
+                    self._tls = tls_context(offline=self.settings.record_mode == "none")
                 self._clients[config.name] = client = make_openai(
                     config,
                     local_url=self._local_url,

@@ -283,3 +283,17 @@ def test_works_beside_pytest_recording_without_a_name_collision(
     )
     result.assert_outcomes(passed=7, failed=4)
     assert len(server.requests) == sent
+
+
+def test_an_offline_replay_loads_no_certificates_and_trusts_none() -> None:
+    """Record mode none: every request is answered by the cassettes, so the clients' TLS
+    context loads no certificates (about 0.3 s a session); it still verifies, so a request
+    that got out would fail its check instead of going out unverified."""
+    import ssl
+
+    from pytest_distill.roles import tls_context
+
+    offline = tls_context(offline=True)
+    assert offline.verify_mode == ssl.CERT_REQUIRED and offline.check_hostname
+    assert offline.cert_store_stats()["x509_ca"] == 0
+    assert tls_context().cert_store_stats()["x509_ca"] > 0
