@@ -97,7 +97,7 @@ def test_a_broken_preference_line_names_its_line_and_fault(change, message) -> N
 
 def test_a_supervised_line_sent_as_preference_says_so() -> None:
     sft = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    with pytest.raises(InvalidTrainingFile, match="line 1: .*looks like a supervised line"):
+    with pytest.raises(InvalidTrainingFile, match=r"line 1: .*looks like a supervised line"):
         parse_preference_lines(_lines([sft] * 10))
 
 
