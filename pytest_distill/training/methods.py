@@ -259,10 +259,23 @@ def select_prompts(
             too_long += 1
             continue
         lines.append(Line(case, result.case_sha256, record, {}))
-    grader = grader_json(next(iter(specs.values()))) if specs else None
+    grader = grader_json([_explicit(g) for g in next(iter(specs.values()))]) if specs else None
     return Selection(
         "reinforcement", tuple(lines), len(teacher), len(teacher), too_long=too_long, grader=grader
     )
+
+
+def _explicit(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A grader spec with the plugin's defaults written out where OpenAI's grader JSON requires
+    the field: the sample's text as ``input`` and the case's ``reference``, and string_check's
+    ``eq``. The plugin grades it as before."""
+    out = dict(spec)
+    if out.get("type") in ("string_check", "text_similarity"):
+        out.setdefault("input", "{{sample.output_text}}")
+        out.setdefault("reference", "{{item.reference}}")
+    if out.get("type") == "string_check":
+        out.setdefault("operation", "eq")
+    return out
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
