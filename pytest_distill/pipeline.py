@@ -201,6 +201,19 @@ def _stage(
     trainer = trainer_role(runtime)
     settings = _job_settings(runtime, base_model, trainer)
     method = _method_json(runtime, name, data)
+    # The stage's file is kept before its job starts: a run killed while the job trains picks
+    # the same file up again (no new samples, so the same job key) instead of starting another.
+    state.save_stage(
+        runtime.settings.training.method,
+        name,
+        {
+            "job_key": jobs.job_key(settings, data, method),
+            "training_file": _relative(data.path, runtime.settings.rootpath),
+            "sha256": data.sha256,
+            "base_model": base_model,
+            "after": after.job_id if after is not None else None,
+        },
+    )
     outcome = jobs.train(
         runtime.client_for(trainer),
         data,
@@ -213,16 +226,7 @@ def _stage(
     state.save_stage(
         runtime.settings.training.method,
         name,
-        {
-            "job_key": jobs.job_key(settings, data, method),
-            "training_file": _relative(data.path, runtime.settings.rootpath),
-            "sha256": data.sha256,
-            "base_model": base_model,
-            "job_id": outcome.job_id,
-            "status": outcome.status,
-            "fine_tuned_model": outcome.model,
-            "after": after.job_id if after is not None else None,
-        },
+        {"job_id": outcome.job_id, "status": outcome.status, "fine_tuned_model": outcome.model},
     )
     return outcome
 
