@@ -113,17 +113,25 @@ class Runtime:
                     answer_from(client, self.replay)
             return self._clients[config.name]
 
-    def use_finetuned(self, model: str, endpoint: Endpoint, key_env: str | None = None) -> None:
+    def use_finetuned(
+        self, model: str, endpoint: Endpoint, key_env: str | None = None, label: str = "finetuned"
+    ) -> None:
         """After training: the fine-tuned model becomes the ``finetuned`` role; it is served
-        where it trained, so it takes the trainer's key variable unless it names its own."""
+        where it trained, so it takes the trainer's key variable unless it names its own.
+        ``label="sft"``: the first stage's model of a two-stage method, a role of its own that
+        is configured as ``finetuned`` is."""
         configs = dict(self.settings.role_configs)
         own = configs["finetuned"].api_key_env
-        configs["finetuned"] = dataclasses.replace(
-            configs["finetuned"], model=model, endpoint=endpoint, api_key_env=own or key_env
+        configs[label] = dataclasses.replace(
+            configs["finetuned"],
+            name=label,
+            model=model,
+            endpoint=endpoint,
+            api_key_env=own or key_env,
         )
         self.settings = dataclasses.replace(self.settings, role_configs=configs)
         with self._lock:
-            stale = self._clients.pop("finetuned", None)
+            stale = self._clients.pop(label, None)
         if stale is not None:
             stale.close()
 

@@ -286,8 +286,12 @@ class ScriptedApi:
         with self._lock:
             job_id = f"ftjob-{next(self._ids)}"
             fails = self.create_fails.pop(0) if self.create_fails else None
+        refused = _check_method(body, self.contents.get(body.get("training_file", ""), b""))
+        if refused is not None:
+            return 400, {"error": {"message": refused, "type": "invalid_request_error"}}
         done = self.job_status == "succeeded"
-        hyper = body.get("method", {}).get("supervised", {}).get("hyperparameters", {})
+        method = body.get("method") or {"type": "supervised"}
+        hyper = (method.get(method["type"]) or {}).get("hyperparameters", {})
         self.jobs[job_id] = {
             "id": job_id,
             "object": "fine_tuning.job",
@@ -325,6 +329,28 @@ class ScriptedApi:
             if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())
         ][: int(query.get("limit", 20))]
         return 200, {"object": "list", "data": data, "has_more": False}
+
+
+def _check_method(body: dict[str, Any], content: bytes) -> str | None:
+    """A job's ``method`` as the API checks it, and its training file in that method's shape
+    (chat lines, preference lines or reinforcement prompts): the error, or None."""
+    from distill_shapes.methods import parse_method
+    from distill_shapes.preference import parse_preference_file
+    from distill_shapes.reinforcement import parse_reinforcement_file
+    from distill_shapes.training import parse_training_file
+
+    try:
+        method = parse_method(body["method"]) if "method" in body else None
+        kind = method.type if method is not None else "supervised"
+        if content:
+            {
+                "supervised": parse_training_file,
+                "dpo": parse_preference_file,
+                "reinforcement": parse_reinforcement_file,
+            }[kind](content)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[bytes, str]]:

@@ -131,7 +131,7 @@ def test_gate_syntax_errors_name_the_problem_and_what_is_allowed(
 ) -> None:
     with pytest.raises(GateSyntaxError, match=message) as info:
         Gate.parse(expression)
-    assert "allowed: role names (teacher, student, finetuned, judge)" in str(info.value)
+    assert "allowed: role names (teacher, student, sft, finetuned, judge)" in str(info.value)
     assert repr(expression.strip()) in str(info.value)
 
 

@@ -168,16 +168,17 @@ def stop(config: pytest.Config) -> None:
 
 @contextlib.contextmanager
 def distill_step(
-    config: pytest.Config, runtime: Runtime, sha256: str, state: Path
+    config: pytest.Config, runtime: Runtime, sha256: str, state: Path, tag: str = ""
 ) -> Iterator[Path]:
     """Route the fine-tuning traffic to ``distill/<dataset hash>`` and yield the state file to
     use. The job state the recording started from is kept in the cassette; a replay starts
-    from it (in ``.distill/replay/``), so it makes the same requests as the recorded run."""
+    from it (in ``.distill/replay/``), so it makes the same requests as the recorded run.
+    ``tag``: the training method past SFT, whose stages (and samples) record apart."""
     recorder = config.stash.get(RECORDER_KEY, None)
     if recorder is None:
         yield state
         return
-    name = f"distill/{sha256[:16]}"
+    name = f"distill/{sha256[:16]}" + (f"-{tag}" if tag else "")  # tag: a method past SFT
     found = recorder.cassette.cassette(name)
     if recorder.cassette.replays_only(name):
         runtime.replaying = True

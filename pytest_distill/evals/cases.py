@@ -166,7 +166,10 @@ class Suite:
 
 def lineage(role: str) -> tuple[str, ...]:
     """The roles whose settings ``role`` takes, itself last: ``finetuned`` is the student after
-    training, so it is sent the student's prompt and parameters unless it sets its own."""
+    training, so it is sent the student's prompt and parameters unless it sets its own; ``sft``
+    (a two-stage method's first model) is configured as ``finetuned`` is."""
+    if role == "sft":
+        return ("student", "finetuned", role)
     return ("student", role) if role == "finetuned" else (role,)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from distill_shapes.reinforcement import OPENAI_GRADERS
 from pytest_distill.batches import BatchItemError
 from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
@@ -90,6 +91,7 @@ class DistillFile(pytest.File):
                 "distill_student_model (or --distill-model teacher=MODEL)",
             )
         graders = build_graders(self.config, runtime, suite)
+        _check_reward_graders(runtime, suite)
         collected(self.config).append(CollectedSuite(self, suite, graders))
         # Role by role: a role's calls share a prompt shape, so an endpoint that batches
         # concurrent requests (the embedded server does) pads less.
@@ -115,7 +117,9 @@ class DistillFile(pytest.File):
         held_out = split == "holdout" or runtime.settings.holdout == 0
         if role == "finetuned":
             return held_out and not runtime.settings.distill
-        return held_out or role == "teacher" or not runtime.settings.distill
+        # --distill-method dpo: the student's failing train answers are the pairs' rejected side.
+        pairs = role == "student" and runtime.settings.training.method == "dpo"
+        return held_out or role == "teacher" or pairs or not runtime.settings.distill
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
@@ -125,6 +129,30 @@ class DistillFile(pytest.File):
             where = os.path.relpath(error.path, self.config.invocation_params.dir)
             return f"{where}:{error.line}: {error.message}"
         return super().repr_failure(excinfo)
+
+
+def _check_reward_graders(runtime: Runtime, suite: Suite) -> None:
+    """``--distill`` with method sft+rl on OpenAI's trainer: a grader type its reinforcement
+    jobs do not take is refused here, before any model call or training spend."""
+    settings = runtime.settings
+    if not (settings.distill and settings.training.method == "sft+rl"):
+        return
+    trainer = settings.training.trainer_endpoint or runtime.role("student").endpoint
+    if trainer.kind != "openai":
+        return
+    for case in suite.cases:
+        for spec in case.graders:
+            kind = str(spec.get("type"))
+            if kind not in OPENAI_GRADERS:
+                name = spec.get("name") or kind
+                raise CaseFileError(
+                    case.source or suite.path,
+                    case.line,
+                    f"distill_method sft+rl: grader {name!r} (type {kind}) is not one OpenAI's "
+                    f"reinforcement fine-tuning takes ({', '.join(sorted(OPENAI_GRADERS))}); "
+                    "train on the embedded server (ini distill_trainer_endpoint = local) or "
+                    "grade with those types",
+                )
 
 
 def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:

@@ -42,6 +42,11 @@ class TrainingSettings:
     allow_subset: bool = False  # train when a selection left train-split teacher cases out
     no_wait: bool = False  # start the job and return; the next run follows it
     base_model: str = ""  # the student's model, which the job fine-tunes
+    # How the student is trained: sft, dpo, sft+dpo or sft+rl (the stages run in that order).
+    method: str = "sft"
+    pair_samples: int = 4  # sft+dpo: the SFT model's samples per train-split case
+    pair_temperature: float = 1.0  # and their temperature
+    beta: float | None = None  # DPO's beta; None: the trainer's choice
 
     @property
     def trainer(self) -> str:

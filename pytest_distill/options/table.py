@@ -200,6 +200,38 @@ OPTIONS: tuple[Option, ...] = (
         ini_help="endpoint that fine-tunes: openai, local or a base URL (default: the student's)",
     ),
     Option(
+        "method",
+        training.method,
+        choices=training.METHODS,
+        metavar="METHOD",
+        flag_help="with --distill: how the student is trained: sft (supervised fine-tuning on "
+        "the teacher's passing answers, the default), dpo (preference pairs: the teacher's "
+        "passing answer over the student's failing one), sft+dpo (SFT, then DPO on the SFT "
+        "model's own failing samples) or sft+rl (SFT, then reinforcement fine-tuning with the "
+        "suite's graders as the reward) (ini distill_method).",
+        ini_help="how --distill trains: sft, dpo, sft+dpo or sft+rl (see --distill-method)",
+        default="sft",
+    ),
+    Option(
+        "pair_samples",
+        values.number(int, 1, 64),
+        ini_help="sft+dpo: answers sampled from the SFT model per train-split case, whose "
+        "failing ones become the pairs' rejected side",
+        default="4",
+    ),
+    Option(
+        "pair_temperature",
+        values.number(float, 0.0, 2.0),
+        ini_help="sft+dpo: the sampling temperature of those answers",
+        default="1.0",
+    ),
+    Option(
+        "beta",
+        training.hyperparameter_or_auto,
+        ini_help="dpo and sft+dpo: DPO's beta, above 0 and at most 2 (default: the trainer's "
+        "choice)",
+    ),
+    Option(
         "n_epochs",
         training.hyperparameter_or_auto,
         ini_help="fine-tuning epochs (default: the trainer's choice)",

@@ -24,6 +24,9 @@ HYPERPARAMETERS: dict[str, tuple[type, float, float, bool]] = {
     "batch_size": (int, 1, 256, False),
     "learning_rate_multiplier": (float, 0, math.inf, True),
 }
+# Hyperparameters of one method only: DPO's beta, in (0, 2].
+METHOD_HYPERPARAMETERS: dict[str, tuple[type, float, float, bool]] = {"beta": (float, 0, 2, True)}
+METHODS = ("sft", "dpo", "sft+dpo", "sft+rl")
 SEED_RANGE = (0, 2**31 - 1)
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -44,7 +47,21 @@ def training(read: Values) -> TrainingSettings:
         api_key_env=read("trainer_api_key_env"),
         allow_subset=read("allow_subset"),
         no_wait=read("no_wait"),
+        method=read("method"),
+        pair_samples=read("pair_samples"),
+        pair_temperature=read("pair_temperature"),
+        beta=read("beta"),
     )
+
+
+def method(given: Given) -> str:
+    """One of :data:`METHODS`; the flag's choices are checked by pytest, the ini's here."""
+    text = given.text or str(given.option.default)
+    if text not in METHODS:
+        raise pytest.UsageError(
+            f"{given.where}: {text!r} is not a training method; use one of {', '.join(METHODS)}"
+        )
+    return text
 
 
 def trainer_endpoint(given: Given) -> Endpoint | None:
@@ -83,17 +100,18 @@ def suffix_or_default(given: Given) -> str:
 
 
 def hyperparameter(name: str, raw: str) -> int | float:
-    kind, low, high, open_low = HYPERPARAMETERS[name]
+    kind, low, high, open_low = {**HYPERPARAMETERS, **METHOD_HYPERPARAMETERS}[name]
     if kind is int:
         return whole(raw, int(low), int(high), f"ini distill_{name}")
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and (value > low if open_low else value >= low)):
+    if not (math.isfinite(value) and (value > low if open_low else value >= low) and value <= high):
+        most = f" and at most {high:g}" if math.isfinite(high) else ""
         raise pytest.UsageError(
             f"ini distill_{name}: {raw!r} is not valid; the fine-tuning API takes a number "
-            f"greater than {low:g}, or auto"
+            f"greater than {low:g}{most}, or auto"
         )
     return value
 

@@ -3,7 +3,9 @@
 The same code drives OpenAI and the embedded local server. Idempotent: a job is keyed by the
 training set's content hash, the base model, the trainer endpoint and the hyperparameters;
 the key is kept in ``.distill/state.json`` and in the job's metadata, so a retried CI run
-finds its job instead of starting another.
+finds its job instead of starting another. A job past SFT (``method`` dpo or reinforcement,
+written by ``distill_shapes.methods.method_json``) has the method in its key too; its base
+model is the first stage's fine-tuned model, so each stage has a key of its own.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_distill.options import TrainingSettings
 from pytest_distill.roles import may_have_created
 from pytest_distill.text import shorten
-from pytest_distill.training.dataset import Dataset
 from pytest_distill.training.state import State
 
 if TYPE_CHECKING:
@@ -32,8 +34,21 @@ class DistillError(RuntimeError):
     """The distill step failed; the message is one line saying why and what to do."""
 
 
-def job_key(settings: TrainingSettings, dataset: Dataset) -> str:
-    """The job's idempotency key: the training set, base model, trainer and what shapes the job."""
+class Dataset(Protocol):
+    """A written training file: a chat, preference or prompt JSONL."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+def job_key(
+    settings: TrainingSettings, dataset: Dataset, method: Mapping[str, Any] | None = None
+) -> str:
+    """The job's idempotency key: the training set, base model, trainer and what shapes the job
+    (``method``: a method past SFT, part of the key only then)."""
     parts: list[Any] = [
         dataset.sha256,
         settings.base_model,
@@ -44,6 +59,8 @@ def job_key(settings: TrainingSettings, dataset: Dataset) -> str:
     ]
     if settings.extra_body:  # only when set, so that keys made before it existed stay valid
         parts.append(dict(settings.extra_body))
+    if method is not None:
+        parts.append(dict(method))
     material = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
@@ -68,13 +85,17 @@ def train(
     progress: Progress,
     *,
     replaying: bool = False,
+    method: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Find or start the job for this dataset and settings, then follow it unless no_wait.
     ``replaying``: the job's polls come from cassettes, so its step lines are counted, not
-    printed again one by one."""
-    key = job_key(settings, dataset)
+    printed again one by one. ``method``: the job's ``method`` past SFT (None: supervised,
+    with the settings' hyperparameters)."""
+    key = job_key(settings, dataset, method)
     try:
-        job, file_id, reused = _find_or_start(client, dataset, settings, state, key, progress)
+        job, file_id, reused = _find_or_start(
+            client, dataset, settings, state, key, progress, method
+        )
         if settings.no_wait or job.status in FINAL:
             return _outcome(job, file_id, reused)
         metrics: dict[int, dict[str, Any]] = {}
@@ -93,6 +114,7 @@ def _find_or_start(
     state: State,
     key: str,
     progress: Progress,
+    method: Mapping[str, Any] | None = None,
 ) -> tuple[Any, str, bool]:
     import openai
 
@@ -117,7 +139,7 @@ def _find_or_start(
         return job, job.training_file, True
     file_id = known.get("file_id") or _upload(client, dataset, progress)
     state.save_job(key, file_id=file_id, job_id=None)
-    job = _create(client, settings, key, file_id, dataset)
+    job = _create(client, settings, key, file_id, dataset, method)
     state.save_job(key, job_id=job.id, file_id=file_id)
     progress(f"distill: started job {job.id} on {settings.trainer} for {settings.base_model}")
     return job, file_id, False
@@ -142,7 +164,12 @@ def _upload(client: openai.OpenAI, dataset: Dataset, progress: Progress) -> str:
 
 
 def _create(
-    client: openai.OpenAI, settings: TrainingSettings, key: str, file_id: str, dataset: Dataset
+    client: openai.OpenAI,
+    settings: TrainingSettings,
+    key: str,
+    file_id: str,
+    dataset: Dataset,
+    method: Mapping[str, Any] | None = None,
 ) -> Any:
     """Create without SDK retries: a POST that timed out or got a 5xx may have created the job
     after all, so we look it up by its metadata before trying again (the SDK's idempotency key
@@ -151,7 +178,9 @@ def _create(
     body: dict[str, Any] = {
         "model": settings.base_model,
         "training_file": file_id,
-        "method": {
+        "method": dict(method)
+        if method is not None
+        else {
             "type": "supervised",
             "supervised": {"hyperparameters": dict(settings.hyperparameters)},
         },

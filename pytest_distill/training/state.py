@@ -40,6 +40,17 @@ class State:
         self.data["finetuned"] = {"model": model, "endpoint": endpoint, "job_id": job_id}
         self._write()
 
+    def save_stage(self, method: str, stage: str, values: dict[str, Any]) -> None:
+        """A training stage of ``method`` (``sft``, ``dpo``, ``rl``): its file, job and model;
+        the second stage also names the first stage's job it continued (``after``)."""
+        stages = self.data.setdefault("stages", {}).setdefault(method, {})
+        stages[stage] = {**stages.get(stage, {}), **values}
+        self._write()
+
+    def stage(self, method: str, stage: str) -> dict[str, Any]:
+        found = self.data.get("stages", {}).get(method, {}).get(stage, {})
+        return dict(found) if isinstance(found, dict) else {}
+
     def finetuned(self) -> tuple[str, str] | None:
         """The fine-tuned model the last ``--distill`` made, and its endpoint, if any."""
         found = self.data.get("finetuned")

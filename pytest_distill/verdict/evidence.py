@@ -19,7 +19,7 @@ from pytest_distill.verdict.gate import Gate, RoleStats
 from pytest_distill.verdict.leakage import Exclusion, leaked_cases, training_sets
 from pytest_distill.verdict.stats import MIN_PAIRED_CASES, Pair, compare, power
 
-ORDER: Final = ("teacher", "student", "finetuned", "judge")
+ORDER: Final = ("teacher", "student", "sft", "finetuned", "judge")
 
 
 def parse_label(label: str) -> tuple[str, str | None]:
@@ -71,7 +71,8 @@ class Evidence:
     ) -> Evidence:
         """``items``: the gate's split. Cases a fine-tuned model trained on leave every role's
         results, so each role is still measured on the same cases."""
-        sets = training_sets(rootpath) if any(r.role == "finetuned" for r in items) else {}
+        trained = any(r.role in ("finetuned", "sft") for r in items)
+        sets = training_sets(rootpath) if trained else {}
         models = (finetuned_model,) if finetuned_model else ()
         leaked, exclusions = leaked_cases(items, sets, models)
         kept = tuple(r for r in items if (r.suite, r.case_id) not in leaked)

@@ -17,7 +17,7 @@ from typing import Final, Literal, get_args
 from pytest_distill.verdict import tree
 from pytest_distill.verdict.tree import DIFFERENCE_ATTRIBUTES, TESTS
 
-RoleName = Literal["teacher", "student", "finetuned", "judge"]
+RoleName = Literal["teacher", "student", "sft", "finetuned", "judge"]
 Attribute = Literal[
     "score",
     "pass_rate",

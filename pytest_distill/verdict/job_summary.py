@@ -104,7 +104,7 @@ def _regressions(out: _Budget, data: Mapping[str, Any], cases: bool) -> None:
     ranked = view.regressions(found)
     if not ranked:
         return
-    roles = [r for r in view.roles(data) if r in ("teacher", "student", "finetuned")]
+    roles = [r for r in view.roles(data) if r in ("teacher", "student", "sft", "finetuned")]
     shown = ranked[:MAX_REGRESSIONS]
     out.add(
         f"<details><summary>Largest regressions: {_count(len(ranked), 'case')} "

@@ -47,6 +47,7 @@ class Exclusion:
 def training_sets(rootpath: Path) -> dict[str, TrainingSet]:
     """Every fine-tuned model a manifest under ``rootpath`` names, with its training cases."""
     found: dict[str, TrainingSet] = {}
+    bases: dict[str, str] = {}
     for path in paths.manifests(rootpath):
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -55,6 +56,9 @@ def training_sets(rootpath: Path) -> dict[str, TrainingSet]:
         model = (manifest.get("training") or {}).get("fine_tuned_model")
         if not model:
             continue
+        base = (manifest.get("training") or {}).get("base_model")
+        if base:
+            bases[str(model)] = str(base)
         lines = manifest.get("lines") or []
         known = found.get(model)
         found[model] = TrainingSet(
@@ -64,7 +68,25 @@ def training_sets(rootpath: Path) -> dict[str, TrainingSet]:
             frozenset(str(line["case_sha256"]) for line in lines if line.get("case_sha256"))
             | (known.fingerprints if known else frozenset()),
         )
-    return found
+    return _with_earlier_stages(found, bases)
+
+
+def _with_earlier_stages(
+    found: dict[str, TrainingSet], bases: Mapping[str, str]
+) -> dict[str, TrainingSet]:
+    """A model fine-tuned from another fine-tuned model (a two-stage method's second stage)
+    trained on that model's cases too."""
+    chained = dict(found)
+    for model, base in bases.items():
+        seen = {model}
+        while base in found and base not in seen:
+            seen.add(base)
+            earlier, own = found[base], chained[model]
+            chained[model] = TrainingSet(
+                model, own.cases | earlier.cases, own.fingerprints | earlier.fingerprints
+            )
+            base = bases.get(base, "")
+    return chained
 
 
 def leaked_cases(
@@ -76,7 +98,7 @@ def leaked_cases(
     configured = tuple(m for m in models if m in sets)
     leaked: dict[str, set[tuple[str, str]]] = {}
     for result in results:
-        if result.role != "finetuned":
+        if result.role not in ("finetuned", "sft"):
             continue
         answered = tuple(c.model for c in result.all_calls if c.model in sets)
         for model in dict.fromkeys((*answered, *configured)):

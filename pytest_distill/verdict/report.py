@@ -134,11 +134,12 @@ def _evaluate(run: Run, gate: Gate, found: paired.Evidence) -> GateResult:
     configs = run.settings.role_configs
     modelless = sorted(r for r in gate.role_names if r not in configs or not configs[r].model)
     if modelless:
-        hint = (
-            "run `pytest --distill` to train it"
-            if modelless == ["finetuned"]
-            else f"set ini distill_{modelless[0]}_model"
-        )
+        if "sft" in modelless:
+            hint = "a two-stage --distill-method (sft+dpo or sft+rl) trains it"
+        elif modelless == ["finetuned"]:
+            hint = "run `pytest --distill` to train it"
+        else:
+            hint = f"set ini distill_{modelless[0]}_model"
         reason = f"gate skipped: {', '.join(modelless)} has no model yet ({hint})"
         return GateResult(gate.expression, None, (), tuple(modelless), reason, skipped=True)
     prices = run.settings.prices
@@ -167,9 +168,9 @@ def _why_missing(run: Run, labels: Sequence[str]) -> str:
 def _cause(run: Run, label: str) -> str:
     role, suite = paired.parse_label(label)
     stopped = "the session stopped early (-x or maxfail)"
-    if run.distill_error and role == "finetuned":
+    if run.distill_error and role in ("finetuned", "sft"):
         return f"not run, {stopped}" if run.stopped_early else "the distill step failed"
-    if role not in run.settings.roles:
+    if role not in run.settings.roles and role != "sft":
         return "not selected by --distill-roles / ini distill_roles"
     if run.stopped_early:
         return f"not run, {stopped}"

@@ -68,7 +68,7 @@ class Results:
         self.items.append(result)
 
     def roles(self) -> list[str]:
-        order = ("teacher", "student", "finetuned", "judge")
+        order = ("teacher", "student", "sft", "finetuned", "judge")
         seen = {r.role for r in self.items}
         return [r for r in order if r in seen] + sorted(seen - set(order))
 

@@ -49,7 +49,13 @@ def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome, verdict: Ve
             tr.write_line(f"{run.distill_error} (exit code {verdict.exit_code})", red=True)
         return
     tr.write_sep("=", "distill summary")
-    for line in (*tables(run), *pair_lines(run, outcome), *gate_lines(run, outcome, verdict)):
+    shown = (
+        *tables(run),
+        *stage_lines(run),
+        *pair_lines(run, outcome),
+        *gate_lines(run, outcome, verdict),
+    )
+    for line in shown:
         tr.write_line(line.text, **line.markup)
 
 
@@ -149,6 +155,22 @@ def _table(title: str, rows: Sequence[Sequence[str]]) -> Iterator[Line]:
             c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
         ]
         yield Line("  " + "  ".join(cells))
+
+
+def stage_lines(run: Run) -> Iterator[Line]:
+    """A method past SFT (``distill_method``): which ran, and each stage's file, job and model."""
+    training = run.training or {}
+    stages = training.get("stages")
+    if not stages:
+        return
+    yield Line(f"distill method {training.get('method')}:")
+    for number, stage in enumerate(stages, start=1):
+        sha = str(stage.get("sha256") or "")[:12]
+        yield Line(
+            f"  stage {number} {stage.get('stage')}: {stage.get('examples')} lines "
+            f"(sha256 {sha}), job {stage.get('job_id')} ({stage.get('status')}) from "
+            f"{stage.get('base_model')} -> {stage.get('fine_tuned_model') or 'no model yet'}"
+        )
 
 
 def pair_lines(run: Run, outcome: Outcome) -> Iterator[Line]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_PREFIX = "pytest-distill/report/"
-ROLE_ORDER = ("teacher", "student", "finetuned", "judge")
+ROLE_ORDER = ("teacher", "student", "sft", "finetuned", "judge")
 # Changes between roles on one case: (key, label, role that failed, role that passed).
 CHANGES = (
     ("student-wrong-finetuned-right", "student wrong, fine-tuned right", "student", "finetuned"),
