@@ -301,3 +301,60 @@ def test_distill_with_the_teacher_and_the_finetuned_student_in_batches(
     finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
     assert finetuned and not any(i["error"] for i in finetuned)
     assert {e["role"] for e in _state(pytester).values()} == {"teacher", "finetuned"}
+
+
+def test_no_wait_submits_skips_the_batch_items_then_the_same_command_collects(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_polls = 0  # final at its first retrieve: the rerun's
+    project.makefile(".eval.yaml", capitals=SUITE)
+    args = (
+        "--distill-batch=teacher",
+        "--distill-no-wait",
+        "-rs",
+        "--distill-gate",
+        "teacher >= 0.5",
+    )
+    first, report = _run(project, *args)
+    assert first.ret == pytest.ExitCode.OK
+    outcomes = first.parseoutcomes()  # the student ran live
+    assert (outcomes["passed"], outcomes["skipped"], outcomes["below"]) == (1, 5, 4)
+    (batch_id,) = server.api.batches
+    assert server.api.batches[batch_id]["status"] == "validating"  # never retrieved
+    assert not [i for i in report["items"] if i["role"] == "teacher"]
+    assert report["gate"]["status"] == "not evaluated"
+    assert batch_id in report["deferred"] and "run the same command again" in report["deferred"]
+    out = first.stdout.str()
+    assert f"batch {batch_id} still validating; run again to collect" in out  # -rs reasons
+    assert f"distill: batch {batch_id} of role teacher (validating) still running" in out
+    assert "pytest --distill-report=report.json" in out  # the command to run again
+    assert first.outlines[-2].startswith("gate not evaluated: batches are still running")
+    (entry,) = _state(project).values()
+    assert entry["batch_id"] == batch_id and entry["done"] is False
+
+    again, report = _run(project, *args)
+    assert again.ret == pytest.ExitCode.OK
+    assert again.parseoutcomes()["passed"] == 6
+    assert list(server.api.batches) == [batch_id]  # nothing new
+    assert sum(f["purpose"] == "batch" for f in server.api.files.values()) == 1
+    assert any(f"distill: resuming batch {batch_id}" in line for line in again.outlines)
+    assert report["deferred"] is None and report["gate"]["status"] == "passed"
+    assert _state(project)[next(iter(_state(project)))]["done"] is True
+
+
+def test_no_wait_never_trains_on_the_answers_of_a_partial_set(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result = project.runpytest(
+        *FAST,
+        "--distill",
+        "--distill-batch=teacher",
+        "--distill-no-wait",
+        "-o",
+        "distill_holdout=0.4",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["distill: not training: batches are still running*"])
+    assert "distill: wrote" not in result.stdout.str()
+    assert not server.api.jobs

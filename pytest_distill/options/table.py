@@ -24,7 +24,9 @@ OPTIONS: tuple[Option, ...] = (
         "no_wait",
         values.switch,
         switch=True,
-        flag_help="with --distill: start the fine-tuning job and return; the next run picks it up.",
+        flag_help="with --distill: start the fine-tuning job and return; with --distill-batch: "
+        "submit the batches and return (their items are skipped). The same command run again "
+        "picks them up.",
     ),
     Option(
         "allow_subset",
