@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SUITE
+from conftest import CAPITALS, SUITE
 from scripted_server import ScriptedServer
 
 from pytest_distill import batches
@@ -201,7 +201,7 @@ def test_repeats_send_one_request_each(project: pytest.Pytester, server: Scripte
     ("args", "message"),
     [
         (["--distill-batch=teacher,judge"], "unknown role 'judge'"),
-        (["--distill-batch=teacher", "--distill-record-mode=once"], "cassettes do not"),
+        (["--distill-batch=teacher", "-n", "2"], "run it without -n (xdist)"),
     ],
 )
 def test_bad_batch_options_stop_before_any_call(
@@ -358,3 +358,75 @@ def test_no_wait_never_trains_on_the_answers_of_a_partial_set(
     result.stdout.fnmatch_lines(["distill: not training: batches are still running*"])
     assert "distill: wrote" not in result.stdout.str()
     assert not server.api.jobs
+
+
+def test_a_batch_run_recorded_replays_offline_with_its_secrets_scrubbed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-batch-cassette-secret-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    pytester.makefile(".eval.yaml", capitals=SUITE)
+    args = ("--distill-batch=teacher", "--distill-repeats=2")
+    with ScriptedServer() as server:
+        server.script("big", CAPITALS)
+        server.script("small", {"Capital of France?": "Paris", "Capital of Italy?": "Milan"})
+        server.api.batch_reversed = True
+        server.api.batch_line_fails = {"Capital of Spain?": 500}
+        pytester.makeini(
+            f"""
+            [pytest]
+            distill_teacher_model = big
+            distill_teacher_endpoint = {server.base_url}
+            distill_student_model = small
+            distill_student_endpoint = {server.base_url}
+            """
+        )
+        recorded, recorded_report = _run(pytester, *args, "--distill-record-mode=new_episodes")
+        recorded.assert_outcomes(passed=5, failed=5)
+        assert len(server.api.batches) == 1
+    cassettes = pytester.path / "cassettes"
+    (batch_cassette,) = (cassettes / "batches").glob("teacher-*.json")
+    recorded_calls = [
+        (i["request"]["method"], i["request"]["uri"].partition("/v1/")[2])
+        for i in json.loads(batch_cassette.read_text())["interactions"]
+    ]
+    assert recorded_calls[:3] == [
+        ("POST", "files"),
+        ("POST", "batches"),
+        ("GET", "batches/batch_2"),
+    ]
+    assert [call for call in recorded_calls if call[1].endswith("/content")]
+    assert not any(secret in p.read_text() for p in cassettes.rglob("*.json"))
+
+    # The server is gone: the replay answers from the cassettes alone, and waits for nothing.
+    (pytester.path / ".distill" / "state.json").unlink()
+    replayed, report = _run(pytester, *args, "--distill-record-mode=none")
+    replayed.assert_outcomes(passed=5, failed=5)
+    assert _items(report) == _items(recorded_report)
+    errored = [i for i in report["items"] if i["error"]]
+    assert [i["case_id"] for i in errored] == ["es"]
+    assert "HTTP 500: scripted 500" in errored[0]["error"]
+    assert "no recording" not in replayed.stdout.str()
+
+
+def test_a_batch_upload_matches_its_recording_whatever_the_run_id() -> None:
+    from pytest_distill.cassettes import matching
+
+    def upload(run: str, answer: str = "x") -> str:
+        line = {
+            "custom_id": "a#1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [answer], "metadata": {"distill_run": run}},
+        }
+        boundary = "b0"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="in.jsonl"\r\n\r\n{json.dumps(line)}\n\r\n--{boundary}--\r\n'
+        ).encode()
+        return matching.shape(
+            "POST", "/v1/files", body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+        ).body
+
+    assert upload("run-1") == upload("run-2")
+    assert upload("run-1") != upload("run-1", "y")
