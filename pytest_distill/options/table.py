@@ -167,7 +167,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "prices",
         values.price_lines,
-        ini_help="lines 'MODEL = PROMPT COMPLETION': USD per 1M tokens, for the cost column",
+        ini_help="lines 'MODEL = PROMPT COMPLETION': USD per 1M tokens, for the cost column; "
+        "'batch = FACTOR': the share of the price a Batch API call costs (default 0.5)",
         ini_type="linelist",
         default=[],
     ),
