@@ -301,6 +301,16 @@ def test_distill_with_the_teacher_and_the_finetuned_student_in_batches(
     finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
     assert finetuned and not any(i["error"] for i in finetuned)
     assert {e["role"] for e in _state(pytester).values()} == {"teacher", "finetuned"}
+    # Lineage: each training line names the batch and the request line that answered it.
+    (batch_id,) = teacher.api.batches
+    requests = {x["custom_id"] for x in _input_lines(teacher, teacher.api.batches[batch_id])}
+    (manifest,) = (pytester.path / ".distill" / "datasets").glob("*/manifest.json")
+    lines = json.loads(manifest.read_text())["lines"]
+    assert lines and all(line["batch"]["id"] == batch_id for line in lines)
+    for line in lines:
+        case = line["case"].split("::")[1]
+        assert line["batch"]["custom_id"] in requests
+        assert line["batch"]["custom_id"].endswith(f"::{case}[teacher]#1")
 
 
 def test_no_wait_submits_skips_the_batch_items_then_the_same_command_collects(
