@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 GONE = frozenset({"failed", "cancelled", "expired"})
-"""A batch in one of these states is not picked up again by a rerun (its file may be)."""
+"""A batch in one of these states is not found again by its metadata (its file may be); one
+the state names is read once more, so its items error with the reason, then done with."""
 HEARTBEAT_S = 30.0
 MAX_POLL_S = 60.0
 Progress = Callable[[str], None]
@@ -190,6 +191,12 @@ def _find_or_start(
                 batch = None
             if batch is not None and batch.status not in GONE:
                 progress(f"distill: resuming batch {batch.id} of role {role} ({batch.status})")
+                return batch
+            if batch is not None:  # ended badly since: its items error once, never a quiet redo
+                progress(
+                    f"distill: batch {batch.id} of role {role} ended {batch.status}; its items "
+                    "take what it answered and error for the rest (the next run starts anew)"
+                )
                 return batch
         found = _listed(client, key, run)
         if found is not None:

@@ -440,3 +440,29 @@ def test_a_batch_upload_matches_its_recording_whatever_the_run_id() -> None:
 
     assert upload("run-1") == upload("run-2")
     assert upload("run-1") != upload("run-1", "y")
+
+
+def test_a_batch_that_failed_while_nobody_waited_errors_its_items_on_the_rerun(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_polls = 0
+    server.api.batch_final = "failed"
+    server.api.batch_ran = 0
+    project.makefile(".eval.yaml", capitals=SUITE)
+    first, _ = _run(project, "--distill-batch=teacher", "--distill-no-wait")
+    assert first.ret == pytest.ExitCode.OK
+    (batch_id,) = server.api.batches
+
+    again, report = _run(project, "--distill-batch=teacher", "--distill-no-wait")
+    assert again.ret == pytest.ExitCode.TESTS_FAILED  # never a quiet pass, nor a silent redo
+    again.assert_outcomes(passed=1, failed=9)
+    assert list(server.api.batches) == [batch_id]
+    errors = [i["error"] for i in report["items"] if i["role"] == "teacher"]
+    assert all(f"batch {batch_id} failed: scripted failure" in e for e in errors), errors
+    assert any(f"batch {batch_id} of role teacher ended failed" in x for x in again.outlines)
+    assert report["deferred"] is None
+
+    server.api.batch_final, server.api.batch_ran = "completed", None
+    third, _ = _run(project, "--distill-batch=teacher")  # done with: a new batch
+    third.assert_outcomes(passed=6, failed=4)
+    assert len(server.api.batches) == 2
