@@ -14,6 +14,10 @@ in ``.distill/state.json`` (under ``batches``) and in the batch's metadata, so a
 Ctrl-C or a crash follows the batch already running (or reads the one already finished), and
 a create that timed out or got a 5xx is looked up by its metadata before it is tried again.
 Once every item took its answers, the entry is marked done: the next session makes a new batch.
+
+``--distill-no-wait`` submits (or finds) the batches without following them: an item of a
+batch not yet final is skipped as pending (:class:`BatchPending`), and the same command run
+again picks the batch up from the state and reads its answers once it is done.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ if TYPE_CHECKING:
 
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 GONE = frozenset({"failed", "cancelled", "expired"})
-"""A batch in one of these states is not picked up again by a rerun (its file may be)."""
+"""A batch in one of these states is not found again by its metadata (its file may be); one
+the state names is read once more, so its items error with the reason, then done with."""
 HEARTBEAT_S = 30.0
 MAX_POLL_S = 60.0
 Progress = Callable[[str], None]
@@ -53,6 +58,11 @@ Bodies = Callable[[], Sequence[dict[str, Any]]]
 
 class BatchItemError(RuntimeError):
     """An item of a batch role without its answer; the message is the reason, in one line."""
+
+
+class BatchPending(RuntimeError):
+    """``--distill-no-wait``: the item's batch is not final yet; the message says which batch
+    and what to do."""
 
 
 class BatchState:
@@ -75,6 +85,16 @@ class BatchState:
 
     def entry(self, key: str) -> dict[str, Any]:
         return dict(self._data().get("batches", {}).get(key, {}))
+
+    def replace(self, key: str, entry: Mapping[str, Any] | None) -> None:
+        """The entry of ``key`` set to ``entry`` as a whole (None: removed)."""
+        data = self._data()
+        batches = data.setdefault("batches", {})
+        if entry is None:
+            batches.pop(key, None)
+        else:
+            batches[key] = dict(entry)
+        write_atomic(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     def save(self, key: str, **values: Any) -> None:
         data = self._data()
@@ -101,6 +121,13 @@ class Finished:
     status: str
     results: dict[str, BatchResult]
     reason: str
+    pending: bool = False  # --distill-no-wait: submitted, not final yet
+    done: Callable[[], None] = lambda: None  # marks its state entry done (its answers taken)
+
+
+def pending_reason(batch_id: str, status: str) -> str:
+    """What a pending item says (its skip reason)."""
+    return f"batch {batch_id} still {status}; run again to collect"
 
 
 def run_batch(
@@ -114,11 +141,17 @@ def run_batch(
     progress: Progress,
     poll_interval: float,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> Finished:
-    """Find or start the batch of one input file, follow it to its end, read its results."""
+    """Find or start the batch of one input file, follow it to its end (``wait``: else a
+    batch not yet final is returned as pending), read its results."""
     requests = list(read_requests(data.splitlines()))
     key = input_key(endpoint, requests)
     batch = _find_or_start(client, data, requests, key, role, run_id, state, progress)
+    if not wait and batch.status not in FINAL:
+        progress(f"{progress_line(batch, role)}; not waiting for it (--distill-no-wait)")
+        reason = pending_reason(batch.id, batch.status)
+        return Finished(batch.id, batch.status, {}, reason, pending=True)
     batch = follow(client, batch, role, progress, poll_interval, sleep)
     files = [
         client.files.content(file_id).content
@@ -126,14 +159,13 @@ def run_batch(
         if file_id
     ]
     results = results_by_id(files)
-    return Finished(batch.id, batch.status, results, _missing_reason(batch))
 
+    def done() -> None:
+        """Every item took its answers from this batch: a later session starts anew."""
+        if state.entry(key):
+            state.save(key, done=True)
 
-def mark_done(state: BatchState, endpoint: str, data: bytes) -> None:
-    """Every item took its answers from this input file's batch: a later session starts anew."""
-    key = input_key(endpoint, list(read_requests(data.splitlines())))
-    if state.entry(key):
-        state.save(key, done=True)
+    return Finished(batch.id, batch.status, results, _missing_reason(batch), done=done)
 
 
 def _find_or_start(
@@ -159,6 +191,12 @@ def _find_or_start(
                 batch = None
             if batch is not None and batch.status not in GONE:
                 progress(f"distill: resuming batch {batch.id} of role {role} ({batch.status})")
+                return batch
+            if batch is not None:  # ended badly since: its items error once, never a quiet redo
+                progress(
+                    f"distill: batch {batch.id} of role {role} ended {batch.status}; its items "
+                    "take what it answered and error for the rest (the next run starts anew)"
+                )
                 return batch
         found = _listed(client, key, run)
         if found is not None:
@@ -275,6 +313,19 @@ def _missing_reason(batch: Any) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BatchAnswer:
+    """One request's answer: the chat completion's JSON body, the batch that gave it and the
+    request's line (its ``custom_id``), for the training set's lineage."""
+
+    body: dict[str, Any]
+    batch_id: str
+    custom_id: str
+
+
+Outcome = tuple[BatchAnswer, ...] | BatchItemError | BatchPending
+
+
 @dataclass
 class RoleBatches:
     """The batch mode of one role in a session: its items' requests, by node id, run as
@@ -282,8 +333,8 @@ class RoleBatches:
 
     role: str
     items: dict[str, Bodies] = field(default_factory=dict)
-    _answers: dict[str, tuple[dict[str, Any], ...] | str] | None = None
-    _files: list[bytes] = field(default_factory=list)
+    _answers: dict[str, Outcome] | None = None
+    _finished: list[Finished] = field(default_factory=list)
     _taken: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -300,35 +351,41 @@ class RoleBatches:
             if self._answers is None:
                 self._answers = self._run(client, run)
 
+    @property
+    def pending(self) -> list[Finished]:
+        """The batches left running (``--distill-no-wait``), once run."""
+        return [f for f in self._finished if f.pending]
+
     def answers(
         self,
         nodeid: str,
         client: Callable[[], openai.OpenAI],
         run: Callable[[openai.OpenAI, bytes], Finished],
-        done: Callable[[bytes], None],
-    ) -> tuple[dict[str, Any], ...]:
-        """The item's chat completions (one per repeat), the batches run the first time;
-        ``BatchItemError`` with the reason when one has no good answer."""
+    ) -> tuple[BatchAnswer, ...]:
+        """The item's answers (one per repeat), the batches run the first time;
+        ``BatchItemError`` with the reason when one has no good answer, ``BatchPending`` when
+        its batch is still running (``--distill-no-wait``)."""
         with self._lock:
             if self._answers is None:
                 self._answers = self._run(client, run)
             found = self._answers.get(nodeid)
             self._taken.add(nodeid)
             if self._taken >= self.items.keys():
-                for data in self._files:
-                    done(data)
-                self._files = []
+                for finished in self._finished:
+                    if not finished.pending:
+                        finished.done()
+                self._finished = [f for f in self._finished if f.pending]
         if found is None:
             raise BatchItemError(f"no batch request was planned for {nodeid}")
-        if isinstance(found, str):
-            raise BatchItemError(found)
+        if isinstance(found, Exception):
+            raise found
         return found
 
     def _run(
         self,
         client: Callable[[], openai.OpenAI],
         run: Callable[[openai.OpenAI, bytes], Finished],
-    ) -> dict[str, tuple[dict[str, Any], ...] | str]:
+    ) -> dict[str, Outcome]:
         ids: dict[str, list[str]] = {}
         requests = []
         try:
@@ -337,37 +394,34 @@ class RoleBatches:
                     custom_id = f"{nodeid}#{n}"
                     ids.setdefault(nodeid, []).append(custom_id)
                     requests.append(BatchRequest(custom_id, dict(body)))
-            self._files = split_requests(requests)
+            files = split_requests(requests)
             sdk = client()
-            finished = [run(sdk, data) for data in self._files]
+            finished = [run(sdk, data) for data in files]
         except Exception as exc:
             why = f"batch of role {self.role} failed: {shorten(describe_error(exc), 300)}"
-            return dict.fromkeys(self.items, why)
-        results: dict[str, BatchResult] = {}
-        reasons: dict[str, str] = {}
-        for data, one in zip(self._files, finished, strict=True):
-            results.update(one.results)
+            return {nodeid: BatchItemError(why) for nodeid in self.items}
+        self._finished = finished
+        by_request: dict[str, Finished] = {}
+        for data, one in zip(files, finished, strict=True):
             for request in read_requests(data.splitlines()):
-                reasons[request.custom_id] = one.reason
-        answers: dict[str, tuple[dict[str, Any], ...] | str] = {}
-        for nodeid, custom_ids in ids.items():
-            answers[nodeid] = _answer(custom_ids, results, reasons, finished)
-        return answers
+                by_request[request.custom_id] = one
+        return {nodeid: _answer(custom_ids, by_request) for nodeid, custom_ids in ids.items()}
 
 
-def _answer(
-    custom_ids: list[str],
-    results: Mapping[str, BatchResult],
-    reasons: Mapping[str, str],
-    finished: Sequence[Finished],
-) -> tuple[dict[str, Any], ...] | str:
-    bodies = []
+def _answer(custom_ids: list[str], by_request: Mapping[str, Finished]) -> Outcome:
+    answers = []
     for custom_id in custom_ids:
-        result = results.get(custom_id)
+        finished = by_request.get(custom_id)
+        if finished is None:
+            return BatchItemError("the batch gave no result for this request")
+        if finished.pending:
+            return BatchPending(finished.reason)
+        result = finished.results.get(custom_id)
         if result is None:
-            return reasons.get(custom_id) or "the batch gave no result for this request"
+            return BatchItemError(finished.reason)
         if not result.ok or result.body is None:
-            where = next((f.batch_id for f in finished if custom_id in f.results), "")
-            return f"batch {where} request failed: {shorten(result.message(), 300)}"
-        bodies.append(result.body)
-    return tuple(bodies)
+            return BatchItemError(
+                f"batch {finished.batch_id} request failed: {shorten(result.message(), 300)}"
+            )
+        answers.append(BatchAnswer(result.body, finished.batch_id, custom_id))
+    return tuple(answers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
@@ -114,6 +115,14 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
     if runtime.settings.distill and not xdist.is_worker(session.config):
         if session.shouldfail or session.shouldstop:
             runtime.distill_error = "distill: skipped, the session stopped early (-x or maxfail)"
+        elif runtime.pending_batches():
+            # Never a training set from the items that happened to be answered already.
+            runtime.distill_deferred = True
+            if runtime.notice is not None:
+                runtime.notice(
+                    "distill: not training: batches are still running (--distill-no-wait); "
+                    "the run that collects them trains"
+                )
         else:
             from pytest_distill import pipeline
 
@@ -211,7 +220,7 @@ class Controller:
             session.exitstatus,
             other_failures=self.other_failures,
             distill_failed=self.runtime.distill_error is not None,
-            deferred=self.runtime.distill_deferred,
+            deferred=self.runtime.distill_deferred or bool(run.deferred),
         )
         self.verdict = report.verdict(run, outcome, int(code), self.other_failures)
         report.write_report(run, outcome, int(code))
@@ -239,4 +248,19 @@ class Controller:
                 0 if self.config.option.continue_on_collection_errors else self.collection_errors
             ),
             stopped_early=bool(self.stopped_early),
+            deferred=self._deferred(),
+        )
+
+    def _deferred(self) -> str | None:
+        """The batches ``--distill-no-wait`` left running, and the command that collects them."""
+        pending = self.runtime.pending_batches()
+        if not pending:
+            return None
+        listed = ", ".join(f"{f.batch_id} of role {role} ({f.status})" for role, f in pending)
+        command = shlex.join(["pytest", *self.config.invocation_params.args])
+        word = "batch" if len(pending) == 1 else "batches"
+        return (
+            f"{word} {listed} still running (--distill-no-wait): their items were skipped, "
+            "the gate is not evaluated and --distill does not train on a partial set; run the "
+            f"same command again to collect them: {command}"
         )

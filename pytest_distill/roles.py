@@ -102,6 +102,10 @@ class CallRecord:
     server_s: float | None = None  # the endpoint's processing time, where it says it
     tool_calls: tuple[ToolCall, ...] = ()
     """The reply's ``message.tool_calls`` (its ``reply`` text is then often empty)."""
+    batch_id: str | None = None
+    """The Batch API batch that answered it (``--distill-batch``; None: a live call)..."""
+    custom_id: str | None = None
+    """...and its request's line there."""
 
     def to_json(self) -> dict[str, Any]:
         # The other fields are scalars: asdict would only deep-copy the messages and params

@@ -12,15 +12,25 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
+from distill_shapes.batch import read_requests
 from pytest_distill import paths
-from pytest_distill.batches import BatchItemError, BatchState, RoleBatches, mark_done, run_batch
+from pytest_distill.batches import (
+    BatchAnswer,
+    BatchItemError,
+    BatchState,
+    Finished,
+    RoleBatches,
+    input_key,
+    run_batch,
+)
 from pytest_distill.options import Settings
 from pytest_distill.roles import (
     LOCAL_API_KEY_ENV,
@@ -38,6 +48,9 @@ if TYPE_CHECKING:
     import openai
 
 T = TypeVar("T")
+BatchScope = Callable[[str, str, BatchState], AbstractContextManager[tuple[BatchState, bool]]]
+"""Where one batch's traffic goes (set by recording): given the role, the input key and the
+state, the state to use and whether it replays (then nothing waits)."""
 RUNTIME_KEY = pytest.StashKey["Runtime"]()
 RETIREMENT_WINDOW_DAYS = 60
 LOCAL_PLACEHOLDER = "http://local.invalid/v1"  # the embedded server's URL while replaying
@@ -63,6 +76,7 @@ class Runtime:
     transport: Callable[[ssl.SSLContext], Any] | None = None
     # The cassettes' answers to chat calls, taken without the SDK's round trip (set by recording).
     replay: ChatReplay | None = None
+    batch_scope: BatchScope | None = None  # the cassettes of each batch (set by recording)
     notice: Callable[[str], None] | None = None  # a line of the plugin's own on the terminal
     item_notice: Callable[[str], None] | None = None  # the same, just before an item starts
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -281,38 +295,40 @@ class Runtime:
         if role in self._batches:
             self._batches[role].run(lambda: self.client(role), self._batch_runner(role))
 
-    def batch_answers(self, role: str, nodeid: str) -> tuple[dict[str, Any], ...]:
-        """The chat completions (JSON bodies, one per repeat) the role's batch gave the item;
-        ``BatchItemError`` with the reason where it gave none."""
+    def batch_answers(self, role: str, nodeid: str) -> tuple[BatchAnswer, ...]:
+        """The answers (one per repeat) the role's batch gave the item; ``BatchItemError``
+        with the reason where it gave none, ``BatchPending`` where it is still running."""
         batches = self._batches.get(role)
         if batches is None:
             raise BatchItemError(f"role {role} has no batch planned for {nodeid}")
-        endpoint, state = str(self.role(role).endpoint), self._batch_state()
-        return batches.answers(
-            nodeid,
-            lambda: self.client(role),
-            self._batch_runner(role),
-            lambda data: mark_done(state, endpoint, data),
-        )
+        return batches.answers(nodeid, lambda: self.client(role), self._batch_runner(role))
+
+    def pending_batches(self) -> list[tuple[str, Finished]]:
+        """(role, batch) of each batch ``--distill-no-wait`` left running this session."""
+        return [(role, f) for role, b in self._batches.items() for f in b.pending]
 
     def _batch_state(self) -> BatchState:
         return BatchState(paths.state_file(self.settings.rootpath))
 
-    def _batch_runner(self, role: str) -> Callable[[openai.OpenAI, bytes], Any]:
+    def _batch_runner(self, role: str) -> Callable[[openai.OpenAI, bytes], Finished]:
         endpoint, state = str(self.role(role).endpoint), self._batch_state()
         progress = self.notice or (lambda line: None)
+        scope = self.batch_scope or _live_batch
 
-        def run(client: openai.OpenAI, data: bytes) -> Any:
-            return run_batch(
-                client,
-                data,
-                role=role,
-                endpoint=endpoint,
-                run_id=self.run_id,
-                state=state,
-                progress=progress,
-                poll_interval=self.settings.training.poll_interval,
-            )
+        def run(client: openai.OpenAI, data: bytes) -> Finished:
+            key = input_key(endpoint, list(read_requests(data.splitlines())))
+            with scope(role, key, state) as (used, replaying):
+                return run_batch(
+                    client,
+                    data,
+                    role=role,
+                    endpoint=endpoint,
+                    run_id=self.run_id,
+                    state=used,
+                    progress=progress,
+                    poll_interval=0.0 if replaying else self.settings.training.poll_interval,
+                    wait=not self.settings.training.no_wait,
+                )
 
         return run
 
@@ -401,6 +417,11 @@ class CallPool:
                 future.set_result(call())
             except BaseException as exc:  # handed to whoever waits on the future
                 future.set_exception(exc)
+
+
+@contextlib.contextmanager
+def _live_batch(role: str, key: str, state: BatchState) -> Iterator[tuple[BatchState, bool]]:
+    yield state, False
 
 
 def _duration(seconds: float) -> str:

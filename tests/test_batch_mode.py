@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SUITE
+from conftest import CAPITALS, SUITE
 from scripted_server import ScriptedServer
 
 from pytest_distill import batches
@@ -201,7 +201,7 @@ def test_repeats_send_one_request_each(project: pytest.Pytester, server: Scripte
     ("args", "message"),
     [
         (["--distill-batch=teacher,judge"], "unknown role 'judge'"),
-        (["--distill-batch=teacher", "--distill-record-mode=once"], "cassettes do not"),
+        (["--distill-batch=teacher", "-n", "2"], "run it without -n (xdist)"),
     ],
 )
 def test_bad_batch_options_stop_before_any_call(
@@ -301,3 +301,168 @@ def test_distill_with_the_teacher_and_the_finetuned_student_in_batches(
     finetuned = [i for i in report["items"] if i["role"] == "finetuned"]
     assert finetuned and not any(i["error"] for i in finetuned)
     assert {e["role"] for e in _state(pytester).values()} == {"teacher", "finetuned"}
+    # Lineage: each training line names the batch and the request line that answered it.
+    (batch_id,) = teacher.api.batches
+    requests = {x["custom_id"] for x in _input_lines(teacher, teacher.api.batches[batch_id])}
+    (manifest,) = (pytester.path / ".distill" / "datasets").glob("*/manifest.json")
+    lines = json.loads(manifest.read_text())["lines"]
+    assert lines and all(line["batch"]["id"] == batch_id for line in lines)
+    for line in lines:
+        case = line["case"].split("::")[1]
+        assert line["batch"]["custom_id"] in requests
+        assert line["batch"]["custom_id"].endswith(f"::{case}[teacher]#1")
+
+
+def test_no_wait_submits_skips_the_batch_items_then_the_same_command_collects(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_polls = 0  # final at its first retrieve: the rerun's
+    project.makefile(".eval.yaml", capitals=SUITE)
+    args = (
+        "--distill-batch=teacher",
+        "--distill-no-wait",
+        "-rs",
+        "--distill-gate",
+        "teacher >= 0.5",
+    )
+    first, report = _run(project, *args)
+    assert first.ret == pytest.ExitCode.OK
+    outcomes = first.parseoutcomes()  # the student ran live
+    assert (outcomes["passed"], outcomes["skipped"], outcomes["below"]) == (1, 5, 4)
+    (batch_id,) = server.api.batches
+    assert server.api.batches[batch_id]["status"] == "validating"  # never retrieved
+    assert not [i for i in report["items"] if i["role"] == "teacher"]
+    assert report["gate"]["status"] == "not evaluated"
+    assert batch_id in report["deferred"] and "run the same command again" in report["deferred"]
+    out = first.stdout.str()
+    assert f"batch {batch_id} still validating; run again to collect" in out  # -rs reasons
+    assert f"distill: batch {batch_id} of role teacher (validating) still running" in out
+    assert "pytest --distill-report=report.json" in out  # the command to run again
+    assert first.outlines[-2].startswith("gate not evaluated: batches are still running")
+    (entry,) = _state(project).values()
+    assert entry["batch_id"] == batch_id and entry["done"] is False
+
+    again, report = _run(project, *args)
+    assert again.ret == pytest.ExitCode.OK
+    assert again.parseoutcomes()["passed"] == 6
+    assert list(server.api.batches) == [batch_id]  # nothing new
+    assert sum(f["purpose"] == "batch" for f in server.api.files.values()) == 1
+    assert any(f"distill: resuming batch {batch_id}" in line for line in again.outlines)
+    assert report["deferred"] is None and report["gate"]["status"] == "passed"
+    assert _state(project)[next(iter(_state(project)))]["done"] is True
+
+
+def test_no_wait_never_trains_on_the_answers_of_a_partial_set(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    project.makefile(".eval.yaml", capitals=SUITE)
+    result = project.runpytest(
+        *FAST,
+        "--distill",
+        "--distill-batch=teacher",
+        "--distill-no-wait",
+        "-o",
+        "distill_holdout=0.4",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["distill: not training: batches are still running*"])
+    assert "distill: wrote" not in result.stdout.str()
+    assert not server.api.jobs
+
+
+def test_a_batch_run_recorded_replays_offline_with_its_secrets_scrubbed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-batch-cassette-secret-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    pytester.makefile(".eval.yaml", capitals=SUITE)
+    args = ("--distill-batch=teacher", "--distill-repeats=2")
+    with ScriptedServer() as server:
+        server.script("big", CAPITALS)
+        server.script("small", {"Capital of France?": "Paris", "Capital of Italy?": "Milan"})
+        server.api.batch_reversed = True
+        server.api.batch_line_fails = {"Capital of Spain?": 500}
+        pytester.makeini(
+            f"""
+            [pytest]
+            distill_teacher_model = big
+            distill_teacher_endpoint = {server.base_url}
+            distill_student_model = small
+            distill_student_endpoint = {server.base_url}
+            """
+        )
+        recorded, recorded_report = _run(pytester, *args, "--distill-record-mode=new_episodes")
+        recorded.assert_outcomes(passed=5, failed=5)
+        assert len(server.api.batches) == 1
+    cassettes = pytester.path / "cassettes"
+    (batch_cassette,) = (cassettes / "batches").glob("teacher-*.json")
+    recorded_calls = [
+        (i["request"]["method"], i["request"]["uri"].partition("/v1/")[2])
+        for i in json.loads(batch_cassette.read_text())["interactions"]
+    ]
+    assert recorded_calls[:3] == [
+        ("POST", "files"),
+        ("POST", "batches"),
+        ("GET", "batches/batch_2"),
+    ]
+    assert [call for call in recorded_calls if call[1].endswith("/content")]
+    assert not any(secret in p.read_text() for p in cassettes.rglob("*.json"))
+
+    # The server is gone: the replay answers from the cassettes alone, and waits for nothing.
+    (pytester.path / ".distill" / "state.json").unlink()
+    replayed, report = _run(pytester, *args, "--distill-record-mode=none")
+    replayed.assert_outcomes(passed=5, failed=5)
+    assert _items(report) == _items(recorded_report)
+    errored = [i for i in report["items"] if i["error"]]
+    assert [i["case_id"] for i in errored] == ["es"]
+    assert "HTTP 500: scripted 500" in errored[0]["error"]
+    assert "no recording" not in replayed.stdout.str()
+
+
+def test_a_batch_upload_matches_its_recording_whatever_the_run_id() -> None:
+    from pytest_distill.cassettes import matching
+
+    def upload(run: str, answer: str = "x") -> str:
+        line = {
+            "custom_id": "a#1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [answer], "metadata": {"distill_run": run}},
+        }
+        boundary = "b0"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="in.jsonl"\r\n\r\n{json.dumps(line)}\n\r\n--{boundary}--\r\n'
+        ).encode()
+        return matching.shape(
+            "POST", "/v1/files", body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+        ).body
+
+    assert upload("run-1") == upload("run-2")
+    assert upload("run-1") != upload("run-1", "y")
+
+
+def test_a_batch_that_failed_while_nobody_waited_errors_its_items_on_the_rerun(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    server.api.batch_polls = 0
+    server.api.batch_final = "failed"
+    server.api.batch_ran = 0
+    project.makefile(".eval.yaml", capitals=SUITE)
+    first, _ = _run(project, "--distill-batch=teacher", "--distill-no-wait")
+    assert first.ret == pytest.ExitCode.OK
+    (batch_id,) = server.api.batches
+
+    again, report = _run(project, "--distill-batch=teacher", "--distill-no-wait")
+    assert again.ret == pytest.ExitCode.TESTS_FAILED  # never a quiet pass, nor a silent redo
+    again.assert_outcomes(passed=1, failed=9)
+    assert list(server.api.batches) == [batch_id]
+    errors = [i["error"] for i in report["items"] if i["role"] == "teacher"]
+    assert all(f"batch {batch_id} failed: scripted failure" in e for e in errors), errors
+    assert any(f"batch {batch_id} of role teacher ended failed" in x for x in again.outlines)
+    assert report["deferred"] is None
+
+    server.api.batch_final, server.api.batch_ran = "completed", None
+    third, _ = _run(project, "--distill-batch=teacher")  # done with: a new batch
+    third.assert_outcomes(passed=6, failed=4)
+    assert len(server.api.batches) == 2

@@ -138,6 +138,7 @@ def test_distill_trains_on_passing_teacher_outputs_and_gates_the_finetuned_stude
     assert lines[0]["messages"][-1] == {"role": "assistant", "content": ANSWER}
     manifest = json.loads((dataset.parent / "manifest.json").read_text())
     assert len(manifest["lines"]) == passing
+    assert all(line["batch"] is None for line in manifest["lines"])  # live teacher calls
     assert manifest["training"]["status"] == "succeeded"
     assert manifest["training"]["fine_tuned_model"].startswith("ft:tiny:local:distill:")
     report = json.loads((distill_project.path / "report.json").read_text())

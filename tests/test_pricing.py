@@ -63,3 +63,42 @@ def test_cost_of_a_fine_tuned_model_uses_its_ft_price_line(
     scores: dict[str, dict[str, dict[str, object]]] = report["scores"]  # type: ignore[assignment]
     student_cost = scores["student"]["all"]["cost_usd"]
     assert isinstance(student_cost, float) and student_cost > 0
+
+
+def test_calls_answered_through_a_batch_cost_the_batch_factor_of_the_price(
+    project: pytest.Pytester, server: ScriptedServer
+) -> None:
+    ini = project.path.joinpath("tox.ini").read_text() + "\ndistill_poll_interval = 0\n"
+    project.makefile(".eval.yaml", capitals=SUITE)
+
+    def costs(*args: str, factor: str = "") -> dict[str, float]:
+        prices = "\ndistill_prices =\n    big = 10 30\n    small = 1 3\n" + factor
+        project.makeini(ini + prices)
+        project.runpytest("--distill-report=r.json", *args)
+        report = json.loads((project.path / "r.json").read_text())
+        return {role: s["all"]["cost_usd"] for role, s in report["scores"].items()}
+
+    live = costs()
+    batched = costs("--distill-batch=teacher")
+    assert batched["teacher"] == pytest.approx(live["teacher"] * 0.5)
+    assert batched["student"] == pytest.approx(live["student"])  # its calls were live
+    quarter = costs("--distill-batch=teacher", factor="    batch = 0.25\n")
+    assert quarter["teacher"] == pytest.approx(live["teacher"] * 0.25)
+
+
+@pytest.mark.parametrize("line", ["batch = half", "batch = -1"])
+def test_a_bad_batch_factor_is_a_usage_error(project: pytest.Pytester, line: str) -> None:
+    project.makeini(project.path.joinpath("tox.ini").read_text() + f"\ndistill_prices = {line}\n")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "the batch factor is a number from 0" in result.stderr.str()
+
+
+def test_the_price_table_reads_the_batch_factor() -> None:
+    from pytest_distill.options.pricing import batch_factor
+    from pytest_distill.options.values import prices
+
+    assert batch_factor(prices(["gpt-4.1 = 2 8"])) == 0.5
+    assert batch_factor(prices(["gpt-4.1 = 2 8", "batch = 0.4"])) == 0.4
+    assert "batch" not in prices(["batch = 0.4"])
+    assert batch_factor({}) == 0.5

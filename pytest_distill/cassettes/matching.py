@@ -4,7 +4,8 @@ The key is the method, the path, the sorted query and the body; the host is left
 embedded server listens on a random port) and so are headers, but for ``OpenAI-Beta``, which
 selects an API version. JSON bodies are compared after parsing, so key order and whitespace do
 not matter, while ``1``, ``1.0`` and ``true`` stay different values. Multipart uploads are
-compared on their fields and file contents, not on the random boundary. No vcr import here.
+compared on their fields and file contents, not on the random boundary; a Batch API input file
+(JSONL, one request a line) is compared without its bodies' volatile fields. No vcr import here.
 """
 
 from __future__ import annotations
@@ -101,13 +102,30 @@ def multipart_fields(body: bytes, content_type: str) -> dict[str, Any]:
             continue  # the closing "--"
         names = {k.decode(): v.decode() for k, v in _DISPOSITION.findall(head)}
         content = content.removesuffix(b"\r\n")
-        entry: Any = {"sha256": hashlib.sha256(content).hexdigest()}
+        entry: Any = {"sha256": _file_digest(content)}
         if "filename" in names:
             entry["filename"] = names["filename"]
         else:
             entry = content.decode("utf-8", "replace")
         fields[names.get("name", "")] = entry
     return fields
+
+
+def _file_digest(content: bytes) -> str:
+    """An uploaded file's SHA-256; for a batch input file whose request bodies carry a volatile
+    field (a stored completion's run id), the digest of the lines without it."""
+    if b'"distill_run"' not in content:
+        return hashlib.sha256(content).hexdigest()
+    lines = []
+    try:
+        for line in content.splitlines():
+            record = json.loads(line) if line.strip() else None
+            if isinstance(record, dict) and isinstance(record.get("body"), dict):
+                record["body"] = _without_volatile(record["body"])
+            lines.append(json.dumps(record, sort_keys=True, separators=(",", ":")))
+    except ValueError:
+        return hashlib.sha256(content).hexdigest()
+    return "lines:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _without_volatile(value: Any) -> Any:

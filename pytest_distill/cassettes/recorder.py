@@ -9,7 +9,9 @@ their calls on a thread pool, so a per-test ``use_cassette`` could not tell whos
 whose: each request goes to the cassette file of the *route* active in its thread (a context
 variable): the test item's node id, or ``distill/<dataset hash>`` for the fine-tuning step.
 One file per item keeps xdist workers from ever writing the same file, and a dict index keyed
-by the normalised request keeps replay linear in the number of items.
+by the normalised request keeps replay linear in the number of items. A ``--distill-batch``
+batch (its upload, create, retrieves and result files) has a cassette of its own,
+``batches/<role>-<input key>``, with the state entry it started from, as the fine-tuning step.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 from pytest_distill import paths, xdist
 from pytest_distill.atomic import write_atomic
+from pytest_distill.batches import BatchState
 from pytest_distill.runtime import LOCAL_PLACEHOLDER
 from pytest_distill.cassettes.session import SessionCassette, relative
 from pytest_distill.cassettes.routes import (
@@ -139,6 +142,7 @@ def start(config: pytest.Config, runtime: Runtime) -> None:
     if recorder is not None:
         runtime.transport = recorder.transport
         runtime.replay = recorder.cassette.answer
+        runtime.batch_scope = batch_scope(recorder, runtime)
         config.stash[RECORDER_KEY] = recorder
         config.pluginmanager.register(recorder, "distill-recording")
 
@@ -193,3 +197,30 @@ def distill_step(
             found.meta["state"] = {}
     with route(Route(name, "pytest --distill --distill-record-mode=all")):
         yield state
+
+
+def batch_scope(recorder: Recorder, runtime: Runtime) -> Any:
+    """Route one batch's traffic to ``batches/<role>-<input key>``. Recording keeps the state
+    entry the batch started from (none, or a batch to resume) in the cassette; a replay starts
+    from it in ``.distill/replay/``, so it makes the recorded requests, and nothing waits."""
+
+    @contextlib.contextmanager
+    def scope(role: str, key: str, state: BatchState) -> Iterator[tuple[BatchState, bool]]:
+        name = f"batches/{role}-{key[:16]}"
+        found = recorder.cassette.cassette(name)
+        command = f"pytest --distill-record-mode=all --distill-batch={role}"
+        replaying = recorder.cassette.replays_only(name)
+        if replaying:
+            replay = paths.replay_state(runtime.settings.rootpath)
+            replay.parent.mkdir(parents=True, exist_ok=True)
+            state = BatchState(replay)
+            state.replace(key, found.meta.get("batch_state"))
+        else:
+            found.meta["batch_state"] = state.entry(key) or None
+        try:
+            with route(Route(name, command)):
+                yield state, replaying
+        finally:
+            recorder.cassette.save(name)
+
+    return scope

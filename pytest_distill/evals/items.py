@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from distill_shapes.reinforcement import OPENAI_GRADERS
-from pytest_distill.batches import BatchItemError
+from pytest_distill.batches import BatchItemError, BatchPending
 from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
 from pytest_distill.evals.graders import build_graders
@@ -236,8 +236,12 @@ class DistillItem(pytest.Item):
         messages, params, store = self._request()
         config = self.runtime.role(self.role)
         return tuple(
-            record_from_body(config, messages, body, params=params, store=store)
-            for body in self.runtime.batch_answers(self.role, self.nodeid)
+            dataclasses.replace(
+                record_from_body(config, messages, answer.body, params=params, store=store),
+                batch_id=answer.batch_id,
+                custom_id=answer.custom_id,
+            )
+            for answer in self.runtime.batch_answers(self.role, self.nodeid)
         )
 
     def _store_metadata(self) -> dict[str, str] | None:
@@ -277,7 +281,10 @@ class DistillItem(pytest.Item):
             if warning:
                 self.warn(DistillWarning(warning))
             if self.batched:
-                calls = self._batch_calls()
+                try:
+                    calls = self._batch_calls()
+                except BatchPending as pending:  # --distill-no-wait: collected by a rerun
+                    pytest.skip(str(pending))
             else:
                 calls = self.runtime.call(self.nodeid, self._routed_calls)
             graded = [self._grade(call) for call in calls]

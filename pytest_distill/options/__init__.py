@@ -86,17 +86,5 @@ def settings(read: Values, trained: tuple[str, str] | None = None) -> Settings:
         summary_cases=read("summary_cases"),
         repeats=read("repeats"),
         confidence=read("confidence"),
-        batch_roles=_batch_roles(read, record_mode),
+        batch_roles=tuple(read("batch")),
     )
-
-
-def _batch_roles(read: Values, record_mode: str | None) -> tuple[str, ...]:
-    """The roles of ``--distill-batch``; a batch is live traffic, which cassettes do not keep."""
-    roles = read("batch")
-    if roles and record_mode is not None:
-        raise pytest.UsageError(
-            f"--distill-batch (ini distill_batch) runs live batches, which cassettes do not "
-            f"record or replay; the record mode is {record_mode!r}: set "
-            "--distill-record-mode=off (ini distill_record_mode = off) or drop --distill-batch"
-        )
-    return tuple(roles)

@@ -22,6 +22,19 @@ class Price:
     completion: float
 
 
+BATCH_PRICE_FACTOR = 0.5
+"""What a call answered through a Batch API batch costs, as a share of its model's price."""
+
+
+class Prices(dict[str, Price]):
+    """The ``distill_prices`` lines by model, and ``batch``: the share of the price a call
+    answered through a batch costs (a ``batch = FACTOR`` line; default 0.5, OpenAI's)."""
+
+    def __init__(self, lines: Mapping[str, Price] | None = None, batch: float = BATCH_PRICE_FACTOR):
+        super().__init__(lines or {})
+        self.batch = batch
+
+
 @dataclass(frozen=True, slots=True)
 class TrainingSettings:
     """How ``--distill`` fine-tunes. The options set all but ``base_model``; for a job, the
@@ -64,7 +77,7 @@ class Settings:
     gate: str | None
     holdout: float
     patterns: tuple[str, ...]
-    prices: Mapping[str, Price] = field(default_factory=dict)
+    prices: Mapping[str, Price] = field(default_factory=Prices)
     local_models: Mapping[str, str] = field(default_factory=dict)
     local_device: str = "auto"  # auto, cpu or cuda: where the embedded server runs models
     training: TrainingSettings = field(default_factory=lambda: TrainingSettings())

@@ -24,7 +24,9 @@ OPTIONS: tuple[Option, ...] = (
         "no_wait",
         values.switch,
         switch=True,
-        flag_help="with --distill: start the fine-tuning job and return; the next run picks it up.",
+        flag_help="with --distill: start the fine-tuning job and return; with --distill-batch: "
+        "submit the batches and return (their items are skipped). The same command run again "
+        "picks them up.",
     ),
     Option(
         "allow_subset",
@@ -165,7 +167,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "prices",
         values.price_lines,
-        ini_help="lines 'MODEL = PROMPT COMPLETION': USD per 1M tokens, for the cost column",
+        ini_help="lines 'MODEL = PROMPT COMPLETION': USD per 1M tokens, for the cost column; "
+        "'batch = FACTOR': the share of the price a Batch API call costs (default 0.5)",
         ini_type="linelist",
         default=[],
     ),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_distill.options.option import Given, Parse
-from pytest_distill.options.settings import Price
+from pytest_distill.options.settings import BATCH_PRICE_FACTOR, Price, Prices
 
 
 def switch(given: Given) -> bool:
@@ -85,25 +85,40 @@ def strings(given: Given) -> tuple[str, ...]:
     return tuple(given.value)
 
 
-def price_lines(given: Given) -> dict[str, Price]:
+def price_lines(given: Given) -> Prices:
     return prices(given.value)
 
 
-def prices(lines: Sequence[str]) -> dict[str, Price]:
-    prices: dict[str, Price] = {}
+def prices(lines: Sequence[str]) -> Prices:
+    """``MODEL = PROMPT COMPLETION`` lines (USD per million tokens), and ``batch = FACTOR``:
+    the share of the price a call answered through a Batch API batch costs (default 0.5)."""
+    found: dict[str, Price] = {}
+    batch = BATCH_PRICE_FACTOR
     for line in lines:
         model, sep, rest = line.partition("=")
         numbers = rest.split()
+        if sep and model.strip() == "batch" and len(numbers) == 1:
+            try:
+                batch = float(numbers[0])
+                if not 0 <= batch < float("inf"):
+                    raise ValueError
+            except ValueError:
+                raise pytest.UsageError(
+                    f"ini distill_prices: {line!r}: the batch factor is a number from 0 (the "
+                    "share of the price a Batch API call costs), e.g. 'batch = 0.5'"
+                ) from None
+            continue
         try:
             if not sep or len(numbers) != 2:
                 raise ValueError
-            prices[model.strip()] = Price(float(numbers[0]), float(numbers[1]))
+            found[model.strip()] = Price(float(numbers[0]), float(numbers[1]))
         except ValueError:
             raise pytest.UsageError(
                 f"ini distill_prices: {line!r} is not 'MODEL = PROMPT COMPLETION'; write USD "
-                "per million tokens, e.g. 'gpt-4.1-mini = 0.40 1.60'"
+                "per million tokens, e.g. 'gpt-4.1-mini = 0.40 1.60' (or 'batch = 0.5', the "
+                "share of the price a Batch API call costs)"
             ) from None
-    return prices
+    return Prices(found, batch)
 
 
 def local_models(given: Given) -> dict[str, str]:

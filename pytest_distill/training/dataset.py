@@ -41,6 +41,8 @@ class Example:
     stored: bool
     record: dict[str, Any]  # the chat fine-tune line: {"messages": [...]}
     case_sha256: str = ""  # the case's content, so the gate knows it again (verdict/leakage)
+    batch_id: str | None = None  # the Batch API batch that answered it (None: a live call)
+    custom_id: str | None = None  # its request's line in that batch
 
     def line(self) -> str:
         return json.dumps(self.record, ensure_ascii=False, sort_keys=True)
@@ -131,7 +133,15 @@ def select(
                 continue
             if isinstance(verdict, dict):
                 record = verdict
-        example = Example(case, call.completion_id, call.stored, record, result.case_sha256)
+        example = Example(
+            case,
+            call.completion_id,
+            call.stored,
+            record,
+            result.case_sha256,
+            call.batch_id,
+            call.custom_id,
+        )
         if example.line() in seen:
             duplicates += 1
             continue
@@ -180,7 +190,8 @@ def write(selection: Selection, directory: Path) -> Dataset:
 
 
 def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
-    """The lineage: each line's case, completion and tools, then file, job and fine-tuned
+    """The lineage: each line's case, completion, tools and batch (the batch id and the
+    request's ``custom_id``, when a Batch API batch answered it), then file, job and fine-tuned
     model. ``tools_sha256``: the distinct tool definitions the lines carry, each one's hash."""
     lines: list[dict[str, Any]] = [
         {
@@ -190,6 +201,11 @@ def update_manifest(dataset: Dataset, training: Mapping[str, Any]) -> None:
             "completion_id": example.completion_id,
             "stored_completion_id": example.completion_id if example.stored else None,
             "tools_sha256": tools_sha256(example.record),
+            "batch": (
+                {"id": example.batch_id, "custom_id": example.custom_id}
+                if example.batch_id
+                else None
+            ),
         }
         for number, example in enumerate(dataset.examples, start=1)
     ]

@@ -58,6 +58,9 @@ class Run:
     gate: Gate | None = None
     collection_errors: int = 0  # errors that stopped the session before any item ran
     stopped_early: bool = False  # -x or --maxfail ended the session before every item ran
+    # --distill-no-wait left batches running: which, and the command that collects them. Their
+    # items were skipped, so the gate is not evaluated on what is left.
+    deferred: str | None = None
 
     def __post_init__(self) -> None:
         if self.gate is None and self.settings.gate:
@@ -120,6 +123,12 @@ def finish(run: Run) -> Outcome:
     if run.gate is not None and run.collection_errors:
         n = run.collection_errors
         reason = f"gate not evaluated: collection failed ({n} error{'s' * (n != 1)}), no item ran"
+        result = GateResult(run.gate.expression, None, (), (), reason)
+    elif run.gate is not None and run.deferred:
+        reason = (
+            "gate not evaluated: batches are still running (--distill-no-wait); the run that "
+            "collects them evaluates it"
+        )
         result = GateResult(run.gate.expression, None, (), (), reason)
     return Outcome(result, split, run.settings.report_path, found)
 
@@ -280,6 +289,7 @@ def to_json(run: Run, outcome: Outcome, exit_code: int | None = None) -> dict[st
         "items": [_item_json(r) for r in results.items],
         "training": dict(run.training) if run.training is not None else None,
         "distill_error": run.distill_error,
+        "deferred": run.deferred,
     }
 
 

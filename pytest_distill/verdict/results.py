@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_distill.options.pricing import price_for
+from pytest_distill.options.pricing import batch_factor, price_for
 from pytest_distill.records import ItemResult
 from pytest_distill.roles import CallRecord
 
@@ -115,7 +115,8 @@ def _cost(calls: Sequence[CallRecord], prices: Mapping[str, Any]) -> float | Non
         price = price_for(call.model, prices)
         if price is None:
             return None
-        total += call.prompt_tokens * price.prompt + call.completion_tokens * price.completion
+        cost = call.prompt_tokens * price.prompt + call.completion_tokens * price.completion
+        total += cost * (batch_factor(prices) if call.batch_id else 1.0)
     return total / 1e6
 
 

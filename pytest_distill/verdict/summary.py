@@ -44,6 +44,8 @@ class Line:
 
 
 def summary(tr: pytest.TerminalReporter, run: Run, outcome: Outcome, verdict: Verdict) -> None:
+    if run.deferred:
+        tr.write_line(f"distill: {run.deferred}", yellow=True, bold=True)
     if not run.results.items and outcome.gate is None:
         if run.distill_error:
             tr.write_line(f"{run.distill_error} (exit code {verdict.exit_code})", red=True)
@@ -242,6 +244,8 @@ def verdict_line(run: Run, outcome: Outcome, verdict: Verdict) -> Line:
         )
     if gate.status == "failed":
         return Line(f"{gate.reason} (exit code {code})", {"red": True, "bold": True})
+    if gate.status == "not evaluated" and run.deferred:
+        return Line(f"{gate.reason} (exit code {code}{failures})", {"yellow": True, "bold": True})
     if gate.status == "not evaluated":
         return Line(
             f"{gate.reason}; the gate fails closed (exit code {code})", {"red": True, "bold": True}
