@@ -125,6 +125,16 @@ class Finished:
     done: Callable[[], None] = lambda: None  # marks its state entry done (its answers taken)
 
 
+def interrupted_line(batch_id: str, role: str, base_url: str) -> str:
+    """What Ctrl-C while a batch runs says: the batch goes on; how to collect or cancel it."""
+    return (
+        f"distill: interrupted; batch {batch_id} of role {role} keeps running on the endpoint. "
+        f"Run the same command again to collect it (no new batch is made), or cancel it: "
+        f"client.batches.cancel({batch_id!r}) with the OpenAI SDK, or "
+        f"POST {base_url.rstrip('/')}/batches/{batch_id}/cancel"
+    )
+
+
 def pending_reason(batch_id: str, status: str) -> str:
     """What a pending item says (its skip reason)."""
     return f"batch {batch_id} still {status}; run again to collect"
@@ -152,7 +162,11 @@ def run_batch(
         progress(f"{progress_line(batch, role)}; not waiting for it (--distill-no-wait)")
         reason = pending_reason(batch.id, batch.status)
         return Finished(batch.id, batch.status, {}, reason, pending=True)
-    batch = follow(client, batch, role, progress, poll_interval, sleep)
+    try:
+        batch = follow(client, batch, role, progress, poll_interval, sleep)
+    except KeyboardInterrupt:
+        progress(interrupted_line(batch.id, role, str(client.base_url)))
+        raise
     files = [
         client.files.content(file_id).content
         for file_id in (batch.output_file_id, batch.error_file_id)

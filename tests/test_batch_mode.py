@@ -147,6 +147,11 @@ def test_a_rerun_after_an_interruption_follows_the_same_batch(
         first = project.runpytest("--distill-batch=teacher", *FAST, no_reraise_ctrlc=True)
     assert first.ret == pytest.ExitCode.INTERRUPTED
     (batch_id,) = server.api.batches
+    said = [line for line in first.outlines if "interrupted; batch" in line]
+    assert said, first.outlines
+    assert f"batch {batch_id} of role teacher keeps running" in said[0]
+    assert "Run the same command again to collect it" in said[0]
+    assert f"/batches/{batch_id}/cancel" in said[0]
     (entry,) = _state(project).values()
     assert entry["batch_id"] == batch_id and entry["done"] is False
     assert batches.follow is follow

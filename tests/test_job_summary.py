@@ -123,3 +123,17 @@ def test_a_report_where_no_item_ran_shows_the_verdict_and_no_empty_table() -> No
         "collection failed (1 error), no item ran"
     )
     assert "by role" not in text and "| role |" not in text
+
+
+def test_a_deferred_run_says_what_to_run_next_in_every_view() -> None:
+    """--distill-no-wait: the gate is not evaluated, and the HTML report and the CI job summary
+    (both read ``view.verdict``) say what collects the rest, as the terminal does."""
+    from pytest_distill.verdict import view
+
+    deferred = "batches still running (batch_abc of role teacher); run the same command again"
+    data = {"gate": {"passed": None, "reason": "not evaluated"}, "deferred": deferred}
+    found = view.verdict(data)
+    assert found.state == "not-evaluated"
+    assert found.reason == f"not evaluated; {deferred}"
+    assert view.verdict({"gate": {"passed": None}, "deferred": deferred}).reason == deferred
+    assert "deferred" not in view.verdict({"gate": {"passed": None, "reason": "x"}}).reason

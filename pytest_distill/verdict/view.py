@@ -100,6 +100,9 @@ def verdict(data: Mapping[str, Any], other_failures: int = 0) -> Verdict:
     if passed is False:
         return Verdict("failed", "Gate failed", str(gate.get("reason") or expression), **extra)
     reason = str(gate.get("reason") or error or "")
+    deferred = data.get("deferred")  # --distill-no-wait: what to run to collect the rest
+    if isinstance(deferred, str) and deferred and deferred not in reason:
+        reason = f"{reason}; {deferred}" if reason else deferred
     return Verdict("not-evaluated", "Gate not evaluated", reason, **extra)
 
 
