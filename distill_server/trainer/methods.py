@@ -25,10 +25,12 @@ when a DPO or RL job runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -103,18 +105,19 @@ def train_dpo(
         if index % 16 == 0 and callbacks.stop():
             return Outcome(None, 0, 0)
         rows.append(_pair_row(tokenizer, pair))
-    config = DPOConfig(
-        **_common(out_dir, model, hp, DPO_BASE_LEARNING_RATE, hp.batch_size),
-        beta=hp.beta,
-        max_length=None,
-        precompute_ref_log_probs=False,
-    )
-    trainer = DPOTrainer(
-        model=model,
-        args=config,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+    with _quiet():
+        config = DPOConfig(
+            **_common(out_dir, model, hp, DPO_BASE_LEARNING_RATE, hp.batch_size),
+            beta=hp.beta,
+            max_length=None,
+            precompute_ref_log_probs=False,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
     return _run(trainer, model, out_dir, callbacks, resume, _dpo_metrics)
 
 
@@ -160,21 +163,22 @@ def train_rl(
     reward.__name__ = "grader"
     dataset = Dataset.from_list([{"prompt": texts[i], "index": i} for i in kept])
     per_step = min(hp.batch_size, len(kept))
-    config = GRPOConfig(
-        **_common(out_dir, model, hp, RL_BASE_LEARNING_RATE, per_step * hp.samples),
-        num_generations=hp.samples,
-        max_completion_length=RL_MAX_COMPLETION_TOKENS,
-        temperature=RL_TEMPERATURE,
-        beta=0.0,
-        remove_unused_columns=False,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[cast(Any, reward)],
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+    with _quiet():
+        config = GRPOConfig(
+            **_common(out_dir, model, hp, RL_BASE_LEARNING_RATE, per_step * hp.samples),
+            num_generations=hp.samples,
+            max_completion_length=RL_MAX_COMPLETION_TOKENS,
+            temperature=RL_TEMPERATURE,
+            beta=0.0,
+            remove_unused_columns=False,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[cast(Any, reward)],
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
 
     def metrics(logs: dict[str, float]) -> tuple[float, dict[str, float]]:
         rate = sum(passes) / len(passes) if passes else 0.0
@@ -229,13 +233,23 @@ def _run(
     trainer.add_callback(bridge)
     if callbacks.stop():
         return Outcome(None, 0, 0)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with _quiet():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     steps = int(trainer.state.global_step)
     if bridge.stopped:
         return Outcome(None, bridge.tokens, steps)
     if "ref" in model.peft_config:  # DPO's frozen copy of the starting adapter
         model.delete_adapter("ref")
     return Outcome(checkpoints.save(model, out_dir / "final"), bridge.tokens, steps)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """TRL, transformers and datasets warn about settings and deprecations (the Trainer's
+    ``gradient_checkpointing``): nothing a job's user can act on, and never a job's failure."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _bridge(
