@@ -229,7 +229,11 @@ def _run(
     resume: Path | None,
     metrics: Callable[[dict[str, float]], tuple[float, dict[str, float]]],
 ) -> Outcome:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     bridge = _bridge(callbacks, out_dir, metrics)
+    trainer.remove_callback(PrinterCallback)  # the job's events carry the steps, not stdout
+    trainer.remove_callback(ProgressCallback)
     trainer.add_callback(bridge)
     if callbacks.stop():
         return Outcome(None, 0, 0)

@@ -50,7 +50,7 @@ def _pairs(n: int = 12) -> list[dict[str, Any]]:
     ]
 
 
-def _prompts(n: int = 8, reference: str = "e") -> list[dict[str, Any]]:
+def _prompts(n: int = 10, reference: str = "e") -> list[dict[str, Any]]:
     return [
         reinforcement_line(
             [{"role": "user", "content": f"Which code goes with item {i}?"}],
@@ -141,6 +141,7 @@ def test_rl_job_trains_on_the_prompts_it_sometimes_passes(
         training = _upload(client, _prompts())
         grader = grader_json([HAS_E])
         hyper = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2}
+        hyper["compute_multiplier"] = 1.5  # 6 samples a prompt (and above 1: see the DPO test)
         method = method_json("reinforcement", hyper, grader)
         openapi.validate_schema("FineTuneMethod", method)
         job = client.fine_tuning.jobs.create(
@@ -151,13 +152,10 @@ def test_rl_job_trains_on_the_prompts_it_sometimes_passes(
         body = json.loads(client.fine_tuning.jobs.with_raw_response.retrieve(job.id).text)
         openapi.validate("retrieveFineTuningJob", body)
         assert body["method"]["reinforcement"]["grader"] == grader
-        assert body["method"]["reinforcement"]["hyperparameters"] == {
-            **hyper,
-            "compute_multiplier": 1.0,
-        }
+        assert body["method"]["reinforcement"]["hyperparameters"] == hyper
         events = _events(client, job.id)
         used = next(e.message for e in events if e.message.startswith("Training on"))
-        assert "of 8 prompts" in used
+        assert "of 10 prompts" in used and "6 samples each" in used
         metrics = [e.data for e in events if e.type == "metrics"]
         assert metrics and {"reward", "pass_rate"} <= set(metrics[-1])
         assert 0.0 <= metrics[-1]["reward"] <= 1.0
@@ -180,7 +178,7 @@ def test_rl_job_with_no_usable_prompt_fails_naming_the_count(
         job = _wait(client, job.id)
     assert job.status == "failed"
     assert job.error.code == "no_usable_prompts"
-    assert "none of the 8 prompts" in job.error.message
+    assert "none of the 10 prompts" in job.error.message
 
 
 def test_a_reward_is_the_score_of_the_same_grader_in_an_eval_item() -> None:
@@ -194,6 +192,7 @@ def test_a_reward_is_the_score_of_the_same_grader_in_an_eval_item() -> None:
         "input": "{{sample.output_text}}",
         "reference": "{{item.reference}}",
         "evaluation_metric": "fuzzy_match",
+        "pass_threshold": 0.8,
     }
     line = json.dumps(_prompts(1, reference="ZEBRA-7")[0])
     (prompt,) = iter_prompts([line])
