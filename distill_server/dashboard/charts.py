@@ -20,7 +20,7 @@ class Chart:
     total_steps: int  # of the whole job, as the trainer announced it; 0 when unknown
 
 
-METHOD_METRICS = (("reward_margin", "DPO reward margin"), ("reward", "mean reward"))
+METHOD_METRICS = (("reward_margin", "DPO reward margin"), ("reward", "Mean reward"))
 """A method's own curve beside the loss: DPO's chosen-minus-rejected reward margin, RL's mean
 reward (the grader's score) of each step's samples."""
 

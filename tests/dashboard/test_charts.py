@@ -31,4 +31,4 @@ def test_a_method_job_gets_its_own_curve_beside_the_loss() -> None:
     assert label == "DPO reward margin" and chart is not None and chart.last == 0.4
     rl = [{"type": "metrics", "data": {"step": 1, "train_loss": 0.0, "reward": 0.5, "pass_rate": 0.5}}]
     label, chart = method_chart(rl) or ("", None)
-    assert label == "mean reward" and chart is not None and chart.last == 0.5
+    assert label == "Mean reward" and chart is not None and chart.last == 0.5
