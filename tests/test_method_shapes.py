@@ -87,7 +87,9 @@ def test_preference_line_with_tools_reads_its_calls() -> None:
     ],
 )
 def test_a_broken_preference_line_names_its_line_and_fault(change, message) -> None:
-    good = preference_line([{"role": "user", "content": "2+2?"}], {"content": "4"}, {"content": "5"})
+    good = preference_line(
+        [{"role": "user", "content": "2+2?"}], {"content": "4"}, {"content": "5"}
+    )
     bad = json.loads(json.dumps(good))
     change(bad)
     with pytest.raises(InvalidTrainingFile, match="line 3: ") as caught:
@@ -97,7 +99,7 @@ def test_a_broken_preference_line_names_its_line_and_fault(change, message) -> N
 
 def test_a_supervised_line_sent_as_preference_says_so() -> None:
     sft = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    with pytest.raises(InvalidTrainingFile, match="line 1: .*looks like a supervised line"):
+    with pytest.raises(InvalidTrainingFile, match=r"line 1: .*looks like a supervised line"):
         parse_preference_lines(_lines([sft] * 10))
 
 
