@@ -17,6 +17,7 @@ from distill_server import LocalServer
 from distill_shapes.methods import method_json
 from distill_shapes.preference import preference_line
 from distill_shapes.reinforcement import grader_json, parse_grader, reinforcement_line
+
 from .conftest import training_lines
 
 pytest.importorskip("trl", reason="the methods extra (TRL) is not installed")
@@ -123,7 +124,9 @@ def test_dpo_job_continues_a_fine_tuned_model_and_serves(
         # The result is again a fine-tuned model of the base, served like any other.
         assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:tiny:")
         metrics = [e.data for e in _events(client, job.id) if e.type == "metrics"]
-        assert metrics and {"reward_margin", "rewards_chosen", "rewards_rejected"} <= set(metrics[-1])
+        assert metrics and {"reward_margin", "rewards_chosen", "rewards_rejected"} <= set(
+            metrics[-1]
+        )
         assert [m["step"] for m in metrics] == [1, 2, 3]
         reply = client.chat.completions.create(
             model=job.fine_tuned_model,
@@ -240,10 +243,25 @@ def test_a_stopped_rl_job_resumes_from_its_checkpoint(
 def test_bad_method_bodies_are_400s_naming_the_field(server: Any) -> None:
     with _client(server) as client:
         pairs, prompts = _upload(client, _pairs()), _upload(client, _prompts())
-        chat = _upload(client, [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 10)
+        chat = _upload(
+            client,
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "yo"},
+                    ]
+                }
+            ]
+            * 10,
+        )
         cases = [
             # a DPO job sent chat lines
-            (dict(training_file=chat, method=method_json("dpo")), "training_file", "preference lines"),
+            (
+                dict(training_file=chat, method=method_json("dpo")),
+                "training_file",
+                "preference lines",
+            ),
             # a reinforcement job sent preference lines
             (
                 dict(training_file=pairs, method=method_json("reinforcement", None, HAS_E)),
@@ -251,14 +269,21 @@ def test_bad_method_bodies_are_400s_naming_the_field(server: Any) -> None:
                 "prompt lines",
             ),
             (
-                dict(training_file=pairs, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}),
+                dict(
+                    training_file=pairs,
+                    method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}},
+                ),
                 "method.dpo.hyperparameters.beta",
                 "at most 2",
             ),
             (
                 dict(
                     training_file=prompts,
-                    method=method_json("reinforcement", None, {"type": "score_model", "name": "judge", "model": "x", "input": []}),
+                    method=method_json(
+                        "reinforcement",
+                        None,
+                        {"type": "score_model", "name": "judge", "model": "x", "input": []},
+                    ),
                 ),
                 "method.reinforcement.grader",
                 "judge",
@@ -266,7 +291,11 @@ def test_bad_method_bodies_are_400s_naming_the_field(server: Any) -> None:
             (
                 dict(
                     training_file=prompts,
-                    method=method_json("reinforcement", None, grader_json([HAS_E, {"type": "label_model", "name": "lab"}])),
+                    method=method_json(
+                        "reinforcement",
+                        None,
+                        grader_json([HAS_E, {"type": "label_model", "name": "lab"}]),
+                    ),
                 ),
                 "method.reinforcement.grader.graders.lab",
                 "judge",
@@ -277,7 +306,9 @@ def test_bad_method_bodies_are_400s_naming_the_field(server: Any) -> None:
                 "missing",
             ),
             (
-                dict(training_file=pairs, method=method_json("dpo"), hyperparameters={"n_epochs": 1}),
+                dict(
+                    training_file=pairs, method=method_json("dpo"), hyperparameters={"n_epochs": 1}
+                ),
                 "hyperparameters",
                 "method.dpo.hyperparameters",
             ),
@@ -302,7 +333,9 @@ def test_a_missing_methods_extra_is_a_400_with_the_install_line(
     with _client(server) as client:
         pairs = _upload(client, _pairs())
         with pytest.raises(openai.BadRequestError) as info:
-            client.fine_tuning.jobs.create(model="tiny", training_file=pairs, method=method_json("dpo"))
+            client.fine_tuning.jobs.create(
+                model="tiny", training_file=pairs, method=method_json("dpo")
+            )
     error = info.value.response.json()["error"]
     assert error["param"] == "method"
     assert "pip install 'pytest-distill[methods]'" in error["message"]
