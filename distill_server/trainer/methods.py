@@ -95,10 +95,11 @@ def train_dpo(
     resume: Path | None = None,
 ) -> Outcome:
     """Train the starting model's adapter on preference ``pairs`` with TRL's ``DPOTrainer``."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
     from trl.trainer.dpo_config import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer
 
+    disable_progress_bars()  # the server's log is no place for TRL's dataset progress bars
     tokenizer, model = _start(source, adapter, hp)
     rows = []
     for index, pair in enumerate(pairs):
@@ -136,10 +137,11 @@ def train_rl(
     (the plugin's graders, ``rewards.py``) on the prompts it sometimes passes.
 
     Raises ``NoUsablePrompts`` when there are none; ``on_usable(used, of)`` says how many."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
     from trl.trainer.grpo_config import GRPOConfig
     from trl.trainer.grpo_trainer import GRPOTrainer
 
+    disable_progress_bars()
     rewarder = Rewarder(grader)
     tokenizer, model = _start(source, adapter, hp)
     texts = [_prompt_text(tokenizer, prompt) for prompt in prompts]
