@@ -311,6 +311,27 @@ class Registry:
             )
         return self._bases[model_id]
 
+    def start(self, model_id: str) -> Resolved:
+        """What a fine-tuning job may start from: a configured base, or one of this server's
+        fine-tuned models (or checkpoints), whose adapter the job continues training."""
+        if model_id in self._bases:
+            return Resolved(model_id, self._bases[model_id], None)
+        try:
+            resolved = self.resolve(model_id) if model_id.startswith("ft:") else None
+        except ApiError:
+            resolved = None
+        if resolved is None:
+            tuned = [r.id for r in self._store.list("model")]
+            raise ApiError(
+                400,
+                f"Model {model_id!r} cannot be fine-tuned here; base models: "
+                f"{', '.join(self._bases)}"
+                + (f"; fine-tuned models: {', '.join(tuned)}." if tuned else "."),
+                param="model",
+                code="model_not_available",
+            )
+        return resolved
+
     def _base_body(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self._created, "owned_by": _OWNER}
 

@@ -20,14 +20,28 @@ class Chart:
     total_steps: int  # of the whole job, as the trainer announced it; 0 when unknown
 
 
-def loss_chart(events: Iterable[Mapping[str, Any]]) -> Chart | None:
-    """Training loss by step from a job's ``metrics`` events (oldest first); None before any."""
+METHOD_METRICS = (("reward_margin", "DPO reward margin"), ("reward", "Mean reward"))
+"""A method's own curve beside the loss: DPO's chosen-minus-rejected reward margin, RL's mean
+reward (the grader's score) of each step's samples."""
+
+
+def method_chart(events: Iterable[Mapping[str, Any]]) -> tuple[str, Chart] | None:
+    """The job's method curve (``METHOD_METRICS``) and its label; None for supervised jobs."""
+    events = list(events)
+    for key, label in METHOD_METRICS:
+        chart = loss_chart(events, key)
+        if chart is not None:
+            return label, chart
+    return None
+
+
+def loss_chart(events: Iterable[Mapping[str, Any]], key: str = "train_loss") -> Chart | None:
+    """Training loss (or another metric, ``key``) by step from a job's ``metrics`` events
+    (oldest first); None before any."""
     metrics = [
-        e["data"]
-        for e in events
-        if e.get("type") == "metrics" and "train_loss" in (e.get("data") or {})
+        e["data"] for e in events if e.get("type") == "metrics" and key in (e.get("data") or {})
     ]
-    found = sorted((int(d["step"]), float(d["train_loss"])) for d in metrics)
+    found = sorted((int(d["step"]), float(d[key])) for d in metrics)
     if not found:
         return None
     total = max(int(d.get("total_steps") or 0) for d in metrics)

@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from distill_server.dashboard import distill, queries
-from distill_server.dashboard.charts import loss_chart
+from distill_server.dashboard.charts import loss_chart, method_chart
 from distill_server.dashboard.sessions import COOKIE, Session, Sessions
 from distill_server.errors import MAX_CURSOR, ApiError, whole_number
 from distill_server.http.app import App
@@ -227,6 +227,7 @@ class Dashboard:
             events=events,
             checkpoints=checkpoints,
             chart=loss_chart(events),
+            method_chart=method_chart(events),
             lines=lines,
             running=job["status"] not in FINAL,
         )

@@ -7,6 +7,7 @@ cancel racing the trainer's last step cannot be overwritten by "succeeded".
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import re
 import threading
@@ -20,6 +21,10 @@ from distill_server.lora_settings import LORA_KEYS, check_lora
 from distill_server.models import FINAL, ModelSource, Registry, line_limit
 from distill_server.services.files import Files
 from distill_server.store import Record, Store, matches, new_id, paginate
+from distill_shapes.methods import Method, MethodType, parse_method, training_file_kind
+from distill_shapes.preference import iter_pairs
+from distill_shapes.reinforcement import GraderJson, iter_prompts
+from distill_shapes.tools import InvalidShape
 from distill_shapes.training import InvalidTrainingFile, enough, iter_examples, read_lines
 
 AUTO_EPOCHS = 3
@@ -38,11 +43,23 @@ class Jobs:
         self.queued = threading.Condition()
 
     def create(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a job and validate its files at once: it is queued or failed on return."""
+        """Create a job and validate its files at once: it is queued or failed on return.
+
+        A DPO or reinforcement job's files are checked before it is created: a file of the
+        wrong shape is a 400 naming the file's parameter and what the method trains on."""
+        method = _method_of(request)
+        if method is not None:
+            job = self._new_method_job(request, method)
+            self.event(job["id"], f"Files validated: {job['training_file']}")
+            job = self.update(job["id"], "queued")
+            self.event(job["id"], "Files validated, moving job to queued state")
+            with self.queued:
+                self.queued.notify_all()
+            return job
         job = self._new_job(request)
         self.event(job["id"], f"Validating training file: {job['training_file']}")
         param = "training_file"
-        limit = line_limit(self.registry.base(job["model"]).context_length())
+        limit = line_limit(self.registry.start(job["model"]).base.context_length())
         try:
             n_examples = self.check_file(job[param], limit)
             if job["validation_file"]:
@@ -147,9 +164,55 @@ class Jobs:
             raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
         return record
 
-    def _new_job(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def _new_method_job(self, request: Mapping[str, Any], method: Method) -> dict[str, Any]:
+        """A DPO or reinforcement job, its files checked with the method's rules."""
+        _methods_installed(method.type)
+        if request.get("hyperparameters") is not None:
+            raise bad_request(
+                f"`hyperparameters` at the top level are for supervised jobs; put a {method.type} "
+                f"job's in `method.{method.type}.hyperparameters`.",
+                "hyperparameters",
+            )
+        if method.grader is not None:
+            _check_grader(method.grader)
         model = _required_str(request, "model")
-        limit = line_limit(self.registry.base(model).context_length())
+        limit = line_limit(self.registry.start(model).base.context_length())
+        counts = {}
+        for param in ("training_file", "validation_file"):
+            file_id = request.get(param)
+            if param == "training_file" or file_id is not None:
+                file_id = _required_str(request, param)
+                self._fine_tune_file(file_id, param, limit)
+                counts[param] = self._check_method_file(file_id, param, method.type, limit)
+        resolved = _resolve_method(method, counts["training_file"])
+        common = {key: resolved[key] for key in _HYPER_KEYS}
+        return self._new_job(request, common, _method_json(method, resolved))
+
+    def _check_method_file(self, file_id: str, param: str, kind: MethodType, limit: int) -> int:
+        """How many pairs or prompts the file holds, read line by line; a 400 naming ``param``
+        and what the method trains on at the first line that breaks its rules."""
+        reader = iter_pairs if kind == "dpo" else iter_prompts
+        try:
+            with self.files.path(file_id).open("rb") as stream:
+                count = sum(1 for _ in reader(read_lines(stream, limit)))
+            enough(count)
+        except InvalidTrainingFile as exc:
+            message = str(exc).replace("training file", param.replace("_", " "), 1)
+            wants = training_file_kind(kind)
+            raise bad_request(
+                f"{message} A {kind} job's `{param}` holds {wants}.", param, f"invalid_{param}"
+            ) from None
+        return count
+
+    def _new_job(
+        self,
+        request: Mapping[str, Any],
+        hyper: dict[str, Any] | None = None,
+        method: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        model = _required_str(request, "model")
+        start = self.registry.start(model)
+        limit = line_limit(start.base.context_length())
         training = self._fine_tune_file(
             _required_str(request, "training_file"), "training_file", limit
         )
@@ -163,8 +226,16 @@ class Jobs:
                 "becomes part of the model's id (ft:<base>:<org>:<suffix>:<id>).",
                 "suffix",
             )
-        hyper = _hyperparameters(request)
-        _check_targets(hyper.get("lora_target_modules"), self.registry.base(model))
+        if hyper is None:
+            hyper = _hyperparameters(request)
+            _check_targets(hyper.get("lora_target_modules"), start.base)
+            given = [key for key in LORA_KEYS if key in hyper]
+            if start.adapter is not None and given:
+                raise bad_request(
+                    f"`{given[0]}`: {model!r} is fine-tuned; its adapter trains on with the LoRA "
+                    "settings it was made with. Leave the LoRA settings out.",
+                    given[0],
+                )
         job_id = new_id("ftjob-")
         seed = request.get("seed")
         body: dict[str, Any] = {
@@ -180,7 +251,7 @@ class Jobs:
             "validation_file": validation,
             "training_file": training,
             "hyperparameters": hyper,
-            "method": _method(hyper),
+            "method": method or _method(hyper),
             "trained_tokens": None,
             "error": None,
             "seed": int(seed) if seed is not None else random.randrange(2**31),
@@ -241,6 +312,76 @@ def _hyperparameters(request: Mapping[str, Any]) -> dict[str, Any]:
     if lr != "auto" and not (isinstance(lr, int | float) and lr > 0):
         raise bad_request("`learning_rate_multiplier` must be 'auto' or a positive number.", "lr")
     return {**hyper, **check_lora(given)}
+
+
+def _method_of(request: Mapping[str, Any]) -> Method | None:
+    """A DPO or reinforcement ``method`` checked (a 400 naming its field), or None for a
+    supervised job (checked by ``_hyperparameters``, with this server's LoRA keys)."""
+    value = request.get("method")
+    if not isinstance(value, Mapping) or value.get("type", "supervised") == "supervised":
+        return None
+    try:
+        return parse_method(value)
+    except InvalidShape as error:
+        text = f"Invalid value for {error.field!r}: {error.problem}; {error.fix}."
+        raise bad_request(text, error.field, "invalid_value") from None
+
+
+def _methods_installed(kind: str) -> None:
+    if importlib.util.find_spec("trl") is None:
+        raise bad_request(
+            f"A {kind} job needs the server's `methods` extra (TRL), which is not installed: "
+            "pip install 'pytest-distill[methods]'.",
+            "method",
+            "method_not_installed",
+        )
+
+
+def _check_grader(grader: GraderJson) -> None:
+    """A 400 naming the grader the server cannot evaluate (a model grader: no judge)."""
+    from distill_server.trainer.rewards import UnusableGrader, check
+
+    try:
+        check(grader)
+    except UnusableGrader as error:
+        raise bad_request(str(error), error.field, "invalid_grader") from None
+
+
+AUTO_RL_EPOCHS = 1
+AUTO_BETA = 0.1
+
+
+def _resolve_method(method: Method, n: int) -> dict[str, Any]:
+    """A DPO or RL method's hyperparameters with ``auto`` resolved: DPO as supervised jobs
+    (3 epochs, a tenth of the pairs a batch, 1 to 8) and ``beta`` 0.1; RL one epoch, a tenth of
+    the prompts a step (1 to 4), ``compute_multiplier`` 1 (4 samples a prompt). RL's
+    ``eval_interval``, ``eval_samples`` and ``reasoning_effort`` are kept as given: the server
+    runs no separate evals and no reasoning models."""
+    given = dict(method.hyperparameters)
+    if method.type == "dpo":
+        auto: dict[str, Any] = {
+            "n_epochs": AUTO_EPOCHS,
+            "batch_size": max(1, min(8, n // 10)),
+            "learning_rate_multiplier": 1.0,
+            "beta": AUTO_BETA,
+        }
+    else:
+        auto = {
+            "n_epochs": AUTO_RL_EPOCHS,
+            "batch_size": max(1, min(4, n // 10)),
+            "learning_rate_multiplier": 1.0,
+            "compute_multiplier": 1.0,
+        }
+    resolved = {k: given.get(k, "auto") for k in auto}
+    resolved = {k: auto[k] if v == "auto" else v for k, v in resolved.items()}
+    return {**given, **resolved}
+
+
+def _method_json(method: Method, hyper: Mapping[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"hyperparameters": dict(hyper)}
+    if method.grader_json is not None:
+        body = {"grader": dict(method.grader_json), **body}
+    return {"type": method.type, method.type: body}
 
 
 def _check_targets(modules: list[str] | None, base: ModelSource) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class StepMetrics:
     """Tokens (padding excluded) seen so far."""
     step_seconds: float
     """Time spent in training steps so far, for throughput: loading and saving excluded."""
+    extra: Mapping[str, float] = field(default_factory=dict)
+    """A method's own metrics: DPO's ``reward_margin``, ``rewards_chosen`` and
+    ``rewards_rejected``; RL's ``reward`` (mean) and ``pass_rate``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +153,12 @@ def train_lora(
     out_dir: Path,
     callbacks: Callbacks,
     resume: Path | None = None,
+    start: Path | None = None,
 ) -> Outcome:
     """Train a LoRA adapter for ``source`` on ``examples``; checkpoints after each epoch.
+
+    With ``start`` (a fine-tuned model's adapter), that adapter trains on, with its own LoRA
+    settings; without it, a fresh adapter is drawn from the job's seed.
 
     With ``resume`` (a checkpoint this function saved), training goes on from that checkpoint's
     step with its weights, optimizer and data order: the result is the one an uninterrupted
@@ -169,7 +176,7 @@ def train_lora(
         valid = _encoded(tokenizer, validation, context, callbacks.stop)
     except Stopped:
         return Outcome(None, 0, 0)
-    model = _lora(base, hp)
+    model = _lora(base, hp) if start is None else continued(base, start)
     pad = int(tokenizer.pad_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=BASE_LEARNING_RATE * hp.learning_rate_multiplier)
@@ -214,6 +221,14 @@ def _lora(base: Any, hp: Hyperparameters) -> Any:
             elif ".lora_B." in name:
                 torch.nn.init.zeros_(parameter)
     return model
+
+
+def continued(base: Any, adapter: Path) -> Any:
+    """``base`` with a fine-tuned model's LoRA adapter loaded to train on."""
+    from peft import PeftModel
+
+    with quiet_peft(base):
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
 
 
 class _Loop:

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from distill_server.devices import release_freed_memory
 from distill_server.errors import ApiError
 from distill_server.imports import IMPORT_LOCK
-from distill_server.models import FINAL, Registry, fine_tuned_id, line_limit
+from distill_server.models import FINAL, Registry, Resolved, fine_tuned_id, line_limit
 from distill_server.store import Record, Store
+from distill_shapes.preference import iter_pairs
+from distill_shapes.reinforcement import iter_prompts, parse_grader
 from distill_shapes.training import Example, InvalidTrainingFile, enough, iter_examples, read_lines
 
 if TYPE_CHECKING:
-    from distill_server.trainer.lora import Checkpoint, StepMetrics
+    from distill_server.trainer.lora import Checkpoint, Outcome, StepMetrics
 
 _STOP_EVERY = 256
 """Examples read between two looks at whether the job is to stop."""
@@ -127,7 +129,11 @@ class Runner:
     def _train(self, job: dict[str, Any]) -> None:
         job_id = job["id"]
         suffix = self._jobs.store.get("job", job_id)
-        model_id = fine_tuned_id(job["model"], suffix.extra["suffix"] if suffix else None, job_id)
+        try:  # a fine-tuned starting model's id names its base, as OpenAI's do
+            base_id = self._jobs.registry.start(job["model"]).base.id
+        except ApiError:
+            base_id = job["model"]
+        model_id = fine_tuned_id(base_id, suffix.extra["suffix"] if suffix else None, job_id)
         job = self._jobs.update(job_id, "running")
         if job["status"] != "running":
             return
@@ -138,6 +144,8 @@ class Runner:
             self._fit(job, model_id)
         except InvalidTrainingFile as exc:  # found only with the model's tokenizer: too long
             self._fail(job_id, "invalid_training_file", str(exc))
+        except ApiError as exc:  # the starting model was deleted since the job was created
+            self._fail(job_id, "invalid_model", exc.message)
         except Exception as exc:  # any failure belongs on the job, not in a dead thread
             self._fail(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
         finally:
@@ -154,11 +162,19 @@ class Runner:
             train_lora,
         )
 
-        job_id, files = job["id"], self._jobs.files
+        job_id = job["id"]
         stop = self._should_stop(job_id)
         validation = job["validation_file"]
-        limit = line_limit(self._jobs.registry.base(job["model"]).context_length())
+        start = self._jobs.registry.start(job["model"])
+        limit = line_limit(start.base.context_length())
+        kind = (job.get("method") or {}).get("type", "supervised")
         try:
+            if kind != "supervised":  # checked at create; read here for training
+                lines = self._lines(job["training_file"], limit, stop, kind)
+                done = self._fit_method(job, model_id, kind, lines, start, stop)
+                if done is not None:
+                    self._succeed(job, model_id, start.base.id, *done)
+                return
             examples = self._examples(job["training_file"], limit, stop)
             valid = self._examples(validation, limit, stop) if validation else []
         except Stopped:
@@ -174,10 +190,86 @@ class Runner:
             on_checkpoint=lambda c: self._on_checkpoint(job_id, model_id, c),
             stop=stop,
         )
-        source = self._jobs.registry.base(job["model"])
         out_dir = self._adapters / job_id
         path = resume[1] if resume else None
-        outcome = train_lora(source, examples, valid, hp, out_dir, callbacks, resume=path)
+        outcome = train_lora(
+            start.base, examples, valid, hp, out_dir, callbacks, resume=path, start=start.adapter
+        )
+        self._succeed(job, model_id, start.base.id, outcome, metrics)
+
+    def _fit_method(
+        self,
+        job: dict[str, Any],
+        model_id: str,
+        kind: str,
+        lines: list[Any],
+        start: Resolved,
+        stop: Callable[[], bool],
+    ) -> tuple[Outcome, list[StepMetrics]] | None:
+        """A DPO or RL job trained (``methods.py``), with its steps' metrics; None when it
+        failed."""
+        from distill_server.trainer.lora import Callbacks
+        from distill_server.trainer.methods import (
+            MethodHyperparameters,
+            NoUsablePrompts,
+            samples_per_prompt,
+            train_dpo,
+            train_rl,
+        )
+
+        job_id = job["id"]
+        method = job["method"][kind]
+        given = method["hyperparameters"]
+        hp = MethodHyperparameters(
+            n_epochs=given["n_epochs"],
+            batch_size=given["batch_size"],
+            learning_rate_multiplier=given["learning_rate_multiplier"],
+            seed=job["seed"],
+            beta=given.get("beta", 0.1),
+            samples=samples_per_prompt(given.get("compute_multiplier", 1.0)),
+        )
+        resume = self._resume_point(job_id)
+        metrics = self._metrics_until(job_id, resume[0]) if resume else []
+        if resume:
+            self._jobs.event(job_id, f"Resuming from the checkpoint at step {resume[0]}")
+        callbacks = Callbacks(
+            on_step=lambda m: self._on_step(job_id, m, metrics),
+            on_checkpoint=lambda c: self._on_checkpoint(job_id, model_id, c),
+            stop=stop,
+        )
+        out_dir, path = self._adapters / job_id, resume[1] if resume else None
+        if kind == "dpo":
+            outcome = train_dpo(start.base, start.adapter, lines, hp, out_dir, callbacks, path)
+        else:
+            grader = parse_grader(method["grader"])
+
+            def used(n: int, of: int) -> None:
+                self._jobs.event(
+                    job_id,
+                    f"Training on {n} of {of} prompts: those whose pass rate under the "
+                    f"starting model ({hp.samples} samples each) is strictly between 0 and 1",
+                    data=None,
+                )
+
+            try:
+                outcome = train_rl(
+                    start.base, start.adapter, lines, grader, hp, out_dir, callbacks, path, used
+                )
+            except NoUsablePrompts as exc:
+                self._fail(job_id, "no_usable_prompts", f"Reinforcement fine-tuning: {exc}")
+                return None
+        return outcome, metrics
+
+    def _succeed(
+        self,
+        job: dict[str, Any],
+        model_id: str,
+        base_id: str,
+        outcome: Outcome,
+        metrics: list[StepMetrics],
+    ) -> None:
+        job_id, files = job["id"], self._jobs.files
+        stop = self._should_stop(job_id)
         if outcome.adapter is None:
             self._stopped(job_id, outcome.steps)
             return
@@ -185,7 +277,7 @@ class Runner:
             shutil.rmtree(outcome.adapter, ignore_errors=True)
             self._stopped(job_id, outcome.steps)
             return
-        self._jobs.registry.register(model_id, job["model"], outcome.adapter)
+        self._jobs.registry.register(model_id, base_id, outcome.adapter)
         results = files.add("step_metrics.csv", "fine-tune-results", _csv(metrics))
         self._jobs.event(job_id, f"New fine-tuned model created: {model_id}")
         changes = {
@@ -224,6 +316,26 @@ class Runner:
         enough(len(examples))
         return examples
 
+    def _lines(self, file_id: str, limit: int, stop: Callable[[], bool], kind: str) -> list[Any]:
+        """A DPO file's pairs or an RL file's prompts, read line by line."""
+        from distill_server.trainer.lora import Stopped
+
+        reader = iter_pairs if kind == "dpo" else iter_prompts
+        try:
+            path = self._jobs.files.path(file_id)
+        except ApiError:
+            raise InvalidTrainingFile(
+                None, f"the file {file_id!r} was deleted before the job started."
+            ) from None
+        with path.open("rb") as stream:
+            lines: list[Any] = []
+            for line in reader(read_lines(stream, limit)):
+                if len(lines) % _STOP_EVERY == 0 and stop():
+                    raise Stopped
+                lines.append(line)
+        enough(len(lines))
+        return lines
+
     def _resume_point(self, job_id: str) -> tuple[int, Path] | None:
         """The step and folder of the job's last checkpoint that can be resumed from."""
         from distill_server.trainer.checkpoints import resumable
@@ -241,10 +353,13 @@ class Runner:
         from distill_server.trainer.lora import StepMetrics
 
         by_step: dict[int, StepMetrics] = {}
+        known = set(StepMetrics.__dataclass_fields__) - {"extra"}
         for record in self._jobs.store.list("event", job_id):
             data = record.body.get("data") or {}
             if record.body.get("type") == "metrics" and data.get("step", step + 1) <= step:
-                by_step[data["step"]] = StepMetrics(**data)
+                extra = {k: v for k, v in data.items() if k not in known}
+                fields = {k: v for k, v in data.items() if k in known}
+                by_step[data["step"]] = StepMetrics(**fields, extra=extra)
         return [by_step[k] for k in sorted(by_step)]
 
     def _should_stop(self, job_id: str) -> Callable[[], bool]:
@@ -262,8 +377,10 @@ class Runner:
             "train_mean_token_accuracy": m.train_mean_token_accuracy,
             "trained_tokens": m.trained_tokens,
             "step_seconds": m.step_seconds,
+            **m.extra,
         }
         message = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+        message += "".join(f", {key}={value:.4f}" for key, value in m.extra.items())
         self._jobs.event(job_id, message, data=data)
 
     def _on_checkpoint(self, job_id: str, model_id: str, c: Checkpoint) -> None:
@@ -288,8 +405,13 @@ class Runner:
 
 
 def _csv(metrics: list[StepMetrics]) -> bytes:
-    lines = ["step,train_loss,train_accuracy"]
-    lines += [f"{m.step},{m.train_loss:.6f},{m.train_mean_token_accuracy:.6f}" for m in metrics]
+    """The results file: a row a step; a method's own metrics (DPO's reward margin, RL's
+    reward) as further columns."""
+    extra = sorted({key for m in metrics for key in m.extra})
+    lines = [",".join(["step", "train_loss", "train_accuracy", *extra])]
+    for m in metrics:
+        row = [str(m.step), f"{m.train_loss:.6f}", f"{m.train_mean_token_accuracy:.6f}"]
+        lines.append(",".join(row + [f"{m.extra.get(key, 0.0):.6f}" for key in extra]))
     return ("\n".join(lines) + "\n").encode()
 
 
