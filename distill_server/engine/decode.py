@@ -568,16 +568,17 @@ class _Threads:
     a decoding step's hundreds of small operations: a step of 32 rows took about six times as
     long on two threads as on one (``benchmarks/bench_engine.py``). So each kind of call (a
     decoding step, a chunk of prompts) is timed, in seconds per token, on every count it runs
-    with, and runs on the fastest so far; now and then it tries another count, less often the
-    longer the fastest stays fastest. The count can change a result's last bits, as the
-    batch's size does.
+    with, and runs on the fastest so far. It starts on the default (the most threads); the
+    other counts are first tried at its ``FIRST_TRY``-th call (an answer of a few tokens is
+    not slowed by trying them), then every ``TRY_EVERY`` calls, less often the longer the
+    fastest stays fastest. The count can change a result's last bits, as the batch's size does.
 
     A kind is timed apart for each size of call, by powers of two of its tokens (a step of 30
     rows is not compared with one of 3: a token costs less in a wider call, so the count
-    timed on the wider one would look faster). A try of another count is timed on its second
-    call in a row: the first, right after the switch, pays for waking the threads.
+    timed on the wider one would look faster).
     """
 
+    FIRST_TRY = 4
     TRY_EVERY = 16
     TRY_AT_MOST_EVERY = 64
     WEIGHT = 0.5
@@ -589,10 +590,6 @@ class _Threads:
         self.cost: dict[tuple[str, int], float] = {}
         self.calls: dict[str, int] = {}
         self.every: dict[str, int] = {}
-        self.trying: dict[str, int] = {}
-        """Kinds whose try of another count has run once, untimed: it runs again, timed."""
-        self.current = 0
-        """The count the last call ran on (0: none yet)."""
 
     @staticmethod
     def kind_of(kind: str, tokens: int) -> str:
@@ -600,13 +597,13 @@ class _Threads:
         return f"{kind}/{1 << (max(tokens, 1).bit_length() - 1)}"
 
     def pick(self, kind: str) -> int:
-        if kind in self.trying:
-            return self.trying[kind]
-        untried = [count for count in self.counts if (kind, count) not in self.cost]
-        if untried:
-            return untried[-1]  # the most threads first: the default, right on an idle CPU
+        if not any((kind, count) in self.cost for count in self.counts):
+            return self.counts[-1]  # the most threads first: the default, right on an idle CPU
         best = self.best(kind)
         calls = self.calls[kind] = self.calls.get(kind, 0) + 1
+        untried = [count for count in self.counts if (kind, count) not in self.cost]
+        if untried and calls >= self.FIRST_TRY:
+            return untried[-1]
         every = self.every.setdefault(kind, self.TRY_EVERY)
         if calls % every:
             return best
@@ -614,24 +611,21 @@ class _Threads:
         return others[calls // every % len(others)]
 
     def best(self, kind: str) -> int:
-        return min(self.counts, key=lambda count: self.cost[kind, count])
+        """The fastest count so far of those timed."""
+        timed = [count for count in self.counts if (kind, count) in self.cost]
+        return min(timed, key=lambda count: self.cost[kind, count])
 
-    def timed(self, kind: str, count: int, seconds: float, switched: bool = False) -> None:
-        """Note a call of ``kind`` on ``count`` threads that took ``seconds`` per token;
-        ``switched``: the call before it ran on another count."""
+    def timed(self, kind: str, count: int, seconds: float) -> None:
+        """Note a call of ``kind`` on ``count`` threads that took ``seconds`` per token."""
         old = self.cost.get((kind, count))
-        if old is not None and count != self.best(kind):  # a try of another count
-            if switched and kind not in self.trying:
-                self.trying[kind] = count  # its first call woke the threads: time the next
-                return
-            self.trying.pop(kind, None)
+        if old is None:
+            self.cost[kind, count] = seconds
+            return
+        if count != self.best(kind):  # a count tried now and then: timed afresh
             self.cost[kind, count] = seconds
             every = self.every.get(kind, self.TRY_EVERY)
             stays = self.best(kind) != count  # tried less often while the fastest stays so
             self.every[kind] = min(2 * every, self.TRY_AT_MOST_EVERY) if stays else self.TRY_EVERY
-            return
-        if old is None:
-            self.cost[kind, count] = seconds
             return
         self.cost[kind, count] = self.WEIGHT * seconds + (1 - self.WEIGHT) * old
 
@@ -643,7 +637,6 @@ class _Threads:
             return
         kind = self.kind_of(kind, tokens)
         count, previous = self.pick(kind), torch.get_num_threads()
-        switched, self.current = count != self.current, count
         torch.set_num_threads(count)
         began = time.perf_counter()
         try:
@@ -651,7 +644,7 @@ class _Threads:
         finally:
             seconds = time.perf_counter() - began
             torch.set_num_threads(previous)
-        self.timed(kind, count, seconds / max(tokens, 1), switched)
+        self.timed(kind, count, seconds / max(tokens, 1))
 
 
 def _outcome(row: Row) -> GenResult | Exception:
