@@ -16,7 +16,9 @@ that both decode the same number of tokens. It prints:
   student prompts (short, no few-shot), 64 rows each;
 - the decode FLOP limit at batch 32 (2 x the weights each token multiplies by, plus attention
   over the context, at the measured matmul rate) and the engine's and ``generate``'s decode
-  rates as a fraction of it.
+  rates as a fraction of it; and what the model's own matrix products alone reach, each on its
+  own weights in the model's order (out of cache, unlike one shape repeated): the most a
+  decoding step of those products can do, and the engine's and ``generate``'s share of it.
 
     python benchmarks/bench_engine.py [--quick] [--max-tokens 32] [--data-dir .distill/server]
 
@@ -227,6 +229,23 @@ def same_until_eos(ours: list[int], theirs: list[int], eos: frozenset[int]) -> b
 # -- FLOPs --------------------------------------------------------------------------------
 
 
+def model_matmuls_rate(model: Any, rows: int, budget_s: float) -> float:
+    """FLOP/s of a decoding step's matrix products alone: every ``nn.Linear`` of the model in
+    its order, on its own weights, for ``rows`` rows (what a step must do at the least; no
+    attention, norms or sampling). Unlike one shape repeated, the weights do not stay in the
+    cache between products, as in a real step."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
+    flops = 2 * rows * sum(m.weight.numel() for m in linears)
+
+    def step() -> None:
+        with torch.inference_mode():
+            for m in linears:
+                torch.nn.functional.linear(inputs[m.in_features], m.weight)
+
+    return flops / best_seconds(step, budget_s)
+
+
 def linear_weights(model: Any) -> int:
     """Weights each token multiplies by: every ``nn.Linear`` (the output head included)."""
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -288,9 +307,10 @@ def main() -> int:
     }
     mib = 256 if args.quick else 512
 
-    def limits() -> tuple[dict[str, float], float, float]:
+    def limits() -> tuple[dict[str, float], float, float, float]:
         rates = {name: matmul_rate(*shape, budget) for name, shape in shapes.items()}
-        return (rates, *bandwidth(mib, budget))
+        steps = model_matmuls_rate(eng.base, max(batches), budget)
+        return (rates, *bandwidth(mib, budget), steps)
 
     before = limits()
 
@@ -312,6 +332,7 @@ def main() -> int:
     after = limits()
     rates = {name: max(before[0][name], after[0][name]) for name in shapes}
     copy_bw, sum_bw = max(before[1], after[1]), max(before[2], after[2])
+    step_rate = max(before[3], after[3])
     decode_rate = min(list(rates.values())[:2])  # the slower of a decoding step's two shapes
     peak = max(rates.values())
 
@@ -370,6 +391,14 @@ def main() -> int:
     print(
         f"  weight reads: {weights / 2**20:.0f} MiB a step -> {memory_limit:.0f} tok/s"
         f" at the measured read rate (the bound when they do not stay in cache)"
+    )
+    step_limit = step_rate / per_token
+    print(
+        f"  the model's own products alone, in order on its weights ({batch} rows):"
+        f" {step_rate / 1e9:.1f} GFLOP/s -> {step_limit:.0f} tok/s"
+        f" = {step_limit / limit:.2f} of the FLOP limit (a step cannot beat this);"
+        f" ours = {ours.decode_rate / step_limit:.2f} of it, generate"
+        f" {theirs.decode_rate / step_limit:.2f}"
     )
     print(
         f"  ours {ours.decode_rate:.0f} tok/s = {ours.decode_rate / limit:.2f} of the FLOP limit"
