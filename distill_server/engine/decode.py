@@ -45,12 +45,13 @@ few-shot prefix of SmolLM2-135M takes about 21 MB)."""
 KV_SHARE = 0.25
 """The share of the memory available when a model loads that its running rows' keys and
 values may take (the batcher admits rows within it; the others wait in its queue)..."""
-KV_MOST_CPU = 768 * 2**20
+KV_MOST_CPU = 640 * 2**20
 """...and at most this much on the CPU: a laptop's main job (SmolLM2-135M, 64 calls in flight,
-few-shot prompts of 500 tokens) keeps about 31 rows decoding; the whole job peaks at about
-2.46 GB (``benchmarks/bench_main_job.py``). Rows are counted at the batch's width: counted at
-their own length, a batch of short student prompts beside long teacher ones held 1.8 GB of keys
-and values, and the job peaked at 2.78 GB; 512 MB kept 23 rows, 7% slower."""
+few-shot prompts of 500 tokens) keeps about 27 rows decoding, and its calls peak at about
+2.1 GB (``benchmarks/bench_main_job.py``; 768 MB kept 29 rows in the same time, and peaked at
+2.2 to 2.6 GB from run to run). Rows are counted at the batch's width: counted at their own
+length, a batch of short student prompts beside long teacher ones held 1.8 GB of keys and
+values, and the job peaked at 2.78 GB; 512 MB kept 23 rows, 7% slower."""
 KV_LEAST = 64 * 2**20
 EXPECTED_ANSWER = 64
 """Tokens a new row is expected to add to its prompt while it decodes, when it is admitted."""
