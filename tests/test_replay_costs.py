@@ -78,7 +78,9 @@ def _settings(**endpoints: str) -> Any:
         role: RoleConfig(role, f"model-{role}", Endpoint("url", url))
         for role, url in endpoints.items()
     }
-    return SimpleNamespace(role_configs=configs, timeout=None, max_retries=3, concurrency=2)
+    return SimpleNamespace(
+        role_configs=configs, timeout=None, max_retries=3, concurrency=2, record_mode=None
+    )
 
 
 @pytest.mark.parametrize("recorded", [False, True])

@@ -52,7 +52,7 @@ class Constraint:
     """The grammar an answer must follow. Build one with ``json_object``, ``json_schema`` or
     ``tool_calls``; each checks its grammar, so a constraint that exists can be enforced."""
 
-    kind: Literal["json_object", "json_schema", "tool_calls", "text"]
+    kind: Literal["json_object", "json_schema", "tool_calls"]
     grammar: str
     """The llguidance grammar (its JSON text); compiled grammars are cached by it."""
 
@@ -82,8 +82,9 @@ class Constraint:
         """One or more ``<tool_call>`` blocks joined by newlines (exactly one when not
         ``parallel``), each ``{"name": <a tool's name>, "arguments": <an object valid against
         that tool's parameters>}``, name first; with ``name``, every call is to that tool.
-        With ``optional`` (``tool_choice`` auto), the answer is either those calls or text in
-        which no ``<tool_call>`` begins: a call, if the model makes one, is a valid one.
+        With ``optional`` (``tool_choice`` auto), the answer is text in which no ``<tool_call>``
+        begins, or those calls: a call, if the model makes one, is a valid one (llguidance's
+        greedy text lexeme cannot end just before a call, so text and calls do not mix).
 
         ``tools`` are ``FunctionTool``s or their wire shape (``{"type": "function", ...}``).
         A tool marked ``strict`` whose parameters use what llguidance cannot enforce raises
@@ -103,12 +104,6 @@ class Constraint:
         text = [_TEXT] if optional else []
         lark = "\n".join([start, calls_rule, f"block: {block}", *rules, *text])
         return cls("tool_calls", _checked(_lark_grammar(lark)))
-
-    @classmethod
-    def text(cls) -> Constraint:
-        """Text in which no ``<tool_call>`` begins (``tool_choice`` none: the tools are in
-        the prompt, but the answer may not call them)."""
-        return cls("text", _checked(_lark_grammar("\n".join(["start: TEXT", _TEXT]))))
 
 
 _TEXT = f"TEXT: /(?s:.+)/ & ~/(?s:.*{TOOL_CALL_OPEN.strip()}.*)/"

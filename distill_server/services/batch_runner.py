@@ -221,6 +221,9 @@ class BatchRunner:
                 if result is None:  # cancelled: the server is stopping
                     raise _Stop
                 write(result)
+                # A stop (or a cancel) is seen between answers too: while they keep coming,
+                # the queue is never empty, and a stopping server would wait for the window.
+                self._check_stop(batch_id)
 
             try:
                 for request in self._requests(batch):

@@ -299,26 +299,22 @@ def _generation(
 def _calls_constraint(fields: ToolFields, answer_format: bool) -> Constraint | None:
     """The grammar of the tool calls ``tool_choice`` asks for: ``required``, one or more calls
     (one without ``parallel_tool_calls``) to the request's tools; a named function, calls to
-    it alone; ``auto`` with a ``strict`` tool, text or such calls (a call the model begins is
-    a valid one); ``none``, text in which no call begins. Each call's arguments follow its
-    tool's ``parameters`` (what llguidance cannot enforce is a 400 for a ``strict`` tool, left
-    unenforced for the others). ``auto`` without strict tools decodes freely and the reply is
-    read for calls afterwards. With a ``response_format`` (``answer_format``), ``auto`` and
-    ``none`` leave the answer to its grammar.
+    it alone; ``auto`` with a ``strict`` tool, text in which no call begins, or such calls (a
+    call the model begins is a valid one). Each call's arguments follow its tool's ``parameters``
+    (what llguidance cannot enforce is a 400 for a ``strict`` tool, left unenforced for the
+    others). ``auto`` without strict tools decodes freely and the reply is read for calls
+    afterwards; ``none`` decodes freely and the reply is not read for calls. With a
+    ``response_format`` (``answer_format``), ``auto`` leaves the answer to its grammar.
     """
     choice = fields.tool_choice
-    if choice is None or not fields.tools:
+    if choice is None or not fields.tools or choice.mode == "none":
         return None
     strict = any(tool.strict for tool in fields.tools)
-    if choice.mode in ("auto", "none") and (
-        answer_format or (choice.mode == "auto" and not strict)
-    ):
+    if choice.mode == "auto" and (answer_format or not strict):
         return None
     with IMPORT_LOCK:
         from distill_server.engine.constrain import Constraint, UnsupportedSchema
 
-    if choice.mode == "none":
-        return Constraint.text()
     try:
         return Constraint.tool_calls(
             fields.tools,
