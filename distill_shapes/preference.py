@@ -27,12 +27,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distill_shapes.tools import FunctionTool, InvalidShape, parse_tools
+from distill_shapes.tools import FunctionTool
 from distill_shapes.training import (
     InvalidTrainingFile,
     Message,
     answers,
     enough,
+    parse_conversation,
     parse_message,
 )
 
@@ -124,19 +125,7 @@ def _pair(number: int, line: str) -> PreferencePair:
     messages = prompt.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidTrainingFile(number, "`input.messages` must be a non-empty list of messages.")
-    try:
-        tools = parse_tools(prompt["tools"], "input.tools") if prompt.get("tools") else ()
-    except InvalidShape as error:
-        raise InvalidTrainingFile(number, f"{error}.") from None
-    parallel = prompt.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise InvalidTrainingFile(
-            number, f"`input.parallel_tool_calls` is {parallel!r}; it must be true or false."
-        )
-    parsed = tuple(
-        parse_message(number, f"input.messages[{index}]", item, tools)
-        for index, item in enumerate(messages)
-    )
+    parsed, tools, parallel = parse_conversation(number, prompt, "input.")
     if parsed[-1].role == "assistant":
         raise InvalidTrainingFile(
             number,

@@ -28,13 +28,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from distill_shapes.tools import FunctionTool, InvalidShape, parse_tools
+from distill_shapes.tools import FunctionTool, InvalidShape
 from distill_shapes.training import (
     InvalidTrainingFile,
     Message,
     answers,
     enough,
-    parse_message,
+    parse_conversation,
 )
 
 PROMPT_KEYS: Final = frozenset({"messages", "tools", "parallel_tool_calls"})
@@ -119,19 +119,7 @@ def _prompt(number: int, line: str) -> RewardPrompt:
             else ""
         )
         raise InvalidTrainingFile(number, f"`messages` must be a non-empty list of messages{fix}.")
-    try:
-        tools = parse_tools(record["tools"]) if record.get("tools") else ()
-    except InvalidShape as error:
-        raise InvalidTrainingFile(number, f"{error}.") from None
-    parallel = record.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise InvalidTrainingFile(
-            number, f"`parallel_tool_calls` is {parallel!r}; it must be true or false."
-        )
-    parsed = tuple(
-        parse_message(number, f"messages[{index}]", item, tools)
-        for index, item in enumerate(messages)
-    )
+    parsed, tools, parallel = parse_conversation(number, record)
     if parsed[-1].role == "assistant":
         raise InvalidTrainingFile(
             number,

@@ -18,7 +18,7 @@ reported with the line that breaks it:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -125,19 +125,7 @@ def _example(number: int, line: str) -> Example:
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         raise InvalidTrainingFile(number, "`messages` must be a non-empty list of messages.")
-    try:
-        tools = parse_tools(record["tools"]) if record.get("tools") is not None else ()
-    except InvalidShape as error:
-        raise InvalidTrainingFile(number, f"{error}.") from None
-    parallel = record.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise InvalidTrainingFile(
-            number, f"`parallel_tool_calls` is {parallel!r}; it must be true or false."
-        )
-    parsed = tuple(
-        parse_message(number, f"messages[{index}]", item, tools)
-        for index, item in enumerate(messages)
-    )
+    parsed, tools, parallel = parse_conversation(number, record)
     if not any(message.role == "assistant" for message in parsed):
         raise InvalidTrainingFile(number, "each example needs at least one assistant message.")
     answers(number, parsed)
@@ -148,6 +136,30 @@ def _example(number: int, line: str) -> Example:
             "answer it teaches weight 1.",
         )
     return Example(parsed, number, tools, parallel)
+
+
+def parse_conversation(
+    number: int, record: Mapping[str, Any], prefix: str = ""
+) -> tuple[tuple[Message, ...], tuple[FunctionTool, ...], bool | None]:
+    """The ``messages`` (a non-empty list: the caller checks it), ``tools`` and
+    ``parallel_tool_calls`` of ``record``, a conversation on line ``number``, by the rules
+    above; ``prefix`` names where it sits in the line (``input.`` in a preference line). The
+    preference and reinforcement files read their prompts with it too."""
+    try:
+        found = record.get("tools")
+        tools = parse_tools(found, f"{prefix}tools") if found is not None else ()
+    except InvalidShape as error:
+        raise InvalidTrainingFile(number, f"{error}.") from None
+    parallel = record.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidTrainingFile(
+            number, f"`{prefix}parallel_tool_calls` is {parallel!r}; it must be true or false."
+        )
+    parsed = tuple(
+        parse_message(number, f"{prefix}messages[{index}]", item, tools)
+        for index, item in enumerate(record["messages"])
+    )
+    return parsed, tools, parallel
 
 
 def parse_message(number: int, where: str, item: Any, tools: tuple[FunctionTool, ...]) -> Message:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -298,29 +298,24 @@ class Runner:
             self._requeue(job_id)
 
     def _examples(self, file_id: str, limit: int, stop: Callable[[], bool]) -> list[Example]:
-        """A training file's examples, read line by line; ``Stopped`` when asked to stop."""
-        try:
-            path = self._jobs.files.path(file_id)
-        except ApiError:
-            raise InvalidTrainingFile(
-                None, f"the file {file_id!r} was deleted before the job started."
-            ) from None
-        from distill_server.trainer.lora import Stopped
-
-        with path.open("rb") as stream:
-            examples: list[Example] = []
-            for example in iter_examples(read_lines(stream, limit)):
-                if len(examples) % _STOP_EVERY == 0 and stop():
-                    raise Stopped
-                examples.append(example)
-        enough(len(examples))
-        return examples
+        """A chat training file's examples."""
+        return self._read(file_id, limit, stop, iter_examples)
 
     def _lines(self, file_id: str, limit: int, stop: Callable[[], bool], kind: str) -> list[Any]:
-        """A DPO file's pairs or an RL file's prompts, read line by line."""
+        """A DPO file's pairs or an RL file's prompts."""
+        return self._read(file_id, limit, stop, iter_pairs if kind == "dpo" else iter_prompts)
+
+    def _read(
+        self,
+        file_id: str,
+        limit: int,
+        stop: Callable[[], bool],
+        reader: Callable[[Iterator[bytes]], Iterator[Any]],
+    ) -> list[Any]:
+        """A training file's lines as ``reader`` parses them, read line by line; ``Stopped``
+        when asked to stop."""
         from distill_server.trainer.lora import Stopped
 
-        reader = iter_pairs if kind == "dpo" else iter_prompts
         try:
             path = self._jobs.files.path(file_id)
         except ApiError:
