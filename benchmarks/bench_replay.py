@@ -5,7 +5,7 @@ pytest-distill's cassettes next to vcrpy's own as the number of items grows.
 ``pytest`` in subprocesses: its start-up and collection (``--collect-only``), its full replay
 (``--distill --distill-record-mode=none``, whose gate must pass), and what the replay costs per
 100 items beyond start-up; next to it, as the reference, pytest's own cost per 100 trivial tests
-beyond its start-up; and what of the replay is the import of openai and scipy.stats (the SDK,
+beyond its start-up; and what of the replay is the import of openai and scipy.special (the SDK,
 and the gate's statistics), paid once a session. Each figure is the least of ``--repeat``
 rounds (the runs interleaved, so that every figure sees the same load), after one untimed
 round that fills a byte-code cache of the benchmark's own (``PYTHONPYCACHEPREFIX``), as Python
@@ -108,7 +108,7 @@ def example_replay(repeat: int, cache: bool = True) -> None:
             "startup": ([PYTEST, *QUIET, *REPLAY, "--collect-only"], project, None),
             "replay": ([PYTEST, *QUIET, *REPLAY], project, 0),
             "python": ([*python, "pass"], project, 0),
-            "imports": ([*python, "import openai, scipy.stats"], project, 0),
+            "imports": ([*python, "import openai, scipy.special"], project, 0),
             "trivial startup": ([PYTEST, *QUIET, "--collect-only"], trivial, 0),
             "trivial run": ([PYTEST, *QUIET], trivial, 0),
         }
@@ -136,7 +136,7 @@ def example_replay(repeat: int, cache: bool = True) -> None:
     line("pytest start-up + collection (--collect-only)", best["startup"])
     line("full replay (--distill --distill-record-mode=none)", best["replay"])
     line("replay beyond start-up", beyond)
-    line("  of which importing openai and scipy.stats, once a session", imports)
+    line("  of which importing openai and scipy.special (once)", imports)
     line("replay per 100 items beyond start-up", beyond.per_100(items), 3)
     line("  the same without those two imports", (beyond - imports).per_100(items), 3)
     print(f"reference: pytest itself, {items} trivial tests")

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from scipy import stats as sp
 
-from pytest_distill.verdict.stats import compare, power
+from pytest_distill.verdict.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap,
+    compare,
+    exact_test,
+    power,
+    skewness,
+)
 
 
 def binary_pair(n: int, seed: int) -> tuple[list[float], list[float]]:
@@ -212,3 +222,50 @@ def test_an_interval_never_leaves_the_range_of_a_difference():
 def test_scores_outside_zero_one_are_not_clipped():
     pair = compare("a", "b", [3.0, 0.0], [0.0, 2.0], 0.95)
     assert pair.low < -1.0 and pair.high > 1.0
+
+
+def test_the_exact_test_is_scipys_binomial_test_at_one_half():
+    for better in range(40):
+        for worse in range(40):
+            if better + worse:
+                expected = sp.binomtest(better, better + worse, 0.5).pvalue
+                assert exact_test(better, worse) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [3, 7, 50])
+def test_skewness_is_scipys_unbiased_skew(n):
+    d = np.random.default_rng(n).gamma(2.0, size=n) - 1.0
+    assert skewness(list(d)) == pytest.approx(sp.skew(d, bias=False), rel=1e-12)
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95])
+def test_the_bootstrap_is_scipys_percentile_bootstrap_with_the_same_seed(confidence):
+    a, b = graded_pair(60, 11)
+    d = np.subtract(a, b)
+    reference = sp.bootstrap(
+        (d,),
+        np.mean,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    ).confidence_interval
+    assert bootstrap(list(d), confidence) == pytest.approx(
+        (reference.low, reference.high), rel=1e-12
+    )
+
+
+def test_a_comparison_imports_neither_scipy_stats_nor_scipy_optimize():
+    """scipy.stats's import costs a session about 0.6 s, scipy.optimize's 0.2 s: the gate uses
+    scipy.special's functions, which those modules call themselves."""
+    code = (
+        "import sys\n"
+        "from pytest_distill.verdict.stats import compare, power\n"
+        "graded = compare('a', 'b', [0.9, 0.5, 0.7, 0.2, 1.0, 0.4], [0.8, 0.6, 0.1, 0.3, 0.9, 0.2], 0.95)\n"
+        "binary = compare('a', 'b', [1, 1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0], 0.95)\n"
+        "power(graded, 0.05), power(binary, 0.05)\n"
+        "assert graded.bootstrap and binary.exact_p\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('scipy.stats', 'scipy.optimize'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

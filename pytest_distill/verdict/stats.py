@@ -24,10 +24,15 @@ hypothesis) rather than about their mean. Each kind of score gets its own test:
   A positive skewness never loosens the bound.
 
 scipy gives the Student t quantiles (an interval that keeps its confidence at n = 20 as at
-n = 500; the normal quantile would not), the skewness, the exact binomial test on the
-discordant cases (McNemar's exact test), the paired bootstrap and the root of Tango's bound.
-It is imported here only, and only when a pair is compared: ``import pytest_distill.plugin``
-stays cheap.
+n = 500; the normal quantile would not), the normal quantile and distribution, and the binomial
+distribution of McNemar's exact test on the discordant cases; numpy the paired bootstrap's
+resamples and the skewness. Both are imported here only, and only when a pair is compared:
+``import pytest_distill.plugin`` stays cheap. The distribution functions are scipy.special's,
+the ones scipy.stats's ``t``, ``norm`` and ``binom`` call: importing scipy.stats builds the
+docstrings of its hundreds of distributions, 0.6 s of every session that reaches the gate (an
+offline replay of 600 items takes about 2 s in all), and scipy.optimize another 0.2 s for a
+root found by bisection here. ``tests/test_stats.py`` checks each figure against scipy.stats,
+scipy.optimize and ``scipy.stats.bootstrap`` on the same data.
 
 Every interval stays inside the range a difference can take: [-1, 1] for scores in [0, 1]
 (the t interval of a few cases would otherwise reach past it). Below ``MIN_PAIRED_CASES``
@@ -169,56 +174,86 @@ def difference_range(a_scores: Sequence[float], b_scores: Sequence[float]) -> tu
 def t_quantile(p: float, n: int) -> float:
     """The Student t quantile with n - 1 degrees of freedom (a mean's interval from n cases);
     0 when the differences cannot vary (n below 2 is handled by the caller)."""
-    from scipy import stats
+    from scipy import special
 
-    return float(stats.t.ppf(p, max(n - 1, 1)))
+    return float(special.stdtrit(max(n - 1, 1), p))  # scipy.stats.t.ppf's own function
+
+
+def normal_quantile(p: float) -> float:
+    from scipy import special
+
+    return float(special.ndtri(p))  # scipy.stats.norm.ppf's own function
+
+
+def normal_cdf(x: float) -> float:
+    from scipy import special
+
+    return float(special.ndtr(x))  # scipy.stats.norm.cdf's own function
 
 
 def exact_test(better: int, worse: int) -> float:
-    """McNemar's exact test: under no difference each discordant case is a fair coin."""
-    if better + worse == 0:
+    """McNemar's exact test: under no difference each discordant case is a fair coin. The
+    two-sided binomial test at p = 1/2, as ``scipy.stats.binomtest`` gives it: the binomial
+    distribution is symmetric there, so its p-value is twice the smaller tail."""
+    if better == worse:
         return 1.0
-    from scipy import stats
+    from scipy import special
 
-    return float(stats.binomtest(better, better + worse, 0.5).pvalue)
+    return min(1.0, 2 * float(special.bdtr(min(better, worse), better + worse, 0.5)))
 
 
 def bootstrap(
     d: Sequence[float], confidence: float, resamples: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[float, float]:
     """A percentile bootstrap interval of the mean difference, resampling cases (so the pairs
-    stay together), with a fixed seed."""
+    stay together), with a fixed seed: ``scipy.stats.bootstrap(..., method="percentile")``'s
+    resamples (n indices per resample, drawn by the same generator) and percentiles."""
     import numpy as np
-    from scipy import stats
 
     if statistics.pstdev(d) == 0:
         return d[0], d[0]  # every resample has the same mean
-    result = stats.bootstrap(
-        (np.asarray(d, dtype=float),),
-        np.mean,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    x = np.asarray(d, dtype=float)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=-1)
+    alpha = (1 - confidence) / 2
+    return float(np.percentile(means, alpha * 100)), float(np.percentile(means, (1 - alpha) * 100))
+
+
+def skewness(d: Sequence[float]) -> float:
+    """The sample skewness with the small-sample correction, ``scipy.stats.skew(d,
+    bias=False)``: sqrt(n (n - 1)) / (n - 2) * m3 / m2^1.5 (n > 2, the differences not all
+    equal)."""
+    import numpy as np
+
+    x = np.asarray(d, dtype=float)
+    deviation = x - x.mean()
+    m2 = float(np.mean(deviation**2))
+    m3 = float(np.mean(deviation**2 * deviation))
+    n = len(x)
+    return float(math.sqrt((n - 1) * n) / (n - 2) * m3 / m2**1.5)
 
 
 def score_lower_bound(better: int, worse: int, n: int, confidence: float) -> float:
     """Tango's one-sided lower confidence bound of p(a passed, b failed) - p(b passed, a
-    failed): the smallest difference delta0 that his score test does not reject."""
-    from scipy import optimize, stats
-
-    z = float(stats.norm.ppf(confidence))
+    failed): the smallest difference delta0 that his score test does not reject. The statistic
+    falls as delta0 rises, so the root is found by bisection, to 1e-12."""
+    z = normal_quantile(confidence)
     observed = (better - worse) / n
 
     def excess(delta: float) -> float:
         return _score_z(better, worse, n, delta) - z
 
     low = -1 + 1e-9
-    if excess(low) <= 0:
+    if observed <= low or excess(low) <= 0:
         return -1.0
-    return float(optimize.brentq(excess, low, observed)) if observed > low else -1.0
+    high = observed  # excess(observed) = -z < 0
+    while high - low > 1e-12:
+        middle = (low + high) / 2
+        if excess(middle) > 0:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def graded_lower_bound(d: Sequence[float], confidence: float) -> float:
@@ -226,16 +261,14 @@ def graded_lower_bound(d: Sequence[float], confidence: float) -> float:
     at or under q, the one-sided t quantile corrected for a negative skewness of d. With
     x = mean - delta0 the statistic is x / sqrt((s2 + x^2) / n), s2 the variance about the
     mean, which equals q at x = q sqrt(s2 / (n - q^2)); when n <= q^2 it never reaches q."""
-    from scipy import stats
-
     n, mean = len(d), statistics.fmean(d)
     s2 = statistics.pvariance(d, mean)
     if s2 == 0:
         return mean  # every case differs by the same amount
     q = t_quantile(confidence, n)
     if n > 2:
-        skew = float(stats.skew(d, bias=False))
-        z = float(stats.norm.ppf(confidence))
+        skew = skewness(d)
+        z = normal_quantile(confidence)
         q -= min(skew, 0.0) * (2 * z * z + 1) / (6 * math.sqrt(n))
     if n <= q * q:
         return -math.inf
@@ -297,29 +330,25 @@ def power(pair: Pair, margin: float) -> Power:
     """The clause fails when mean(d) <= -margin + q*se (q: the one-sided t quantile, the
     approximation sample-size tables use; the clause's score bound is within a few percent of
     it); with a true difference delta, mean(d) is about normal around delta with sd se."""
-    from scipy import stats
-
     q = t_quantile(pair.confidence, pair.n) if pair.n > 1 else math.inf
-    se, z = pair.se, float(stats.norm.ppf(POWER))
+    se, z = pair.se, normal_quantile(POWER)
     if not math.isfinite(se) or se == 0:
         equal = 1.0 if se == 0 and margin > 0 else 0.0
         drop = margin if se == 0 else math.inf
         needed = None if equal >= POWER else _cases_needed(pair, margin)
         return Power(pair, margin, drop, equal, needed)
-    equal = float(stats.norm.cdf(margin / se - q))
+    equal = normal_cdf(margin / se - q)
     needed = None if equal >= POWER else _cases_needed(pair, margin)
     return Power(pair, margin, margin - (q - z) * se, equal, needed)
 
 
 def _cases_needed(pair: Pair, margin: float) -> int | None:
     """The smallest n at which a model as good as b passes 80% of the time, at this sd."""
-    from scipy import stats
-
     if margin <= 0 or not math.isfinite(pair.sd):
         return None
     sd = max(pair.sd, 1e-9)
-    z = float(stats.norm.ppf(POWER))
-    n = max(2, math.ceil(((float(stats.norm.ppf(pair.confidence)) + z) * sd / margin) ** 2))
+    z = normal_quantile(POWER)
+    n = max(2, math.ceil(((normal_quantile(pair.confidence) + z) * sd / margin) ** 2))
     while (t_quantile(pair.confidence, n) + z) * sd / math.sqrt(n) > margin:
         n += 1
     return n
