@@ -18,9 +18,13 @@ that both decode the same number of tokens. It prints:
   over the context, at the measured matmul rate) and the engine's and ``generate``'s decode
   rates as a fraction of it; and what the model's own matrix products alone reach, each on its
   own weights in the model's order (out of cache, unlike one shape repeated): the most a
-  decoding step of those products can do, and the engine's and ``generate``'s share of it.
+  decoding step of those products can do, and the engine's and ``generate``'s share of it;
+- where a decoding step of that batch spends its time (torch's profiler): the matrix
+  products, attention, everything else; with ``--formats``, the products with the weights
+  prepacked for MKL, reordered for oneDNN, or in bf16: the time, the memory, the answers.
 
-    python benchmarks/bench_engine.py [--quick] [--max-tokens 32] [--data-dir .distill/server]
+    python benchmarks/bench_engine.py [--quick] [--formats] [--max-tokens 32]
+        [--data-dir .distill/server]
 
 Prefill time is until each one's first token is picked (``generate``'s first call of its
 logits processors); decode time is the rest, and its tokens exclude that first one. The
@@ -246,6 +250,109 @@ def model_matmuls_rate(model: Any, rows: int, budget_s: float) -> float:
     return flops / best_seconds(step, budget_s)
 
 
+def step_profile(eng: engine.Engine, rows: int, steps: int = 16) -> tuple[float, dict[str, float]]:
+    """Where a decoding step of ``rows`` plain prompts spends its time: the unprofiled seconds
+    a step, then torch's profiler over ``steps`` more (after 6 untimed), seconds a step of its
+    matrix products, its attention and everything else (norms, rotary embeddings, residuals,
+    picking the tokens, Python), by operators' own CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = [
+        engine.GenRequest(m, 2 * steps + 8, 0.0, 1.0, None, (), ignore_eos=True)
+        for m in plain(rows)
+    ]
+    decoding, _ = eng.start(None, [eng.row(request) for request in requests])
+    assert decoding is not None
+    for _ in range(6):
+        eng.step(decoding)
+    began = time.perf_counter()
+    for _ in range(steps):
+        eng.step(decoding)
+    wall = (time.perf_counter() - began) / steps
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        for _ in range(steps):
+            eng.step(decoding)
+    while decoding.rows:
+        eng.step(decoding)
+    parts = {"matrix products": 0.0, "attention": 0.0, "everything else": 0.0}
+    for event in profiled.key_averages():
+        part = (
+            "matrix products"
+            if event.key in ("aten::mm", "aten::addmm")
+            else "attention"
+            if "scaled_dot_product" in event.key
+            else "everything else"
+        )
+        parts[part] += event.self_cpu_time_total / 1e6 / steps
+    return wall, parts
+
+
+def product_formats(model: Any, rows: int, budget_s: float) -> list[tuple[str, float, float, str]]:
+    """The model's matrix products for ``rows`` rows (as ``model_matmuls_rate``) with the
+    weights in other formats torch can multiply by: seconds a step, the formats' bytes
+    against the fp32 weights', and whether the first product's result is the same. Each is
+    built, timed and freed in turn; a format this build of torch lacks is left out."""
+    import torch.nn.functional as F
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach() for m in linears]
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    plain_bytes = sum(w.numel() * w.element_size() for w in weights)
+    first = F.linear(inputs[weights[0].shape[1]], weights[0])
+    found: list[tuple[str, float, float, str]] = []
+
+    def timed(
+        name: str, packed: list[Any], run: Callable[[Any, Any, Any], Any], size: float
+    ) -> None:
+        def step() -> None:
+            with torch.inference_mode():
+                for w, p in zip(weights, packed, strict=True):
+                    run(inputs[w.shape[1]], p, w)
+
+        with torch.inference_mode():
+            out = run(inputs[weights[0].shape[1]], packed[0], weights[0]).float()
+        diff = float((out - first).abs().max())
+        same = "bit-identical" if diff == 0 else f"differs by up to {diff:.1e}"
+        found.append((name, best_seconds(step, budget_s), size, same))
+
+    timed("fp32, as served (F.linear)", weights, lambda x, p, w: F.linear(x, p), 1.0)
+    try:
+        mkl = torch.ops.mkl
+        packed = [mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+        size = sum(p.numel() * p.element_size() for p in packed) / plain_bytes
+        timed(
+            "fp32, MKL prepacked (inductor's freezing)",
+            packed,
+            lambda x, p, w: mkl._mkl_linear(x, p, w, None, rows),
+            size,
+        )
+        del packed
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        dnn = torch.ops.mkldnn
+        packed = [dnn._reorder_linear_weight(w, rows) for w in weights]
+        timed(
+            "fp32, oneDNN reordered",
+            packed,
+            lambda x, p, w: dnn._linear_pointwise(x, p, None, "none", [], ""),
+            1.0,
+        )
+        half = [w.to(torch.bfloat16) for w in weights]
+        inputs.update({k: v.to(torch.bfloat16) for k, v in list(inputs.items())})
+        timed("bf16 (changes the answers)", half, lambda x, p, w: F.linear(x, p), 0.5)
+        packed = [dnn._reorder_linear_weight(w, rows) for w in half]
+        timed(
+            "bf16, oneDNN reordered (changes the answers)",
+            packed,
+            lambda x, p, w: dnn._linear_pointwise(x, p, None, "none", [], ""),
+            0.5,
+        )
+    except (AttributeError, RuntimeError):
+        pass
+    return found
+
+
 def linear_weights(model: Any) -> int:
     """Weights each token multiplies by: every ``nn.Linear`` (the output head included)."""
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -276,6 +383,11 @@ def main() -> int:
         type=Path,
         default=REPO / ".distill" / "server",
         help="where the converted model is kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="also time the model's products with prepacked, reordered and bf16 weights",
     )
     parser.add_argument(
         "--generate-threads",
@@ -406,6 +518,20 @@ def main() -> int:
         f" generate {theirs.decode_rate:.0f} tok/s = {theirs.decode_rate / limit:.2f};"
         f" ours / generate {ours.decode_rate / theirs.decode_rate:.2f}"
     )
+    wall, parts = step_profile(eng, batch)
+    print(
+        f"  a decoding step of {batch} rows: {wall * 1e3:.1f} ms (the FLOP limit's"
+        f" {batch / limit * 1e3:.1f} ms; within 2x: {2 * batch / limit * 1e3:.1f} ms);"
+        " under torch's profiler, a step's "
+        + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in parts.items())
+    )
+    if args.formats:
+        print(f"  the model's products for {batch} rows with other weight formats:")
+        for name, seconds, size, same in product_formats(eng.base, batch, budget):
+            print(
+                f"    {name:<46} {seconds * 1e3:6.1f} ms  {size:4.2f}x the fp32 weights' bytes;"
+                f" first product {same}"
+            )
     job = [r for name, r in results.items() if not name.startswith("plain")]
     job_speedup = sum(t.total_s for _, t in job) / sum(o.total_s for o, _ in job)
     plain_worst = min(
