@@ -331,23 +331,17 @@ def product_formats(model: Any, rows: int, budget_s: float) -> list[tuple[str, f
         pass
     try:
         dnn = torch.ops.mkldnn
-        packed = [dnn._reorder_linear_weight(w, rows) for w in weights]
-        timed(
-            "fp32, oneDNN reordered",
-            packed,
-            lambda x, p, w: dnn._linear_pointwise(x, p, None, "none", [], ""),
-            1.0,
-        )
+
+        def reordered(name: str, formatted: list[torch.Tensor], size: float) -> None:
+            packed = [dnn._reorder_linear_weight(w, rows) for w in formatted]
+            linear = dnn._linear_pointwise
+            timed(name, packed, lambda x, p, w: linear(x, p, None, "none", [], ""), size)
+
+        reordered("fp32, oneDNN reordered", weights, 1.0)
         half = [w.to(torch.bfloat16) for w in weights]
         inputs.update({k: v.to(torch.bfloat16) for k, v in list(inputs.items())})
         timed("bf16 (changes the answers)", half, lambda x, p, w: F.linear(x, p), 0.5)
-        packed = [dnn._reorder_linear_weight(w, rows) for w in half]
-        timed(
-            "bf16, oneDNN reordered (changes the answers)",
-            packed,
-            lambda x, p, w: dnn._linear_pointwise(x, p, None, "none", [], ""),
-            0.5,
-        )
+        reordered("bf16, oneDNN reordered (changes the answers)", half, 0.5)
     except (AttributeError, RuntimeError):
         pass
     return found

@@ -143,9 +143,10 @@ def pending_reason(batch_id: str, status: str) -> str:
 def run_batch(
     client: openai.OpenAI,
     data: bytes,
+    requests: list[BatchRequest],
     *,
+    key: str,
     role: str,
-    endpoint: str,
     run_id: str,
     state: BatchState,
     progress: Progress,
@@ -153,10 +154,9 @@ def run_batch(
     sleep: Callable[[float], None] = time.sleep,
     wait: bool = True,
 ) -> Finished:
-    """Find or start the batch of one input file, follow it to its end (``wait``: else a
-    batch not yet final is returned as pending), read its results."""
-    requests = list(read_requests(data.splitlines()))
-    key = input_key(endpoint, requests)
+    """Find or start the batch of one input file (``requests``: its lines, ``key``: its
+    :func:`input_key`), follow it to its end (``wait``: else a batch not yet final is returned
+    as pending), read its results."""
     batch = _find_or_start(client, data, requests, key, role, run_id, state, progress)
     if not wait and batch.status not in FINAL:
         progress(f"{progress_line(batch, role)}; not waiting for it (--distill-no-wait)")
@@ -338,6 +338,9 @@ class BatchAnswer:
 
 
 Outcome = tuple[BatchAnswer, ...] | BatchItemError | BatchPending
+Runner = Callable[["openai.OpenAI", bytes, list[BatchRequest]], Finished]
+"""Runs one input file's batch (:func:`run_batch` in the session's scope): the client, the
+file's bytes and its requests."""
 
 
 @dataclass
@@ -358,7 +361,7 @@ class RoleBatches:
     def run(
         self,
         client: Callable[[], openai.OpenAI],
-        run: Callable[[openai.OpenAI, bytes], Finished],
+        run: Runner,
     ) -> None:
         """Make, follow and read the batches now, unless done before."""
         with self._lock:
@@ -374,7 +377,7 @@ class RoleBatches:
         self,
         nodeid: str,
         client: Callable[[], openai.OpenAI],
-        run: Callable[[openai.OpenAI, bytes], Finished],
+        run: Runner,
     ) -> tuple[BatchAnswer, ...]:
         """The item's answers (one per repeat), the batches run the first time;
         ``BatchItemError`` with the reason when one has no good answer, ``BatchPending`` when
@@ -398,7 +401,7 @@ class RoleBatches:
     def _run(
         self,
         client: Callable[[], openai.OpenAI],
-        run: Callable[[openai.OpenAI, bytes], Finished],
+        run: Runner,
     ) -> dict[str, Outcome]:
         ids: dict[str, list[str]] = {}
         requests = []
@@ -408,16 +411,18 @@ class RoleBatches:
                     custom_id = f"{nodeid}#{n}"
                     ids.setdefault(nodeid, []).append(custom_id)
                     requests.append(BatchRequest(custom_id, dict(body)))
-            files = split_requests(requests)
+            files = [
+                (data, list(read_requests(data.splitlines()))) for data in split_requests(requests)
+            ]
             sdk = client()
-            finished = [run(sdk, data) for data in files]
+            finished = [run(sdk, data, lines) for data, lines in files]
         except Exception as exc:
             why = f"batch of role {self.role} failed: {shorten(describe_error(exc), 300)}"
             return {nodeid: BatchItemError(why) for nodeid in self.items}
         self._finished = finished
         by_request: dict[str, Finished] = {}
-        for data, one in zip(files, finished, strict=True):
-            for request in read_requests(data.splitlines()):
+        for (_, lines), one in zip(files, finished, strict=True):
+            for request in lines:
                 by_request[request.custom_id] = one
         return {nodeid: _answer(custom_ids, by_request) for nodeid, custom_ids in ids.items()}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shlex
 import tempfile
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from distill_shapes.methods import method_json
-from distill_shapes.reinforcement import OPENAI_GRADERS
 from pytest_distill import paths, xdist
 from pytest_distill.cassettes import recorder
 from pytest_distill.evals.cases import EvalCase, split_of
@@ -32,6 +30,7 @@ from pytest_distill.evals.items import (
 from pytest_distill.grading.base import Sample, combine
 from pytest_distill.grading.references import grade_any
 from pytest_distill.options import TrainingSettings
+from pytest_distill.options.training import openai_reward_refusal
 from pytest_distill.records import ItemResult
 from pytest_distill.roles import RoleConfig, call_chat, describe_error
 from pytest_distill.runtime import Runtime, terminal_line
@@ -97,17 +96,13 @@ def _left_out(session: pytest.Session, runtime: Runtime) -> tuple[int, int] | No
     collected nothing, the files are the ones the workers ran and the kept cases those whose
     teacher results came back. A kept case whose item errored shows as an error already."""
     holdout = runtime.settings.holdout
-    controller = xdist.is_controller(session.config)
-    suites = collected(session.config) or (
-        _collect_on_controller(session, runtime) if controller else []
-    )
     wanted = {
         (s.suite.name, case.id)
-        for s in suites
+        for s in _suites(session, runtime)
         for case in s.suite.cases
         if split_of(f"{s.suite.name}::{case.id}", holdout) == "train"
     }
-    if controller:
+    if xdist.is_controller(session.config):
         results = results_of(session.config).items
         kept = {(r.suite, r.case_id) for r in results if r.role == "teacher"}
     else:
@@ -158,13 +153,18 @@ def _train(session: pytest.Session, runtime: Runtime, progress: jobs.Progress) -
         second = _stage(
             runtime,
             state,
-            "rl" if method == "sft+rl" else "dpo",
+            _last_stage(method),
             file,
             first.model,
             progress,
             after=first,
         )
     return _finish(runtime, state, file, chosen, second, progress, first=(data, selection, first))
+
+
+def _last_stage(method: str) -> str:
+    """The stage whose model a method ends with: ``sft``, ``dpo`` (dpo, sft+dpo) or ``rl``."""
+    return "sft" if method == "sft" else "rl" if method == "sft+rl" else "dpo"
 
 
 _PAIRS_FIX_DPO = (
@@ -244,18 +244,10 @@ def _method_json(runtime: Runtime, stage: str, data: jobs.Dataset) -> dict[str, 
     grader = getattr(data, "grader", None)
     if not grader:
         raise jobs.DistillError("distill: the reinforcement prompts have no grader")
-    refused = methods.openai_refusal(grader)
+    refused = openai_reward_refusal(grader)
     if refused and trainer_role(runtime).endpoint.kind == "openai":
-        raise jobs.DistillError(_openai_grader_error(refused))
+        raise jobs.DistillError(f"distill: {refused}")
     return method_json("reinforcement", hyper, grader)
-
-
-def _openai_grader_error(refused: str) -> str:
-    return (
-        f"distill: sft+rl grades with {refused}, which OpenAI's reinforcement fine-tuning does "
-        f"not take ({', '.join(sorted(OPENAI_GRADERS))}); train on the embedded server (ini "
-        "distill_trainer_endpoint = local) or grade with those types"
-    )
 
 
 def _second_file(
@@ -268,13 +260,11 @@ def _second_file(
     """The second stage's file: picked up again when a run before wrote it after this very
     first job (so a rerun neither samples anew nor starts a second job), else written now."""
     method = runtime.settings.training.method
-    stage = "rl" if method == "sft+rl" else "dpo"
+    stage = _last_stage(method)
     known = state.stage(method, stage)
     kind = "reinforcement" if stage == "rl" else "dpo"
     if known.get("after") == first.job_id and known.get("training_file"):
-        path = runtime.settings.rootpath / str(known["training_file"])
-        grader = _grader_of(path) if kind == "reinforcement" else None
-        found = methods.read(path, kind, grader)
+        found = methods.read(runtime.settings.rootpath / str(known["training_file"]), kind)
         if found is not None and found.sha256 == known.get("sha256"):
             progress(f"distill: stage 2 ({stage}) trains on {known['training_file']} again")
             return found, None
@@ -295,14 +285,6 @@ def _second_file(
     rejected = _sample_sft(runtime, suites, results, progress)
     chosen = methods.select_pairs(results, rejected, max_tokens=max_tokens)
     return _write_method_file(runtime, chosen, progress, _PAIRS_FIX_SFT_DPO), chosen
-
-
-def _grader_of(path: Path) -> dict[str, Any] | None:
-    try:
-        found = json.loads((path.parent / paths.MANIFEST).read_text()).get("grader")
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def _write_method_file(
@@ -330,7 +312,7 @@ def _sample_sft(
     wanted = {
         f"{r.suite}::{r.case_id}"
         for r in methods.teacher_cases(results)
-        if r.passed or any(a.passed for a in r.attempts)
+        if methods.passing_call(r) is not None
     }
     work = [
         (s, case)
@@ -406,9 +388,8 @@ def _finish(
         base = outcome1.model
     else:
         base = student.model
-    stage_name = {"sft": "sft", "dpo": "dpo"}.get(method, "rl" if method == "sft+rl" else "dpo")
     _update_manifest(data, base, trainer, outcome)
-    stages.append(_stage_lineage(runtime, stage_name, base, data, selection, outcome))
+    stages.append(_stage_lineage(runtime, _last_stage(method), base, data, selection, outcome))
     runtime.training = {
         "base_model": student.model,
         "trainer": str(trainer.endpoint),
@@ -549,25 +530,26 @@ def _evaluate_finetuned(session: pytest.Session, runtime: Runtime, model: str) -
     on_controller = xdist.is_controller(session.config)
     suites = _suites(session, runtime)
     chosen = _chosen_cases(session, on_controller)
-    items: list[pytest.Item] = []
-    for label in labels:
-        for file, suite, graders in ((s.file, s.suite, s.graders) for s in suites):
-            for case in suite.cases:
-                split = split_of(f"{suite.name}::{case.id}", runtime.settings.holdout)
-                if (file.nodeid, case.id) not in chosen:
-                    continue
-                if split == "holdout" or runtime.settings.holdout == 0:
-                    items.append(
-                        DistillItem.from_parent(
-                            file,
-                            name=f"{case.id}[{label}]",
-                            suite=suite,
-                            case=case,
-                            role=label,
-                            split=split,
-                            graders=graders[case.id],
-                        )
-                    )
+    holdout = runtime.settings.holdout
+    cases: list[tuple[CollectedSuite, EvalCase, str]] = []
+    for s in suites:
+        for case in s.suite.cases:
+            split = split_of(f"{s.suite.name}::{case.id}", holdout)
+            if (s.file.nodeid, case.id) in chosen and (split == "holdout" or holdout == 0):
+                cases.append((s, case, split))
+    items: list[pytest.Item] = [
+        DistillItem.from_parent(
+            s.file,
+            name=f"{case.id}[{label}]",
+            suite=s.suite,
+            case=case,
+            role=label,
+            split=split,
+            graders=s.graders[case.id],
+        )
+        for label in labels
+        for s, case, split in cases
+    ]
     start = len(session.items)
     session.items.extend(items)
     session.testscollected += len(items)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
-from distill_shapes.batch import read_requests
+from distill_shapes.batch import BatchRequest
 from pytest_distill import paths
 from pytest_distill.batches import (
     BatchAnswer,
@@ -28,6 +28,7 @@ from pytest_distill.batches import (
     BatchState,
     Finished,
     RoleBatches,
+    Runner,
     input_key,
     run_batch,
 )
@@ -310,19 +311,20 @@ class Runtime:
     def _batch_state(self) -> BatchState:
         return BatchState(paths.state_file(self.settings.rootpath))
 
-    def _batch_runner(self, role: str) -> Callable[[openai.OpenAI, bytes], Finished]:
+    def _batch_runner(self, role: str) -> Runner:
         endpoint, state = str(self.role(role).endpoint), self._batch_state()
         progress = self.notice or (lambda line: None)
         scope = self.batch_scope or _live_batch
 
-        def run(client: openai.OpenAI, data: bytes) -> Finished:
-            key = input_key(endpoint, list(read_requests(data.splitlines())))
+        def run(client: openai.OpenAI, data: bytes, requests: list[BatchRequest]) -> Finished:
+            key = input_key(endpoint, requests)
             with scope(role, key, state) as (used, replaying):
                 return run_batch(
                     client,
                     data,
+                    requests,
+                    key=key,
                     role=role,
-                    endpoint=endpoint,
                     run_id=self.run_id,
                     state=used,
                     progress=progress,

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from distill_shapes.reinforcement import OPENAI_GRADERS
 from pytest_distill.batches import BatchItemError, BatchPending
 from pytest_distill.cassettes.routes import CassetteMiss, in_item_route
 from pytest_distill.evals.cases import CaseFileError, EvalCase, Suite, split_of
@@ -30,6 +29,7 @@ from pytest_distill.grading.registry import (
     combine,
 )
 from pytest_distill.grading.tools import ToolCallsCheck
+from pytest_distill.options.training import openai_reward_refusal
 from pytest_distill.records import Attempt, GradeRecord, ItemResult
 from pytest_distill.roles import (
     CallRecord,
@@ -142,17 +142,9 @@ def _check_reward_graders(runtime: Runtime, suite: Suite) -> None:
         return
     for case in suite.cases:
         for spec in case.graders:
-            kind = str(spec.get("type"))
-            if kind not in OPENAI_GRADERS:
-                name = spec.get("name") or kind
-                raise CaseFileError(
-                    case.source or suite.path,
-                    case.line,
-                    f"distill_method sft+rl: grader {name!r} (type {kind}) is not one OpenAI's "
-                    f"reinforcement fine-tuning takes ({', '.join(sorted(OPENAI_GRADERS))}); "
-                    "train on the embedded server (ini distill_trainer_endpoint = local) or "
-                    "grade with those types",
-                )
+            refused = openai_reward_refusal(spec)
+            if refused:
+                raise CaseFileError(case.source or suite.path, case.line, refused)
 
 
 def _with_stored_cases(runtime: Runtime, suite: Suite) -> Suite:

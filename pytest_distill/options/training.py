@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from distill_shapes.reinforcement import OPENAI_GRADERS
 from pytest_distill.options.option import Given, Values
 from pytest_distill.options.settings import TrainingSettings
 from pytest_distill.roles import Endpoint, parse_endpoint
@@ -62,6 +64,24 @@ def method(given: Given) -> str:
             f"{given.where}: {text!r} is not a training method; use one of {', '.join(METHODS)}"
         )
     return text
+
+
+def openai_reward_refusal(grader: Mapping[str, Any]) -> str | None:
+    """Why ``sft+rl`` cannot train on OpenAI with ``grader`` (a case's grader spec, or the
+    job's grader JSON, ``multi`` included): the first grader whose type OpenAI's reinforcement
+    jobs do not take, and the fix; None when they take them all."""
+    inner = grader.get("graders") if grader.get("type") == "multi" else None
+    for spec in inner.values() if isinstance(inner, Mapping) else (grader,):
+        kind = str(spec.get("type"))
+        if kind not in OPENAI_GRADERS:
+            name = spec.get("name") or kind
+            return (
+                f"distill_method sft+rl: grader {name!r} (type {kind}) is not one OpenAI's "
+                f"reinforcement fine-tuning takes ({', '.join(sorted(OPENAI_GRADERS))}); "
+                "train on the embedded server (ini distill_trainer_endpoint = local) or grade "
+                "with those types"
+            )
+    return None
 
 
 def trainer_endpoint(given: Given) -> Endpoint | None:

@@ -26,7 +26,6 @@ from typing import Any
 
 from distill_shapes.preference import parse_preference_lines, preference_line
 from distill_shapes.reinforcement import (
-    OPENAI_GRADERS,
     grader_json,
     parse_reinforcement_lines,
     reinforcement_line,
@@ -121,7 +120,8 @@ def _tools(result: ItemResult, call: CallRecord) -> tuple[list[dict[str, Any]] |
     return (list(tools) if tools else None), (parallel if tools else None)
 
 
-def _passing(result: ItemResult) -> CallRecord | None:
+def passing_call(result: ItemResult) -> CallRecord | None:
+    """The teacher's passing answer to a case (its first passing repeat's), if any."""
     if result.attempts:
         return next((a.call for a in result.attempts if a.passed and a.call is not None), None)
     return result.call if result.passed else None
@@ -161,7 +161,7 @@ def select_pairs(
 ) -> Selection:
     """One pair per distinct failing answer of a case with a passing teacher answer."""
     teacher = teacher_cases(results)
-    passing = [(r, call) for r in teacher if (call := _passing(r)) is not None]
+    passing = [(r, call) for r in teacher if (call := passing_call(r)) is not None]
     seen: set[str] = set()
     lines: list[Line] = []
     without = duplicates = too_long = 0
@@ -286,17 +286,6 @@ def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def openai_refusal(grader: Mapping[str, Any]) -> str | None:
-    """The first grader in ``grader`` (a grader JSON) whose type OpenAI's reinforcement jobs do
-    not take, as ``name (type)``; None when OpenAI takes them all."""
-    inner = grader.get("graders") if grader.get("type") == "multi" else None
-    for spec in (inner or {}).values() if isinstance(inner, Mapping) else (grader,):
-        kind = str(spec.get("type"))
-        if kind not in OPENAI_GRADERS:
-            return f"{spec.get('name') or kind} (type {kind})"
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class TrainingFile:
     """A written preference or prompt file: what a job trains on, and its lineage."""
@@ -336,9 +325,9 @@ def write(selection: Selection, directory: Path, fix: str) -> TrainingFile:
     return written
 
 
-def read(path: Path, kind: str, grader: Mapping[str, Any] | None = None) -> TrainingFile | None:
+def read(path: Path, kind: str) -> TrainingFile | None:
     """A file written earlier (a rerun picks up its second stage's file rather than sampling
-    again), with its manifest's lines; None when it is gone or changed."""
+    again), with its manifest's lines and grader; None when it is gone or changed."""
     try:
         data = path.read_bytes()
         manifest = json.loads((path.parent / paths.MANIFEST).read_text())
@@ -357,6 +346,8 @@ def read(path: Path, kind: str, grader: Mapping[str, Any] | None = None) -> Trai
         )
         for meta, record in zip(manifest.get("lines") or (), records, strict=False)
     )
+    grader = manifest.get("grader")
+    grader = grader if isinstance(grader, dict) else None
     return TrainingFile(kind, path, path.parent / paths.MANIFEST, digest, lines, grader)
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from pytest_distill.records import Attempt, ItemResult
 from pytest_distill.verdict.gate import Gate, RoleStats
 from pytest_distill.verdict.leakage import Exclusion, leaked_cases, training_sets
 from pytest_distill.verdict.stats import MIN_PAIRED_CASES, Pair, compare, power
-
-ORDER: Final = ("teacher", "student", "sft", "finetuned", "judge")
+from pytest_distill.verdict.view import in_role_order
 
 
 def parse_label(label: str) -> tuple[str, str | None]:
@@ -79,8 +78,7 @@ class Evidence:
         return cls(kept, exclusions, confidence, repeats)
 
     def roles(self) -> list[str]:
-        seen = {r.role for r in self.items}
-        return [r for r in ORDER if r in seen] + sorted(seen - set(ORDER))
+        return in_role_order(r.role for r in self.items)
 
     def suites(self) -> list[str]:
         return sorted({r.suite for r in self.items})

@@ -14,6 +14,7 @@ import pytest
 from pytest_distill.options.pricing import batch_factor, price_for
 from pytest_distill.records import ItemResult
 from pytest_distill.roles import CallRecord
+from pytest_distill.verdict.view import in_role_order
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,7 @@ class Results:
         self.items.append(result)
 
     def roles(self) -> list[str]:
-        order = ("teacher", "student", "sft", "finetuned", "judge")
-        seen = {r.role for r in self.items}
-        return [r for r in order if r in seen] + sorted(seen - set(order))
+        return in_role_order(r.role for r in self.items)
 
     def select(
         self, *, role: str | None = None, split: str | None = None, suite: str | None = None

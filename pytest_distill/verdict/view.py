@@ -111,8 +111,13 @@ def roles(data: Mapping[str, Any]) -> list[str]:
     for item in data.get("items") or ():
         if item.get("role") not in seen:
             seen.append(item.get("role"))
-    ordered = [r for r in ROLE_ORDER if r in seen]
-    return ordered + sorted(str(r) for r in seen if r not in ROLE_ORDER)
+    return in_role_order(str(r) for r in seen)
+
+
+def in_role_order(roles: Iterable[str]) -> list[str]:
+    """``roles`` once each, the known ones in :data:`ROLE_ORDER`, then any others by name."""
+    seen = set(roles)
+    return [r for r in ROLE_ORDER if r in seen] + sorted(seen - set(ROLE_ORDER))
 
 
 def gate_split(source: Mapping[str, Any] | Iterable[object]) -> str:
